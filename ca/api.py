@@ -1,0 +1,154 @@
+"""The protocol-neutral surface of the issuance core.
+
+EST and SCEP turn their wire messages into an :class:`IssueRequest`, hand it to
+:meth:`ca.issuer.Issuer.issue`, and turn the :data:`Outcome` back into their own answer
+(DESIGN.md, "The issuance contract"). Backends only sign what the core built
+(:class:`CertificateTemplate`) and report their CA chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from ca.errors import RejectReason
+
+
+class Channel(enum.Enum):
+    """The protocol a request came in on (audit and metrics only)."""
+
+    EST = "est"
+    SCEP = "scep"
+    ADMIN = "admin"
+
+
+class AuthMethod(enum.Enum):
+    """How the requester proved who it is."""
+
+    NONE = "none"
+    TLS_CLIENT_CERT = "tls-client-cert"  # RFC 7030 §3.3.2
+    BASIC = "basic"  # RFC 7030 §3.2.3
+    CHALLENGE = "challenge"  # static challengePassword, RFC 8894 §2.2
+    ONE_TIME_CHALLENGE = "one-time-challenge"
+    WEBHOOK = "webhook"
+    RENEWAL_SIGNER = "renewal-signer"  # SCEP request signed by a certificate we issued
+    OPERATOR = "operator"  # an admin approved it
+
+
+@dataclass(frozen=True)
+class Requester:
+    """The authenticated identity behind a request."""
+
+    method: AuthMethod
+    principal: str  # user name, certificate subject, "challenge", ...
+    certificate: x509.Certificate | None = None
+    remote: str | None = None  # peer address, for the audit trail
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """A CSR that a protocol layer has authenticated and wants a certificate for.
+
+    ``transaction_id`` makes issuance idempotent: the same (profile, transaction_id, key) gets
+    the same certificate again; the same transaction_id with another key is refused (RFC 8894
+    §3.2.1.1). ``renewal_of`` links a renewal to the certificate it renews.
+    """
+
+    csr: x509.CertificateSigningRequest
+    profile: str
+    requester: Requester
+    channel: Channel
+    transaction_id: str | None = None
+    renewal_of: x509.Certificate | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    """The certificate was signed, stored and committed."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # issuer first, up to the trust anchor
+    serial: int
+    replayed: bool = False  # True when an earlier identical request's certificate was returned
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The request waits for an operator (EST 202 + Retry-After, SCEP PENDING)."""
+
+    request_id: int
+    retry_after: int  # seconds
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The request was refused; nothing was issued."""
+
+    reason: RejectReason
+    detail: str
+
+
+Outcome = Issued | Pending | Rejected
+
+
+@dataclass(frozen=True)
+class CAChain:
+    """What a CA publishes (EST /cacerts, SCEP GetCACert).
+
+    ``issuer`` signs end-entity certificates; ``chain`` is ``issuer`` first then each parent up
+    to and including the trust anchor; ``rollover`` holds OldWithNew / NewWithOld / NewWithNew
+    certificates while a CA key rollover is configured (RFC 7030 §4.1.3).
+    """
+
+    issuer: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    rollover: tuple[x509.Certificate, ...] = ()
+    next_issuer: x509.Certificate | None = None  # SCEP GetNextCACert (RFC 8894 §3.5.2)
+
+
+@dataclass(frozen=True)
+class CertificateTemplate:
+    """Everything a backend needs to sign, decided by the core from the profile."""
+
+    subject: x509.Name
+    public_key: CertificatePublicKeyTypes
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: int
+    extensions: tuple[tuple[x509.ExtensionType, bool], ...] = field(default=())  # (value, critical)
+    profile: str = ""
+
+
+@runtime_checkable
+class CABackend(Protocol):
+    """A certificate authority the core can issue from (local file key, HSM, remote CA)."""
+
+    name: str
+
+    async def ca_chain(self) -> CAChain:
+        """The CA's published chain."""
+        ...
+
+    async def sign(self, template: CertificateTemplate) -> x509.Certificate:
+        """Sign exactly the template (serial, names, validity, extensions) and return it."""
+        ...
+
+
+@runtime_checkable
+class SupportsCRL(Protocol):
+    """A backend that can sign CRLs (RFC 5280 §5)."""
+
+    async def sign_crl(
+        self,
+        revoked: list[x509.RevokedCertificate],
+        number: int,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+    ) -> x509.CertificateRevocationList:
+        """Sign a CRL listing ``revoked`` with CRL number ``number``."""
+        ...
