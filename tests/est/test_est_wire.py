@@ -1,0 +1,354 @@
+"""Round trips and real captures for est/wire.py and est/asn1.py (RFC 7030, RFC 8951, RFC 9908)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from est import asn1, wire
+from est.errors import BadRequest, ProtocolError
+
+CAP = Path(__file__).parent / "captures"
+
+
+def http_body(name: str) -> tuple[dict[str, str], bytes]:
+    """Split a captured HTTP message into (headers lower-cased, body)."""
+    raw = (CAP / name).read_bytes()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers: dict[str, str] = {}
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().decode().lower()] = v.strip().decode()
+    return headers, body
+
+
+def selfsigned(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, cn: str) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+# --- RFC 8951 §3.1 input tolerance, against real client bodies ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,cn",
+    [
+        ("curl-simpleenroll-b64-64.b64", "curl-capture-b64-64"),  # ok/curl-64-columns
+        ("curl-simpleenroll-b64-76.b64", "curl-capture-b64-76"),  # ok/curl-76-columns
+        ("curl-simpleenroll-pem.txt", "curl-capture-pem"),  # ok/curl-pem-armoured-csr
+        ("libest-client-simpleenroll.b64", "estclient-capture"),  # ok/libest-64-columns
+        ("strongswan-simpleenroll.b64", "strongswan-est-capture"),  # ok/strongswan-one-line
+        ("strongswan-simplereenroll.b64", "strongswan-est-capture"),
+        ("libest-client-serverkeygen.b64", "estclient-capture-skg"),
+    ],
+)
+def test_request_bodies_from_real_clients_decode(name: str, cn: str) -> None:
+    csr = wire.parse_csr(wire.decode_base64_body((CAP / name).read_bytes()))
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
+    assert wire.csr_signature_valid(csr)
+
+
+def test_pop_csr_carries_tls_unique_as_challenge_password() -> None:
+    """RFC 7030 §3.5: challengePassword = base64(tls-unique); value from the capture notes."""
+    csr = wire.parse_csr(
+        wire.decode_base64_body((CAP / "libest-client-simpleenroll-pop.b64").read_bytes())
+    )
+    assert asn1.challenge_password(csr) == b"RQI2HwxH0ucdb8ko"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(lambda t: t, id="ok/one-line"),
+        pytest.param(lambda t: t + b"\n", id="ok/final-lf"),
+        pytest.param(lambda t: b"\r\n".join(t[i : i + 64] for i in range(0, len(t), 64)), id="ok/crlf-64"),
+        pytest.param(lambda t: b" \t".join(t[i : i + 10] for i in range(0, len(t), 10)), id="ok/spaces-tabs"),
+        pytest.param(lambda t: t.rstrip(b"="), id="ok/no-padding"),
+        pytest.param(lambda t: t + b"\x00", id="ok/trailing-nul"),
+        pytest.param(lambda t: t.replace(b"+", b"-").replace(b"/", b"_"), id="ok/base64url"),
+    ],
+)
+def test_decode_base64_body_variants(variant) -> None:  # type: ignore[no-untyped-def]
+    der = os.urandom(300)
+    assert wire.decode_base64_body(variant(base64.b64encode(der))) == der
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"   \r\n", b"!!!not base64!!!", b"QQ=Q", b"A", b"\x30\x82\x01\x00\xff\xfe"],
+    ids=["empty", "blank", "garbage", "inner-padding", "one-char", "binary-der"],
+)
+def test_decode_base64_body_rejects(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        wire.decode_base64_body(body)
+
+
+def test_garbage_der_is_bad_request() -> None:
+    with pytest.raises(BadRequest):
+        wire.parse_csr(b"\x30\x03\x02\x01\x00")
+
+
+def test_encode_base64_unwrapped_by_default_and_wraps_on_request() -> None:
+    der = os.urandom(200)
+    assert b"\n" not in wire.encode_base64(der)
+    wrapped = wire.encode_base64(der, line_length=64)
+    assert all(len(line) <= 64 for line in wrapped.split(b"\r\n"))
+    assert wire.decode_base64_body(wrapped) == der
+
+
+def test_content_types_are_byte_exact() -> None:
+    assert wire.CT_CERTS_ONLY == "application/pkcs7-mime; smime-type=certs-only"
+    assert wire.CT_CACERTS == "application/pkcs7-mime"
+    assert wire.CT_CSRATTRS == "application/csrattrs"
+    assert wire.CT_SERVER_GENERATED_KEY == "application/pkcs7-mime; smime-type=server-generated-key"
+
+
+@pytest.mark.parametrize(
+    "value", ["application/pkcs10", "Application/PKCS10; charset=binary", " application/pkcs10 "]
+)
+def test_is_pkcs10_tolerates_case_and_parameters(value: str) -> None:
+    assert wire.is_pkcs10(value)
+
+
+# --- certs-only -------------------------------------------------------------------------------
+
+
+def test_cacerts_capture_from_libest_decodes() -> None:
+    headers, body = http_body("libest-server-cacerts.http")
+    assert headers["content-type"] == "application/pkcs7-mime"
+    certs = wire.decode_certs_only(wire.decode_base64_body(body))
+    ca = x509.load_pem_x509_certificate((CAP / "libest-est-ca-cert.pem").read_bytes())
+    assert certs == (ca,)
+
+
+def test_enroll_reply_capture_from_libest_decodes() -> None:
+    headers, body = http_body("libest-server-simpleenroll.http")
+    assert headers["content-type"] == wire.CT_CERTS_ONLY
+    (cert,) = wire.decode_certs_only(wire.decode_base64_body(body))
+    issued = x509.load_pem_x509_certificate((CAP / "libest-client-simpleenroll-cert.pem").read_bytes())
+    assert cert == issued and cert.serial_number == 0x6F
+
+
+def test_certs_only_round_trip_keeps_order() -> None:
+    k1, k2 = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    certs = (selfsigned(k1, "a"), selfsigned(k2, "b"))
+    der = wire.encode_certs_only(certs)
+    assert wire.decode_certs_only(der) == certs
+    openssl = shutil.which("openssl")
+    if openssl:
+        out = subprocess.run(
+            [openssl, "pkcs7", "-inform", "DER", "-print_certs", "-noout"],
+            input=der, capture_output=True, check=True,
+        ).stdout
+        assert b"subject=CN = a" in out and b"subject=CN = b" in out
+
+
+def test_certs_only_rejects_garbage() -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_certs_only(b"\x30\x00")
+
+
+# --- csrattrs (RFC 7030 §4.5.2, RFC 8951 §4, RFC 9908 §5) --------------------------------------
+
+RFC8951_EXAMPLE = (
+    "MEEGCSqGSIb3DQEJBzASBgcqhkjOPQIBMQcGBSuBBAAiMBYGCSqGSIb3DQEJDjEJBgcrBgEBAQEWBggqhkjOPQQDAw=="
+)
+
+
+def test_csrattrs_rfc8951_example_round_trips() -> None:
+    der = base64.b64decode(RFC8951_EXAMPLE)
+    items = asn1.decode_csrattrs(der)
+    assert items[0] == asn1.AttrOrOid(asn1.Oid.CHALLENGE_PASSWORD)
+    assert items[1] == asn1.key_type_ec("1.3.132.0.34")
+    assert items[3] == asn1.AttrOrOid("1.2.840.10045.4.3.3")
+    assert asn1.encode_csrattrs(items) == der
+
+
+def test_csrattrs_rfc9908_examples_encode_byte_exact() -> None:
+    """RFC 9908 §5.4 (RSA 4096 + SHA-256) and §5.5 (P-384, serialNumber, SHA-384)."""
+    rsa4096 = asn1.encode_csrattrs(
+        [asn1.AttrOrOid(asn1.Oid.CHALLENGE_PASSWORD), asn1.key_type_rsa(4096),
+         asn1.AttrOrOid("1.2.840.113549.1.1.11")]
+    )
+    assert base64.b64encode(rsa4096) == (
+        b"MCkGCSqGSIb3DQEJBzARBgkqhkiG9w0BAQExBAICEAAGCSqGSIb3DQEBCw=="
+    )
+    p384 = asn1.encode_csrattrs(
+        [asn1.AttrOrOid(asn1.Oid.CHALLENGE_PASSWORD), asn1.key_type_ec("1.3.132.0.34"),
+         asn1.AttrOrOid("2.5.4.5"), asn1.AttrOrOid("1.2.840.10045.4.3.3")]
+    )
+    assert base64.b64encode(p384) == b"MC4GCSqGSIb3DQEJBzASBgcqhkjOPQIBMQcGBSuBBAAiBgNVBAUGCCqGSM49BAMD"
+
+
+def test_csrattrs_capture_from_libest_with_trailing_nul() -> None:
+    headers, body = http_body("libest-server-csrattrs.http")
+    assert headers["content-type"] == wire.CT_CSRATTRS
+    items = asn1.decode_csrattrs(wire.decode_base64_body(body))
+    assert [i.oid for i in items] == [
+        "1.3.6.1.1.1.1.22", "1.2.840.113549.1.9.1", "1.3.132.0.34", "2.16.840.1.101.3.4.2.2"
+    ]
+
+
+def test_csrattrs_empty_sequence_is_valid() -> None:
+    assert asn1.encode_csrattrs([]) == b"\x30\x00"
+    assert asn1.decode_csrattrs(b"\x30\x00") == ()
+
+
+def test_csrattrs_garbage_is_bad_request() -> None:
+    with pytest.raises(BadRequest):
+        asn1.decode_csrattrs(b"\x04\x01\x00")
+
+
+def test_rfc9908_template_round_trip() -> None:
+    attr = asn1.certification_request_template(
+        subject=[asn1.TemplateRdn("2.5.4.3"), asn1.TemplateRdn("2.5.4.11", "myDept")],
+        key_algorithm=asn1.Oid.EC_PUBLIC_KEY,
+        key_parameters=asn1.oid_value("1.2.840.10045.3.1.7"),
+        extensions=[asn1.TemplateExtension("2.5.29.17")],
+    )
+    der = asn1.encode_csrattrs([attr])
+    (item,) = asn1.decode_csrattrs(der)
+    assert item.oid == asn1.Oid.CERTIFICATION_REQUEST_INFO_TEMPLATE and item.values
+    parsed = asn1.parse_certification_request_template(item.values[0])
+    assert parsed.subject == (asn1.TemplateRdn("2.5.4.3"), asn1.TemplateRdn("2.5.4.11", "myDept"))
+    assert parsed.key_algorithm == asn1.Oid.EC_PUBLIC_KEY
+    assert parsed.extensions == (asn1.TemplateExtension("2.5.29.17"),)
+
+
+def test_rfc9908_template_with_values_uses_extension_request() -> None:
+    ku = bytes.fromhex("03020780")
+    attr = asn1.certification_request_template(
+        extensions=[asn1.TemplateExtension("2.5.29.15", True, ku)]
+    )
+    assert attr.values
+    assert bytes.fromhex("2a864886f70d01090e") in attr.values[0]  # extensionRequest OID
+    parsed = asn1.parse_certification_request_template(attr.values[0])
+    assert parsed.extensions == (asn1.TemplateExtension("2.5.29.15", True, ku),)
+
+
+# --- serverkeygen multipart and encryption (RFC 7030 §4.4.2) ---------------------------------
+
+
+def test_serverkeygen_capture_from_libest_parses() -> None:
+    headers, body = http_body("libest-server-serverkeygen.http")
+    result = wire.parse_serverkeygen_response(headers["content-type"], body)
+    assert not result.encrypted
+    assert result.certificates[0].subject.rfc4514_string() == "CN=estclient-capture-skg"
+    # libest labels a PKCS#1 key application/pkcs8; the DER still loads as a private key
+    key = serialization.load_der_private_key(result.key_der, None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+
+
+def test_serverkeygen_multipart_round_trip_and_framing() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    p8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    certs = wire.encode_certs_only([selfsigned(key, "skg")])
+    ctype, body = wire.build_serverkeygen_response(p8, certs, encrypted=False, boundary="b0und")
+    assert ctype == "multipart/mixed; boundary=b0und"
+    assert body.startswith(b"--b0und\r\nContent-Type: application/pkcs8\r\n"
+                           b"Content-Transfer-Encoding: base64\r\n\r\n")
+    assert body.endswith(b"\r\n--b0und--\r\n")
+    assert body.index(b"application/pkcs8") < body.index(wire.CT_CERTS_ONLY.encode())
+    assert body.count(b"Content-Transfer-Encoding: base64") == 2
+    result = wire.parse_serverkeygen_response(ctype, body)
+    assert result.key_der == p8 and result.certificates[0].subject.rfc4514_string() == "CN=skg"
+    # bare-LF framing (libest style) parses too
+    lf = body.replace(b"\r\n", b"\n")
+    assert wire.parse_serverkeygen_response(ctype, lf).key_der == p8
+
+
+def _generated() -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    gen = ec.generate_private_key(ec.SECP256R1())
+    return (
+        gen.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        gen,
+    )
+
+
+def test_server_generated_key_kek_round_trip_and_openssl() -> None:
+    p8, _ = _generated()
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    signer = selfsigned(signer_key, "est-server")
+    kek = wire.KekRecipient(b"device-kek-1", os.urandom(32))
+    der = wire.build_server_generated_key(p8, signer_key=signer_key, signer_cert=signer, recipient=kek)
+    opened = wire.open_server_generated_key(der, kek=kek)
+    assert opened.pkcs8_der == p8 and opened.signer == signer
+    with pytest.raises(ProtocolError):
+        wire.open_server_generated_key(der, kek=wire.KekRecipient(b"device-kek-1", os.urandom(32)))
+    openssl = shutil.which("openssl")
+    if openssl:
+        sd = subprocess.run(
+            [openssl, "cms", "-decrypt", "-inform", "DER", "-secretkey", kek.kek.hex(),
+             "-secretkeyid", kek.key_id.hex(), "-binary"],
+            input=der, capture_output=True, check=True,
+        ).stdout
+        subprocess.run(
+            [openssl, "cms", "-verify", "-inform", "DER", "-noverify", "-binary"],
+            input=sd, capture_output=True, check=True,
+        )
+
+
+def test_server_generated_key_rsa_recipient_round_trip(tmp_path: Path) -> None:
+    p8, _ = _generated()
+    rk = rsa.generate_private_key(65537, 2048)
+    rc = selfsigned(rk, "device")
+    recipient = wire.KeyTransRecipient(rc, wire.subject_key_identifier(rc))
+    der = wire.build_server_generated_key(p8, signer_key=rk, signer_cert=rc, recipient=recipient)
+    assert wire.open_server_generated_key(der, private_key=rk).pkcs8_der == p8
+    openssl = shutil.which("openssl")
+    if openssl:
+        keyfile = tmp_path / "rk.pem"
+        keyfile.write_bytes(rk.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+        subprocess.run(
+            [openssl, "cms", "-decrypt", "-inform", "DER", "-inkey", str(keyfile), "-binary"],
+            input=der, capture_output=True, check=True,
+        )
+
+
+def test_server_generated_key_refuses_ec_key_transport() -> None:
+    p8, gen = _generated()
+    ec_cert = selfsigned(gen, "ec-device")
+    with pytest.raises(BadRequest):
+        wire.build_server_generated_key(
+            p8, signer_key=gen, signer_cert=ec_cert,
+            recipient=wire.KeyTransRecipient(ec_cert, b"x"),
+        )
+
+
+def test_decrypt_key_identifiers_read_from_csr() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        .add_attribute(x509.ObjectIdentifier(asn1.Oid.DECRYPT_KEY_IDENTIFIER), b"kid",
+                       _tag=x509.name._ASN1Type.OctetString)
+        .sign(key, hashes.SHA256())
+    )
+    assert asn1.decrypt_key_identifiers(csr) == (b"kid", None)
