@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scep_testpki import TestPki, build_pki
+from tests.scep.scep_testpki import TestPki, build_pki
 
 
 @pytest.fixture(scope="session")

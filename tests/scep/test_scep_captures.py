@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 import pytest
-from scep_testpki import CAPTURES, load_cert, load_key
+from tests.scep.scep_testpki import CAPTURES, load_cert, load_key
 
 from scep import cms
 from scep.asn1 import FailInfo, MessageType, PkiStatus

@@ -8,7 +8,7 @@ from asn1crypto import x509 as ax509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
-from scep_testpki import TestPki, make_cert, rsa_key
+from tests.scep.scep_testpki import TestPki, make_cert, rsa_key
 
 from scep import cms
 from scep.errors import BadAlgError, MessageCheckError, ScepDecodeError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from scep_testpki import TestPki, make_csr, name
+from tests.scep.scep_testpki import TestPki, make_csr, name
 
 from scep import cms
 from scep.asn1 import FailInfo, MessageType, PkiStatus
