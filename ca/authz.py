@@ -1,0 +1,125 @@
+"""Authentication helpers: hashed passwords and challenges, and client-certificate chains.
+
+Secrets are stored as scrypt hashes and compared in constant time. Client certificates are
+checked here, per trust store, by an explicit chain build: the TLS handshake only proves the
+peer holds the key of *some* certificate under the union of all anchors (DESIGN.md, platform).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+#: Dynamic challenges use only letters and digits (PrintableString-safe; Windows needs it).
+CHALLENGE_ALPHABET = string.ascii_letters + string.digits
+
+
+def hash_secret(secret: str) -> str:
+    """``scrypt$N$r$p$salt$hash`` for a password or static challenge."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt)}${b64(digest)}"
+
+
+def is_secret_hash(text: str) -> bool:
+    """True when ``text`` has the form :func:`hash_secret` writes."""
+    parts = text.split("$")
+    return len(parts) == 6 and parts[0] == "scrypt" and all(p.isdigit() for p in parts[1:4])
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Constant-time check of ``secret`` against a :func:`hash_secret` value."""
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        want = base64.b64decode(digest)
+        got = hashlib.scrypt(secret.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(want))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def new_challenge(length: int = 24) -> str:
+    """A one-time challenge from ``[A-Za-z0-9]`` (about 142 bits at the default length)."""
+    return "".join(secrets.choice(CHALLENGE_ALPHABET) for _ in range(length))
+
+
+def challenge_digest(challenge: str) -> str:
+    """How one-time challenges are stored: SHA-256 (they carry enough entropy not to need scrypt)."""
+    return hashlib.sha256(challenge.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """A named set of trust anchors for client certificates (``[trust.NAME]``)."""
+
+    name: str
+    anchors: tuple[x509.Certificate, ...]
+
+    def verify(
+        self,
+        leaf: x509.Certificate,
+        intermediates: Sequence[x509.Certificate] = (),
+        now: dt.datetime | None = None,
+        max_depth: int = 6,
+    ) -> bool:
+        """True when ``leaf`` chains to one of the anchors, every link signed and in validity.
+
+        RFC 5280 §6.1 in the small: names chain, signatures verify, validity holds, every issuer
+        above the leaf is a CA (basicConstraints cA when present).
+        """
+        now = now or dt.datetime.now(dt.timezone.utc)
+        pool = list(intermediates)
+        cert = leaf
+        for _ in range(max_depth):
+            if not _valid_at(cert, now):
+                return False
+            for anchor in self.anchors:
+                if anchor.subject == cert.issuer and _signed_by(cert, anchor) and _valid_at(anchor, now):
+                    return True
+            nxt = next((c for c in pool if c.subject == cert.issuer and _is_ca(c) and _signed_by(cert, c)), None)
+            if nxt is None:
+                return False
+            pool.remove(nxt)
+            cert = nxt
+        return False
+
+
+def _valid_at(cert: x509.Certificate, now: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+    except ValueError:
+        return False
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except Exception:
+        return False
+
+
+def has_eku(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
+    """True when the certificate's EKU extension lists ``oid``."""
+    try:
+        return oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False

@@ -1,0 +1,418 @@
+"""Profiles: the policy that turns an authenticated CSR into a certificate template.
+
+A CSR is a request, never a template: its subject and SAN are checked against what the profile
+allows, its other extensions are read only to refuse what may never be issued (CA:TRUE,
+keyCertSign, EKUs beyond the profile), and everything that ends up in the certificate comes from
+the profile (DESIGN.md, issuance contract step 4; RFC 5280 §4.2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+
+from ca.api import CertificateTemplate
+from ca.errors import AlgorithmError, ConfigError, ParseError, PolicyError, PopError
+
+#: Subject attribute short names a profile may allow or force (RFC 4514 / RFC 5280 §4.1.2.4).
+SUBJECT_ATTRIBUTES: dict[str, x509.ObjectIdentifier] = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+    "emailAddress": NameOID.EMAIL_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "UID": NameOID.USER_ID,
+    "title": NameOID.TITLE,
+    "unstructuredName": x509.ObjectIdentifier("1.2.840.113549.1.9.2"),
+}
+_ATTRIBUTE_NAMES = {oid: name for name, oid in SUBJECT_ATTRIBUTES.items()}
+
+#: Key usages a profile may grant; keyCertSign and cRLSign are never granted to end entities.
+KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+)
+
+EXTENDED_KEY_USAGES: dict[str, x509.ObjectIdentifier] = {
+    "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "code_signing": ExtendedKeyUsageOID.CODE_SIGNING,
+    "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "ipsec_ike": ExtendedKeyUsageOID.IPSEC_IKE,
+    "cmc_ra": x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28"),  # RFC 6402 §2.10
+}
+
+KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521", "ed25519")
+_CURVES = {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1, "ec-p521": ec.SECP521R1}
+SAN_TYPES = ("dns", "ip", "email", "uri")
+
+#: Digests a CSR may be signed with unless the profile allows legacy ones.
+STRONG_DIGESTS = ("sha256", "sha384", "sha512", "sha3-256", "sha3-384", "sha3-512")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One issuance policy, from a ``[profiles.NAME]`` table of the config."""
+
+    name: str
+    ca: str
+    validity_days: int = 365
+    key_types: tuple[str, ...] = ("ec-p256", "rsa-2048", "rsa-3072", "rsa-4096")
+    key_usage: tuple[str, ...] = ("digital_signature",)
+    extended_key_usage: tuple[str, ...] = ("client_auth",)
+    subject_allow: tuple[str, ...] = ("CN",)
+    subject_require: tuple[str, ...] = ("CN",)
+    subject_force: tuple[tuple[str, str], ...] = ()
+    san_allow: tuple[str, ...] = ()
+    san_dns_suffixes: tuple[str, ...] = ()
+    san_max: int = 8
+    approval: str = "auto"
+    retry_after: int = 60
+    renewal_window_days: int | None = None
+    allow_legacy_digests: bool = False
+    backdate_seconds: int = 300
+    est: Mapping[str, Any] = field(default_factory=dict)
+    scep: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def manual(self) -> bool:
+        """True when every request waits for an operator's approval."""
+        return self.approval == "manual"
+
+
+def validate_profile(p: Profile) -> None:
+    """Raise :class:`ConfigError` naming the key when a profile is inconsistent."""
+    key = f"profiles.{p.name}"
+    if p.validity_days < 1 or p.validity_days > 36500:
+        raise ConfigError(f"{key}.validity_days", "must be between 1 and 36500")
+    for t in p.key_types:
+        if t not in KEY_TYPES:
+            raise ConfigError(f"{key}.key_types", f"unknown key type {t!r}; use {', '.join(KEY_TYPES)}")
+    if not p.key_types:
+        raise ConfigError(f"{key}.key_types", "must list at least one key type")
+    for u in p.key_usage:
+        if u in ("key_cert_sign", "crl_sign"):
+            raise ConfigError(f"{key}.key_usage", f"{u} is never granted to end entities")
+        if u not in KEY_USAGES:
+            raise ConfigError(f"{key}.key_usage", f"unknown key usage {u!r}; use {', '.join(KEY_USAGES)}")
+    for e in p.extended_key_usage:
+        if e not in EXTENDED_KEY_USAGES and not _is_dotted_oid(e):
+            raise ConfigError(f"{key}.extended_key_usage", f"unknown EKU {e!r}")
+    for a in (*p.subject_allow, *p.subject_require, *(k for k, _ in p.subject_force)):
+        if a not in SUBJECT_ATTRIBUTES:
+            raise ConfigError(f"{key}.subject", f"unknown attribute {a!r}; use {', '.join(SUBJECT_ATTRIBUTES)}")
+    for s in p.san_allow:
+        if s not in SAN_TYPES:
+            raise ConfigError(f"{key}.san.allow", f"unknown SAN type {s!r}; use {', '.join(SAN_TYPES)}")
+    if p.approval not in ("auto", "manual"):
+        raise ConfigError(f"{key}.approval", "must be 'auto' or 'manual'")
+    if p.retry_after < 1:
+        raise ConfigError(f"{key}.retry_after", "must be at least 1 second")
+
+
+def _is_dotted_oid(s: str) -> bool:
+    parts = s.split(".")
+    return len(parts) >= 2 and all(x.isdigit() for x in parts)
+
+
+def key_type_of(public_key: CertificatePublicKeyTypes) -> str:
+    """Name a public key as the profile's ``key_types`` does (``rsa-2048``, ``ec-p256``...)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"rsa-{public_key.key_size}"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        for name, curve in _CURVES.items():
+            if isinstance(public_key.curve, curve):
+                return name
+        return f"ec-{public_key.curve.name}"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    return type(public_key).__name__
+
+
+def check_key(profile: Profile, public_key: CertificatePublicKeyTypes) -> None:
+    """Refuse keys the profile does not allow, and RSA keys with a bad exponent."""
+    kt = key_type_of(public_key)
+    if kt not in profile.key_types:
+        raise AlgorithmError(
+            f"key type {kt} is not allowed by profile {profile.name!r} (allowed: {', '.join(profile.key_types)})"
+        )
+    if isinstance(public_key, rsa.RSAPublicKey):
+        e = public_key.public_numbers().e
+        if e < 65537 or e % 2 == 0:
+            raise AlgorithmError(f"RSA public exponent {e} is not allowed (use 65537)")
+
+
+def generate_key(profile: Profile) -> CertificateIssuerPrivateKeyTypes:
+    """A fresh private key of the profile's first key type (EST serverkeygen, RFC 7030 §4.4)."""
+    kt = profile.key_types[0]
+    if kt.startswith("rsa-"):
+        return rsa.generate_private_key(65537, int(kt[4:]))
+    if kt in _CURVES:
+        return ec.generate_private_key(_CURVES[kt]())
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def verify_csr(csr: x509.CertificateSigningRequest, profile: Profile) -> None:
+    """Proof of possession: the CSR's self-signature verifies with its own key (RFC 2986 §3).
+
+    SHA-1 and MD5 signatures are refused unless the profile allows legacy digests; cryptography
+    no longer verifies those through the X.509 API, so they are checked with the primitives.
+    """
+    try:
+        digest = csr.signature_hash_algorithm
+    except Exception as exc:
+        raise AlgorithmError(f"CSR signature algorithm not supported: {exc}") from exc
+    legacy = digest is not None and digest.name not in STRONG_DIGESTS
+    if legacy and not profile.allow_legacy_digests:
+        assert digest is not None
+        raise AlgorithmError(f"CSR signed with {digest.name}, which profile {profile.name!r} does not allow")
+    try:
+        if legacy:
+            key = csr.public_key()
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise PopError("legacy CSR digests are accepted for RSA keys only")
+            assert digest is not None
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, padding.PKCS1v15(), digest)
+            return
+        ok = csr.is_signature_valid
+    except PopError:
+        raise
+    except Exception as exc:  # InvalidSignature, unsupported key or algorithm
+        raise PopError("CSR signature does not verify with the CSR's public key") from exc
+    if not ok:
+        raise PopError("CSR signature does not verify with the CSR's public key")
+
+
+def _clean_text(value: str, what: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise PolicyError(f"{what} contains a control character")
+
+
+def requested_subject(csr: x509.CertificateSigningRequest, profile: Profile) -> x509.Name:
+    """The subject the certificate will carry: the CSR's allowed attributes plus forced ones."""
+    forced = dict(profile.subject_force)
+    rdns: list[x509.RelativeDistinguishedName] = []
+    seen: set[str] = set()
+    for rdn in csr.subject.rdns:
+        attrs = []
+        for attr in rdn:
+            name = _ATTRIBUTE_NAMES.get(attr.oid)
+            if name is None or name not in profile.subject_allow:
+                if name is not None and name in forced:
+                    continue  # replaced by the forced value below
+                raise PolicyError(
+                    f"subject attribute {name or attr.oid.dotted_string} is not allowed by profile {profile.name!r}"
+                )
+            value = attr.value if isinstance(attr.value, str) else attr.value.decode("latin-1")
+            _clean_text(value, f"subject {name}")
+            if name in forced:
+                continue
+            seen.add(name)
+            attrs.append(attr)
+        if attrs:
+            rdns.append(x509.RelativeDistinguishedName(attrs))
+    for name in profile.subject_require:
+        if name not in seen and name not in forced:
+            raise PolicyError(f"subject must contain {name} (profile {profile.name!r})")
+    for name, value in profile.subject_force:
+        rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(SUBJECT_ATTRIBUTES[name], value)]))
+    if not forced:
+        return csr.subject if len(rdns) == len(csr.subject.rdns) else x509.Name(rdns)
+    return x509.Name(rdns)
+
+
+def _csr_extensions(csr: x509.CertificateSigningRequest) -> x509.Extensions:
+    try:
+        return csr.extensions
+    except Exception as exc:  # duplicate or undecodable extensions
+        raise ParseError(f"CSR extension request does not parse: {exc}") from exc
+
+
+def requested_sans(csr: x509.CertificateSigningRequest, profile: Profile) -> list[x509.GeneralName]:
+    """The SAN entries the CSR asks for, each allowed by the profile (RFC 5280 §4.2.1.6)."""
+    try:
+        ext = _csr_extensions(csr).get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    names = list(ext.value)
+    if len(names) > profile.san_max:
+        raise PolicyError(f"CSR asks for {len(names)} SAN entries; profile {profile.name!r} allows {profile.san_max}")
+    for gn in names:
+        kind = {
+            x509.DNSName: "dns",
+            x509.IPAddress: "ip",
+            x509.RFC822Name: "email",
+            x509.UniformResourceIdentifier: "uri",
+        }.get(type(gn))
+        if kind is None or kind not in profile.san_allow:
+            raise PolicyError(f"SAN {gn} is not allowed by profile {profile.name!r}")
+        if isinstance(gn, x509.IPAddress):
+            continue
+        value = str(gn.value)
+        _clean_text(value, "SAN")
+        if kind == "dns" and profile.san_dns_suffixes:
+            low = value.lower().rstrip(".")
+            if not any(low == s.lstrip(".").lower() or low.endswith("." + s.lstrip(".").lower())
+                       for s in profile.san_dns_suffixes):
+                raise PolicyError(f"DNS name {value} is outside the profile's domains")
+    return names
+
+
+def refuse_forbidden_requests(csr: x509.CertificateSigningRequest, profile: Profile) -> None:
+    """Refuse CSRs that ask for what an end-entity certificate may never carry."""
+    exts = _csr_extensions(csr)
+    for ext in exts:
+        v = ext.value
+        if isinstance(v, x509.BasicConstraints) and v.ca:
+            raise PolicyError("CSR requests CA:TRUE; this server issues end-entity certificates only")
+        if isinstance(v, x509.KeyUsage) and (v.key_cert_sign or v.crl_sign):
+            raise PolicyError("CSR requests keyCertSign/cRLSign; never granted to end entities")
+        if isinstance(v, x509.ExtendedKeyUsage):
+            allowed = {_eku_oid(e) for e in profile.extended_key_usage}
+            extra = [o.dotted_string for o in v if o not in allowed]
+            if extra:
+                raise PolicyError(f"CSR requests EKU {', '.join(extra)} beyond profile {profile.name!r}")
+        if isinstance(v, x509.NameConstraints):
+            raise PolicyError("CSR requests name constraints; never granted to end entities")
+
+
+def _eku_oid(name: str) -> x509.ObjectIdentifier:
+    return EXTENDED_KEY_USAGES.get(name) or x509.ObjectIdentifier(name)
+
+
+def build_template(
+    csr: x509.CertificateSigningRequest,
+    profile: Profile,
+    issuer: x509.Certificate,
+    serial: int,
+    now: dt.datetime,
+    crl_url: str | None = None,
+) -> CertificateTemplate:
+    """The certificate the profile allows for this CSR (RFC 5280 §4.1, §4.2)."""
+    subject = requested_subject(csr, profile)
+    sans = requested_sans(csr, profile)
+    if len(subject) == 0 and not sans:
+        raise PolicyError("the certificate would have neither subject nor SAN")
+    public_key = csr.public_key()
+    not_before = now - dt.timedelta(seconds=profile.backdate_seconds)
+    not_before = max(not_before, issuer.not_valid_before_utc)
+    not_after = min(now + dt.timedelta(days=profile.validity_days), issuer.not_valid_after_utc)
+    if not_after <= now:
+        raise PolicyError("the issuing CA has expired")
+    ku = {u: (u in profile.key_usage) for u in KEY_USAGES}
+    if isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        ku["key_encipherment"] = False  # RFC 5480 §3: not for EC keys
+        ku["data_encipherment"] = False
+    exts: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (
+            x509.KeyUsage(
+                digital_signature=ku["digital_signature"],
+                content_commitment=ku["content_commitment"],
+                key_encipherment=ku["key_encipherment"],
+                data_encipherment=ku["data_encipherment"],
+                key_agreement=ku["key_agreement"],
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        ),
+    ]
+    if profile.extended_key_usage:
+        exts.append((x509.ExtendedKeyUsage([_eku_oid(e) for e in profile.extended_key_usage]), False))
+    if sans:
+        exts.append((x509.SubjectAlternativeName(sans), len(subject) == 0))
+    exts.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+    exts.append((aki, False))
+    if crl_url:
+        exts.append(
+            (
+                x509.CRLDistributionPoints(
+                    [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)]
+                ),
+                False,
+            )
+        )
+    return CertificateTemplate(
+        subject=subject,
+        public_key=public_key,
+        not_before=not_before,
+        not_after=not_after,
+        serial=serial,
+        extensions=tuple(exts),
+        profile=profile.name,
+    )
+
+
+def check_issued(cert: x509.Certificate, template: CertificateTemplate, issuer: x509.Certificate) -> None:
+    """Re-check a backend's output against the template before it is stored (DESIGN.md)."""
+    problems = []
+    if cert.serial_number != template.serial:
+        problems.append("serial")
+    if cert.subject != template.subject:
+        problems.append("subject")
+    if cert.issuer != issuer.subject:
+        problems.append("issuer")
+    if cert.public_key() != template.public_key:
+        problems.append("public key")
+    if cert.not_valid_after_utc > issuer.not_valid_after_utc:
+        problems.append("validity beyond issuer")
+    try:
+        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+        if bc.ca:
+            problems.append("CA:TRUE")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:
+        problems.append("signature")
+    if problems:
+        from ca.errors import CAError, RejectReason
+
+        raise CAError(f"backend output differs from the template: {', '.join(problems)}",
+                      reason=RejectReason.UNAVAILABLE)
+
+
+def digest_by_name(name: str) -> hashes.HashAlgorithm:
+    """A cryptography hash object from its lower-case name (``sha256``)."""
+    table: dict[str, type[hashes.HashAlgorithm]] = {
+        "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+        "sha384": hashes.SHA384, "sha512": hashes.SHA512, "md5": hashes.MD5,
+    }
+    return table[name]()
+
+
+def is_ip(text: str) -> bool:
+    """True when ``text`` is an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,3 @@
+from enroll.cli import main
+
+main()

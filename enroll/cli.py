@@ -1,0 +1,356 @@
+"""The ``enroll`` command: set up, serve and administer the server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.authz import hash_secret
+from ca.errors import CAError, ConfigError
+from ca.issuer import REASONS, Issuer
+from ca.ledger import serial_hex
+from enroll.config import Config, load_config
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG = "enroll.toml"
+
+
+def _config(ctx: click.Context) -> Config:
+    try:
+        return load_config(ctx.obj["config"])
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+
+
+def _run_with_issuer(ctx: click.Context, fn: Callable[[Issuer], Awaitable[T]]) -> T:
+    from enroll.app import build_issuer
+
+    config = _config(ctx)
+
+    async def go() -> T:
+        issuer = build_issuer(config)
+        try:
+            await issuer.ledger.migrate()
+            return await fn(issuer)
+        finally:
+            await issuer.ledger.close()
+
+    try:
+        return asyncio.run(go())
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+    except CAError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+def _parse_serial(text: str) -> int:
+    t = text.lower().replace(":", "")
+    t = t[2:] if t.startswith("0x") else t
+    try:
+        return int(t, 16)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a hex serial number (as `enroll certs list` shows)") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", default=lambda: os.environ.get("ENROLL_CONFIG", DEFAULT_CONFIG),
+              show_default="enroll.toml or $ENROLL_CONFIG", help="Config file.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str) -> None:
+    """enroll: certificate enrollment server (EST RFC 7030/8951, SCEP RFC 8894)."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+@main.command()
+@click.option("--dir", "directory", default=".", type=click.Path(file_okay=False), show_default=True,
+              help="Where to write enroll.toml, certs/ and var/.")
+@click.option("--https-port", default=8443, show_default=True)
+@click.option("--http-port", default=8080, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing config and development PKI.")
+def init(directory: str, https_port: int, http_port: int, force: bool) -> None:
+    """Create the embedded default: a development PKI under certs/ and a commented enroll.toml."""
+    from enroll.setup import init_directory
+
+    base = Path(directory).resolve()
+    cfg = base / DEFAULT_CONFIG
+    if cfg.exists() and not force:
+        raise click.ClickException(f"{cfg} exists; use --force to overwrite it and its PKI")
+    res = init_directory(base, https_port=https_port, http_port=http_port)
+    secrets_file = res.certs_dir / "dev-secrets.txt"
+    click.echo(f"wrote {cfg}")
+    click.echo(f"wrote development PKI in {base / 'certs'} (trust anchor: certs/root-ca.pem)")
+    click.echo(f"EST user 'estuser', password and SCEP challenge in {secrets_file}")
+    click.echo(f"next: enroll -c {cfg} serve   (HTTPS {https_port}: EST+SCEP, HTTP {http_port}: SCEP)")
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the server (HTTPS: EST, SCEP, CRLs, /metrics; HTTP: SCEP, CRLs)."""
+    from enroll.logs import setup_logging
+    from enroll.server import serve as run
+
+    config = _config(ctx)
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(run(config))
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from None
+
+
+@main.group()
+def config() -> None:
+    """Configuration commands."""
+
+
+@config.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the config file, its keys, certificates and protocol tables."""
+    from enroll.app import validate
+
+    cfg = _config(ctx)
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(f"config error: {exc}") from None
+    click.echo(f"{cfg.path}: ok ({len(cfg.profiles)} profiles, {len(cfg.cas)} CA)")
+
+
+@main.command("hash-secret")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the secret from standard input.")
+def hash_secret_cmd(from_stdin: bool) -> None:
+    """Hash a password or static challenge for the config (scrypt)."""
+    value = sys.stdin.readline().rstrip("\n") if from_stdin else getpass.getpass("secret: ")
+    if not value:
+        raise click.ClickException("empty secret")
+    click.echo(hash_secret(value))
+
+
+@main.group()
+def certs() -> None:
+    """Issued certificates."""
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+@certs.command("list")
+@click.option("--profile", default=None, help="Only this profile.")
+@click.option("--limit", default=100, show_default=True)
+@click.pass_context
+def certs_list(ctx: click.Context, profile: str | None, limit: int) -> None:
+    """List issued certificates, newest first."""
+
+    async def go(issuer: Issuer) -> None:
+        rows = await issuer.ledger.list_certificates(profile=profile, limit=limit)
+        click.echo(f"{'SERIAL':<42} {'PROFILE':<12} {'VIA':<5} {'STATUS':<8} {'NOT AFTER':<16} SUBJECT")
+        for r in rows:
+            status = "revoked" if r.revoked else "retired" if r.retired else "valid"
+            click.echo(f"{serial_hex(r.serial):<42} {r.profile:<12} {r.channel:<5} {status:<8} "
+                       f"{_when(r.not_after):<16} {r.subject}")
+
+    _run_with_issuer(ctx, go)
+
+
+async def _one(issuer: Issuer, serial: int) -> Any:
+    rows = [r for r in await issuer.ledger.find_serial_any_issuer(serial) if r.der]
+    if not rows:
+        raise click.ClickException(f"no issued certificate with serial {serial_hex(serial)}")
+    return rows[0]
+
+
+@certs.command("show")
+@click.argument("serial")
+@click.pass_context
+def certs_show(ctx: click.Context, serial: str) -> None:
+    """Show one certificate's ledger record."""
+    n = _parse_serial(serial)
+
+    async def go(issuer: Issuer) -> None:
+        r = await _one(issuer, n)
+        cert = x509.load_der_x509_certificate(r.der)
+        for k, v in [("serial", serial_hex(r.serial)), ("subject", r.subject), ("issuer CA", r.issuer),
+                     ("profile", r.profile), ("protocol", r.channel), ("requester", r.requester),
+                     ("not before", _when(r.not_before)), ("not after", _when(r.not_after)),
+                     ("issued", _when(r.issued_at)), ("revoked", _when(r.revoked_at)),
+                     ("revocation reason", r.revocation_reason or "-"), ("retired", _when(r.retired_at)),
+                     ("CSR sha256", r.csr_sha256), ("key sha256", r.spki_sha256),
+                     ("transaction", r.transaction_id or "-")]:
+            click.echo(f"{k:>18}: {v}")
+        for ext in cert.extensions:
+            click.echo(f"{'extension':>18}: {ext.oid._name} {'(critical)' if ext.critical else ''}")
+
+    _run_with_issuer(ctx, go)
+
+
+@certs.command("export")
+@click.argument("serial")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="File to write (default stdout).")
+@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@click.pass_context
+def certs_export(ctx: click.Context, serial: str, out: str | None, der: bool) -> None:
+    """Export one certificate."""
+    n = _parse_serial(serial)
+
+    async def go(issuer: Issuer) -> bytes:
+        r = await _one(issuer, n)
+        cert = x509.load_der_x509_certificate(r.der)
+        return cert.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
+
+    data = _run_with_issuer(ctx, go)
+    if out:
+        Path(out).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--reason", type=click.Choice(sorted(REASONS)), default="unspecified", show_default=True)
+@click.option("--ca", default=None, help="CA name, when the serial exists under several.")
+@click.pass_context
+def revoke(ctx: click.Context, serial: str, reason: str, ca: str | None) -> None:
+    """Revoke a certificate and publish a new CRL (RFC 5280 §5.3.1 reason codes)."""
+    n = _parse_serial(serial)
+    rec = _run_with_issuer(ctx, lambda issuer: issuer.revoke(n, reason, ca))
+    click.echo(f"revoked {serial_hex(rec.serial)} ({rec.subject}) reason={reason}")
+
+
+@main.command()
+@click.argument("serial")
+@click.pass_context
+def retire(ctx: click.Context, serial: str) -> None:
+    """Retire a device's certificate: it can no longer be renewed."""
+    n = _parse_serial(serial)
+    rec = _run_with_issuer(ctx, lambda issuer: issuer.retire(n))
+    click.echo(f"retired {serial_hex(rec.serial)} ({rec.subject})")
+
+
+@main.command()
+@click.option("--ca", "ca_name", default=None, help="CA name (default: the only one).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="File to write (default stdout).")
+@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@click.option("--force", is_flag=True, help="Sign a new CRL even if the current one is fresh.")
+@click.pass_context
+def crl(ctx: click.Context, ca_name: str | None, out: str | None, der: bool, force: bool) -> None:
+    """Print the current CRL (a new one is signed when due or with --force)."""
+
+    async def go(issuer: Issuer) -> bytes:
+        name = ca_name or next(iter(issuer.cas))
+        if name not in issuer.cas:
+            raise click.ClickException(f"no CA named {name!r}")
+        c = await issuer.crl_for_ca(name, force=force)
+        return c.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
+
+    data = _run_with_issuer(ctx, go)
+    if out:
+        Path(out).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@main.group()
+def pending() -> None:
+    """Requests waiting for an operator (profiles with approval = "manual")."""
+
+
+@pending.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include decided requests.")
+@click.pass_context
+def pending_list(ctx: click.Context, show_all: bool) -> None:
+    """List pending requests."""
+
+    async def go(issuer: Issuer) -> None:
+        rows = await issuer.list_pending(None if show_all else "pending")
+        click.echo(f"{'ID':>5} {'STATUS':<9} {'PROFILE':<12} {'VIA':<5} {'CREATED':<16} {'REQUESTER':<30} SUBJECT")
+        for r in rows:
+            click.echo(f"{r.id:>5} {r.status:<9} {r.profile:<12} {r.channel:<5} {_when(r.created_at):<16} "
+                       f"{r.requester:<30} {r.subject}")
+
+    _run_with_issuer(ctx, go)
+
+
+@pending.command("approve")
+@click.argument("request_id", type=int)
+@click.pass_context
+def pending_approve(ctx: click.Context, request_id: int) -> None:
+    """Approve a request; the client's next poll gets its certificate."""
+    who = f"cli:{getpass.getuser()}"
+    if not _run_with_issuer(ctx, lambda issuer: issuer.approve(request_id, who)):
+        raise click.ClickException(f"request {request_id} is not pending")
+    click.echo(f"approved request {request_id}")
+
+
+@pending.command("reject")
+@click.argument("request_id", type=int)
+@click.option("--reason", default="", help="Shown to the operator and in the audit trail.")
+@click.pass_context
+def pending_reject(ctx: click.Context, request_id: int, reason: str) -> None:
+    """Reject a request; the client's next poll is refused."""
+    who = f"cli:{getpass.getuser()}"
+    if not _run_with_issuer(ctx, lambda issuer: issuer.reject(request_id, who, reason)):
+        raise click.ClickException(f"request {request_id} is not pending")
+    click.echo(f"rejected request {request_id}")
+
+
+@main.group()
+def challenge() -> None:
+    """One-time SCEP challenges."""
+
+
+@challenge.command("new")
+@click.option("--profile", required=True, help="Profile the challenge is bound to.")
+@click.option("--ttl", default=3600, show_default=True, help="Seconds until it expires.")
+@click.pass_context
+def challenge_new(ctx: click.Context, profile: str, ttl: int) -> None:
+    """Print a new one-time challenge (used once, within its TTL, for this profile only)."""
+    if ttl < 1:
+        raise click.BadParameter("must be positive", param_hint="--ttl")
+    click.echo(_run_with_issuer(ctx, lambda issuer: issuer.create_one_time_challenge(profile, ttl)))
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def audit(ctx: click.Context, limit: int) -> None:
+    """Show the newest audit records."""
+
+    async def go(issuer: Issuer) -> None:
+        for r in reversed(await issuer.ledger.audit_records(limit)):
+            click.echo(f"{_when(r.at)} {'ok ' if r.ok else 'NO '} {r.event:<14} {r.channel or '-':<5} "
+                       f"{r.profile or '-':<10} {r.serial or '-':<40} {r.requester or '-'} {r.reason or ''}")
+
+    _run_with_issuer(ctx, go)
+
+
+def _add_protocol_clients() -> None:
+    import importlib
+
+    for mod, attr in (("est.cli", "est"), ("scep.cli", "scep")):
+        try:
+            group = getattr(importlib.import_module(mod), attr)
+        except (ModuleNotFoundError, AttributeError):
+            continue
+        main.add_command(group)
+
+
+_add_protocol_clients()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,314 @@
+"""The one TOML config file, validated up front with errors that name the key.
+
+Paths inside the file are relative to the file's own directory. Protocol-specific tables
+(``[est]``, ``[scep]``, ``[profiles.NAME.est]``, ``[profiles.NAME.scep]``) are kept raw here and
+validated by ``enroll.est_mount`` / ``enroll.scep_mount``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from ca.errors import ConfigError
+from ca.profile import Profile, validate_profile
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One listening address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``."""
+
+    https: tuple[Listen, ...]
+    http: tuple[Listen, ...]
+    max_body_bytes: int = 256 * 1024
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """``[tls]``: the server certificate and the union of client trust anchors."""
+
+    cert: Path
+    key: Path
+    client_trust: tuple[str, ...] = ()
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    """``[cas.NAME]``."""
+
+    name: str
+    backend: str
+    cert: Path
+    key: Path
+    chain: tuple[Path, ...] = ()
+    key_passphrase_env: str | None = None
+    crl_url: str | None = None
+    crl_validity_hours: int = 24
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    base_dir: Path
+    server: ServerConfig
+    tls: TLSConfig
+    ledger_url: str
+    cas: Mapping[str, CAConfig]
+    users: Mapping[str, str]
+    trust: Mapping[str, tuple[Path, ...]]
+    profiles: Mapping[str, Profile]
+    est: Mapping[str, Any] = field(default_factory=dict)
+    scep: Mapping[str, Any] = field(default_factory=dict)
+    log_level: str = "info"
+    admin: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self, p: str | Path) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        return resolve(self.base_dir, p)
+
+
+def resolve(base: Path, p: str | Path) -> Path:
+    """``p`` made absolute against ``base``."""
+    q = Path(p)
+    return q if q.is_absolute() else (base / q)
+
+
+def _table(d: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> Mapping[str, Any]:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise ConfigError(f"{path}{key}", "missing table")
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{path}{key}", "must be a table")
+    return v
+
+
+def _check_keys(d: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{path}.{k}" if path else k,
+                              f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _get(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], path: str, default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise ConfigError(f"{path}.{key}", "missing")
+        return default
+    v = d[key]
+    if typ is int and isinstance(v, bool) or not isinstance(v, typ):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise ConfigError(f"{path}.{key}", f"must be {names}, got {type(v).__name__}")
+    return v
+
+
+def _str_list(d: Mapping[str, Any], key: str, path: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    v = d.get(key, list(default))
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{path}.{key}", "must be a list of strings")
+    return tuple(v)
+
+
+def parse_listen(text: str, key: str) -> Listen:
+    """``127.0.0.1:8443`` or ``[::1]:8443``."""
+    try:
+        if text.startswith("["):
+            host, _, port = text[1:].partition("]:")
+        else:
+            host, _, port = text.rpartition(":")
+        n = int(port)
+        if not host or not 0 <= n < 65536:
+            raise ValueError
+        return Listen(host, n)
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not HOST:PORT (use [::1]:PORT for IPv6)") from None
+
+
+def _profile(name: str, t: Mapping[str, Any], cas: Mapping[str, CAConfig]) -> Profile:
+    path = f"profiles.{name}"
+    _check_keys(t, {"ca", "validity_days", "key_types", "key_usage", "extended_key_usage", "subject", "san",
+                    "approval", "retry_after", "renewal_window_days", "allow_legacy_digests", "est", "scep",
+                    "description"}, path)
+    ca = _get(t, "ca", str, path)
+    if ca not in cas:
+        raise ConfigError(f"{path}.ca", f"no CA named {ca!r} (defined: {', '.join(cas) or 'none'})")
+    subj = _table(t, "subject", path + ".")
+    _check_keys(subj, {"allow", "require", "force"}, f"{path}.subject")
+    force = _table(subj, "force", f"{path}.subject.")
+    for k, v in force.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{path}.subject.force.{k}", "must be a string")
+    san = _table(t, "san", path + ".")
+    _check_keys(san, {"allow", "dns_suffixes", "max"}, f"{path}.san")
+    window = t.get("renewal_window_days")
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ConfigError(f"{path}.renewal_window_days", "must be a positive integer")
+    defaults = Profile(name=name, ca=ca)
+    p = Profile(
+        name=name,
+        ca=ca,
+        validity_days=_get(t, "validity_days", int, path, defaults.validity_days),
+        key_types=_str_list(t, "key_types", path, defaults.key_types),
+        key_usage=_str_list(t, "key_usage", path, defaults.key_usage),
+        extended_key_usage=_str_list(t, "extended_key_usage", path, defaults.extended_key_usage),
+        subject_allow=_str_list(subj, "allow", f"{path}.subject", defaults.subject_allow),
+        subject_require=_str_list(subj, "require", f"{path}.subject", defaults.subject_require),
+        subject_force=tuple(force.items()),
+        san_allow=_str_list(san, "allow", f"{path}.san", defaults.san_allow),
+        san_dns_suffixes=_str_list(san, "dns_suffixes", f"{path}.san"),
+        san_max=_get(san, "max", int, f"{path}.san", defaults.san_max),
+        approval=_get(t, "approval", str, path, "auto"),
+        retry_after=_get(t, "retry_after", int, path, defaults.retry_after),
+        renewal_window_days=window,
+        allow_legacy_digests=_get(t, "allow_legacy_digests", bool, path, False),
+        est=_table(t, "est", path + "."),
+        scep=_table(t, "scep", path + "."),
+    )
+    validate_profile(p)
+    return p
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` naming the key."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found (run `enroll init` to create one)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document."""
+    base = path.parent
+    _check_keys(raw, {"server", "tls", "ledger", "log", "cas", "users", "trust", "profiles", "est", "scep",
+                      "admin"}, "")
+    s = _table(raw, "server", "", required=True)
+    _check_keys(s, {"https", "http", "max_body_bytes", "workers"}, "server")
+    server = ServerConfig(
+        https=tuple(parse_listen(x, "server.https") for x in _str_list(s, "https", "server")),
+        http=tuple(parse_listen(x, "server.http") for x in _str_list(s, "http", "server")),
+        max_body_bytes=_get(s, "max_body_bytes", int, "server", 256 * 1024),
+        workers=_get(s, "workers", int, "server", 1),
+    )
+    if server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes", "must be at least 1024")
+    if not 1 <= server.workers <= 256:
+        raise ConfigError("server.workers", "must be between 1 and 256")
+    if not server.https and not server.http:
+        raise ConfigError("server", "listens nowhere: set https and/or http")
+
+    t = _table(raw, "tls", "", required=bool(server.https))
+    _check_keys(t, {"cert", "key", "client_trust", "min_version"}, "tls")
+    tls = TLSConfig(
+        cert=resolve(base, _get(t, "cert", str, "tls", "")) if t else Path(),
+        key=resolve(base, _get(t, "key", str, "tls", "")) if t else Path(),
+        client_trust=_str_list(t, "client_trust", "tls"),
+        min_version=_get(t, "min_version", str, "tls", "1.2"),
+    )
+    if tls.min_version not in ("1.2", "1.3"):
+        raise ConfigError("tls.min_version", "must be \"1.2\" or \"1.3\"")
+
+    led = _table(raw, "ledger", "")
+    _check_keys(led, {"url"}, "ledger")
+    ledger_url = _get(led, "url", str, "ledger", "sqlite:///var/enroll.db")
+    if ledger_url.startswith("sqlite:///") and not ledger_url.startswith("sqlite:////"):
+        rel = ledger_url[len("sqlite:///"):]
+        ledger_url = "sqlite:///" + str(resolve(base, rel))
+    elif not ledger_url.startswith(("sqlite:", "postgresql://", "postgres://", "postgresql+asyncpg://")):
+        raise ConfigError("ledger.url", "must be sqlite:///PATH or postgresql://USER@HOST/DB")
+
+    cas: dict[str, CAConfig] = {}
+    for name, c in _table(raw, "cas", "", required=True).items():
+        p = f"cas.{name}"
+        if not isinstance(c, dict):
+            raise ConfigError(p, "must be a table")
+        _check_keys(c, {"backend", "cert", "key", "chain", "key_passphrase_env", "crl_url", "crl_validity_hours"}, p)
+        backend = _get(c, "backend", str, p, "local")
+        if backend != "local":
+            raise ConfigError(f"{p}.backend", f"unknown backend {backend!r} (available: local)")
+        cas[name] = CAConfig(
+            name=name, backend=backend,
+            cert=resolve(base, _get(c, "cert", str, p)), key=resolve(base, _get(c, "key", str, p)),
+            chain=tuple(resolve(base, x) for x in _str_list(c, "chain", p)),
+            key_passphrase_env=_get(c, "key_passphrase_env", str, p, None),
+            crl_url=_get(c, "crl_url", str, p, None),
+            crl_validity_hours=_get(c, "crl_validity_hours", int, p, 24),
+        )
+    if not cas:
+        raise ConfigError("cas", "define at least one CA")
+
+    users: dict[str, str] = {}
+    for name, u in _table(raw, "users", "").items():
+        p = f"users.{name}"
+        if not isinstance(u, dict):
+            raise ConfigError(p, "must be a table")
+        _check_keys(u, {"password_hash"}, p)
+        from ca.authz import is_secret_hash
+
+        h = _get(u, "password_hash", str, p)
+        if not is_secret_hash(h):
+            raise ConfigError(f"{p}.password_hash", "must be a hash from `enroll hash-secret` (scrypt$...)")
+        users[name] = h
+
+    trust: dict[str, tuple[Path, ...]] = {}
+    for name, tt in _table(raw, "trust", "").items():
+        p = f"trust.{name}"
+        if not isinstance(tt, dict):
+            raise ConfigError(p, "must be a table")
+        _check_keys(tt, {"certs"}, p)
+        trust[name] = tuple(resolve(base, x) for x in _str_list(tt, "certs", p))
+    for n in tls.client_trust:
+        if n not in trust:
+            raise ConfigError("tls.client_trust", f"no trust store named {n!r}")
+
+    profiles = {name: _profile(name, pt if isinstance(pt, dict) else {}, cas)
+                for name, pt in _table(raw, "profiles", "", required=True).items()}
+    if not profiles:
+        raise ConfigError("profiles", "define at least one profile")
+    lg = _table(raw, "log", "")
+    _check_keys(lg, {"level"}, "log")
+    level = _get(lg, "level", str, "log", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level", "must be debug, info, warning or error")
+    return Config(path=path, base_dir=base, server=server, tls=tls, ledger_url=ledger_url, cas=cas, users=users,
+                  trust=trust, profiles=profiles, est=_table(raw, "est", ""), scep=_table(raw, "scep", ""),
+                  log_level=level, admin=_table(raw, "admin", ""), raw=raw)
+
+
+def load_certs(path: Path, key: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM (or single DER) file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [
+            x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise ConfigError(key, f"{path} holds no readable certificate: {exc}") from None
+    return certs

@@ -1,0 +1,227 @@
+"""Shared fixtures: a development PKI, an initialised embedded-default directory, an issuer, a
+running server on free loopback ports, and CSR helpers. Everything is real: keys, SQLite files,
+TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from ca.api import AuthMethod, Channel, IssueRequest, Requester
+from ca.issuer import Issuer
+from enroll.app import build_issuer
+from enroll.config import Config, load_config
+from enroll.pki import DevPKI, make_dev_pki
+from enroll.setup import InitResult, init_directory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run campaigns marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow campaign: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def require_tool(name: str) -> str:
+    """The path of a Debian tool an interop test drives; skip (or fail under CI) if missing."""
+    path = shutil.which(name) or (name if os.path.exists(name) else None)
+    if path is None:
+        if os.environ.get("ENROLL_REQUIRE_INTEROP") == "1":
+            pytest.fail(f"{name} is required (ENROLL_REQUIRE_INTEROP=1) but not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dev_pki() -> DevPKI:
+    """One development PKI for the whole session (key generation is the slow part)."""
+    return make_dev_pki()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 and ::1 right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET6) as s6:
+                s6.bind(("::1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, dev_pki: DevPKI) -> InitResult:
+    """A directory initialised like `enroll init` (session PKI, fresh secrets and SQLite file)."""
+    return init_directory(tmp_path / "enroll", https_port=free_port(), http_port=free_port(), pki=dev_pki)
+
+
+@pytest.fixture
+def config(embedded: InitResult) -> Config:
+    """The embedded default's validated config."""
+    return load_config(embedded.config_path)
+
+
+@pytest.fixture
+async def issuer(config: Config) -> AsyncIterator[Issuer]:
+    """A migrated issuer over the embedded default's SQLite ledger."""
+    iss = build_issuer(config)
+    await iss.ledger.migrate()
+    yield iss
+    await iss.ledger.close()
+    assert_ledger_lints_clean(config)
+
+
+def assert_ledger_lints_clean(config: Config) -> None:
+    """Every certificate a test issued passes pkilint's RFC 5280 checks (no ERROR/FATAL)."""
+    from tests.lint import lint_sqlite_ledger
+
+    if config.ledger_url.startswith("sqlite:///"):
+        _, problems = lint_sqlite_ledger(Path(config.ledger_url[len("sqlite:///"):]))
+        assert not problems, problems
+
+
+def make_csr(
+    cn: str = "device-1",
+    key: Any = None,
+    *,
+    sans: list[x509.GeneralName] | None = None,
+    extra_attrs: list[x509.NameAttribute] | None = None,
+    extensions: list[tuple[x509.ExtensionType, bool]] | None = None,
+    challenge: str | None = None,
+    digest: hashes.HashAlgorithm | None = None,
+) -> tuple[x509.CertificateSigningRequest, Any]:
+    """A CSR signed by ``key`` (a fresh P-256 key by default)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn), *(extra_attrs or [])]
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), False)
+    for ext, crit in extensions or []:
+        b = b.add_extension(ext, crit)
+    if challenge is not None:
+        from cryptography.x509.oid import AttributeOID
+
+        b = b.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+    return b.sign(key, digest or hashes.SHA256()), key
+
+
+def resign_csr(csr: x509.CertificateSigningRequest, key: rsa.RSAPrivateKey,
+               digest: hashes.HashAlgorithm) -> x509.CertificateSigningRequest:
+    """The same CSR signed with a legacy digest (SHA-1, MD5) that cryptography's builder refuses."""
+    from asn1crypto import csr as acsr
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    parsed = acsr.CertificationRequest.load(csr.public_bytes(serialization.Encoding.DER))
+    info = parsed["certification_request_info"]
+    alg = {"sha1": "sha1_rsa", "md5": "md5_rsa", "sha256": "sha256_rsa"}[digest.name]
+    out = acsr.CertificationRequest({"certification_request_info": info, "signature_algorithm": {"algorithm": alg},
+                                     "signature": key.sign(info.dump(), padding.PKCS1v15(), digest)})
+    return x509.load_der_x509_csr(out.dump())
+
+
+def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    """A fresh RSA key."""
+    return rsa.generate_private_key(65537, bits)
+
+
+OPERATOR = Requester(AuthMethod.BASIC, "estuser")
+
+
+def request(csr: x509.CertificateSigningRequest, profile: str = "gateway", **kw: Any) -> IssueRequest:
+    """An authenticated issue request for ``csr``."""
+    kw.setdefault("requester", OPERATOR)
+    kw.setdefault("channel", Channel.EST)
+    return IssueRequest(csr=csr, profile=profile, **kw)
+
+
+@dataclass
+class RunningServer:
+    """`enroll serve` in a subprocess on free loopback ports."""
+
+    init: InitResult
+    config: Config
+    https_port: int
+    http_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base_https(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def base_http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The trust anchor for the server's TLS certificate."""
+        return self.init.certs_dir / "root-ca.pem"
+
+    def enroll(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the `enroll` CLI against this server's config."""
+        return subprocess.run([sys.executable, "-m", "enroll", "-c", str(self.init.config_path), *args],
+                              capture_output=True, text=True, check=check, timeout=120)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"enroll serve exited: {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"enroll serve did not listen on {port}: {log.read_text()}")
+
+
+@pytest.fixture
+def running_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
+    """`enroll init` + `enroll serve` in a temp dir on free ports; stopped after the test."""
+    https_port, http_port = free_port(), free_port()
+    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        _wait_listening(https_port, proc, log)
+        _wait_listening(http_port, proc, log)
+        yield RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert_ledger_lints_clean(load_config(init.config_path))
