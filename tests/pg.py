@@ -1,0 +1,101 @@
+"""A private PostgreSQL cluster on loopback for the tests (Debian's postgresql package).
+
+Started once per session in a temp directory on a free port, as the ``postgres`` user when the
+tests run as root; each test gets its own database. Skipped when PostgreSQL is not installed,
+unless ENROLL_REQUIRE_INTEROP=1 (CI), where a missing server fails.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """A running throwaway cluster; ``url(db)`` gives a DSN for a database on it."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="enroll-pg-"))
+        self.port = _free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._n = 0
+
+    def _cmd(self, *args: str) -> list[str]:
+        return ["runuser", "-u", self.user, "--", *args] if self.user else list(args)
+
+    def start(self) -> None:
+        data = self.dir / "data"
+        if self.user:
+            shutil.chown(self.dir, self.user)
+        subprocess.run(self._cmd(str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                                 "--no-sync"), check=True, capture_output=True, timeout=120)
+        self.proc = subprocess.Popen(
+            self._cmd(str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
+                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"),
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    time.sleep(0.3)
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise RuntimeError(f"postgres did not start: {(self.dir / 'log').read_text()}")
+
+    def new_database(self) -> str:
+        """Create an empty database and return its URL."""
+        self._n += 1
+        name = f"enroll_test_{os.getpid()}_{self._n}"
+        subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                        "-q", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cluster() -> Iterator[Cluster | None]:
+    """Yield a started cluster, or None when PostgreSQL is not installed."""
+    bindir = _bindir()
+    if bindir is None:
+        yield None
+        return
+    c = Cluster(bindir)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
