@@ -427,3 +427,30 @@ def decrypt_key_identifiers(
         csr_attribute(csr, Oid.DECRYPT_KEY_IDENTIFIER),
         csr_attribute(csr, Oid.ASYMMETRIC_DECRYPT_KEY_IDENTIFIER),
     )
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def csr_attribute_der(csr: x509.CertificateSigningRequest, oid: str) -> bytes | None:
+    """The full DER (tag, length, contents) of a single-valued CSR attribute's value.
+
+    cryptography hands out only the contents octets plus the universal tag number; rebuild the
+    TLV so structured values (SEQUENCE, e.g. ChangeSubjectName) can be parsed."""
+    try:
+        attr = csr.attributes.get_attribute_for_oid(x509.ObjectIdentifier(oid))
+    except x509.AttributeNotFound:
+        return None
+    except ValueError as exc:
+        raise BadRequest(f"CSR attribute {oid}: {exc}") from None
+    tag = int(attr._type)  # noqa: SLF001 - the universal tag number of the value
+    if tag > 30:
+        raise BadRequest(f"CSR attribute {oid}: unsupported tag")
+    if tag in (16, 17):
+        tag |= 0x20  # SEQUENCE / SET are constructed
+    value = bytes(attr.value)
+    return bytes([tag]) + _der_length(len(value)) + value

@@ -1,0 +1,741 @@
+"""EST rules (RFC 7030 §3-4, RFC 8951): labels to profiles, authentication, PoP linking,
+re-enrollment checks, pending answers and server-side key generation.
+
+Input is already-extracted request facts (:class:`TlsInfo`, :class:`Credentials`, body bytes);
+output is an :class:`EstResponse` or an :class:`~est.errors.EstError`. No aiohttp here: only
+``est/http.py`` speaks HTTP (DESIGN.md conventions 4-5).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from asn1crypto import core
+from asn1crypto import x509 as ax509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PrivateKeyTypes,
+)
+
+from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
+from ca.errors import CAError, ConfigError
+from est import asn1, wire
+from est.errors import (
+    BadRequest,
+    EstError,
+    Forbidden,
+    NotFound,
+    NotImplementedOperation,
+    Unauthorized,
+    from_ca_error,
+    from_reject,
+)
+
+OPERATIONS = ("cacerts", "simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "fullcmc")
+#: RFC 7030 §3.2.2 table: the method each operation takes.
+METHODS: Mapping[str, str] = {
+    "cacerts": "GET",
+    "csrattrs": "GET",
+    "simpleenroll": "POST",
+    "simplereenroll": "POST",
+    "serverkeygen": "POST",
+    "fullcmc": "POST",
+}
+AUTH_METHODS = ("basic", "client-cert")
+POP_MODES = ("off", "tls-unique")
+CMC_RA = x509.ObjectIdentifier(asn1.Oid.KP_CMC_RA)
+DEFAULT_MAX_BODY = 64 * 1024
+
+_EST_KEYS = {"default_profile", "realm", "base64_line_length", "max_body_bytes",
+             "serverkeygen_signer_cert", "serverkeygen_signer_key"}
+_PROFILE_KEYS = {"labels", "auth", "client_trust", "pop", "reenroll", "serverkeygen",
+                 "csrattrs", "csr_template", "allow_change_subject_name", "include_chain",
+                 "serverkeygen_keks", "serverkeygen_recipients"}
+
+
+# --- request facts (filled in by http.py) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """What the TLS layer knows about the connection (RFC 7030 §3.3, §3.5)."""
+
+    version: str | None = None  # "TLSv1.2", "TLSv1.3"
+    peer_certificate: x509.Certificate | None = None  # verified by the handshake (CERT_OPTIONAL)
+    tls_unique: bytes | None = None  # RFC 5929 §3, TLS <= 1.2 only
+    tls_exporter: bytes | None = None  # RFC 9266, when the TLS stack can export it
+    remote: str | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """HTTP Basic credentials (RFC 7617) as sent; ``malformed`` for an unparsable header."""
+
+    user: str
+    password: str = field(repr=False)
+    malformed: bool = False
+
+
+@dataclass(frozen=True)
+class EstResponse:
+    """An answer for http.py to send as is: status, exact headers, body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """``[profiles.NAME.est]``, validated."""
+
+    profile: str
+    labels: tuple[str, ...]
+    auth: tuple[frozenset[str], ...]  # any entry satisfied; an entry needs all its methods
+    client_trust: tuple[str, ...]
+    pop: str = "off"
+    reenroll: bool = True
+    serverkeygen: bool = True
+    csrattrs: str | tuple[str, ...] = "auto"
+    csr_template: bool = False
+    allow_change_subject_name: bool = False
+    include_chain: bool = False
+    keks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
+    recipients: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class EstSettings:
+    """``[est]`` plus every ``[profiles.NAME.est]``, validated."""
+
+    rules: Mapping[str, LabelRule]  # by label; "" is the default (no label)
+    realm: str = "enroll"
+    line_length: int = 0
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    signer_cert: x509.Certificate | None = None
+    signer_key: PrivateKeyTypes | None = field(default=None, repr=False)
+
+
+class ProfileLike(Protocol):
+    name: str
+    approval: str
+    key_types: tuple[str, ...]
+    subject_require: tuple[str, ...]
+    subject_force: tuple[tuple[str, str], ...]
+    san_allow: tuple[str, ...]
+    est: Mapping[str, Any]
+
+
+def _strs(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, "must be a list of strings")
+    return tuple(value)
+
+
+def _bool(table: Mapping[str, Any], name: str, key: str, default: bool) -> bool:
+    value = table.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}.{name}", "must be true or false")
+    return value
+
+
+def _load_pem_certs(path: Path, key: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(key, f"cannot load certificates from {path}: {exc}") from None
+
+
+def parse_rule(
+    profile: ProfileLike,
+    *,
+    trust_names: Sequence[str],
+    resolve: Any = Path,
+) -> LabelRule:
+    """Validate one ``[profiles.NAME.est]`` table (fail closed: ``auth`` is required)."""
+    key = f"profiles.{profile.name}.est"
+    table = profile.est
+    unknown = set(table) - _PROFILE_KEYS
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key")
+    labels = _strs(table.get("labels", []), f"{key}.labels")
+    for label in labels:
+        if not label or "/" in label or label in OPERATIONS or label.startswith("."):
+            raise ConfigError(f"{key}.labels", f"{label!r} is not a valid EST label (one path segment)")
+    if "auth" not in table:
+        raise ConfigError(f"{key}.auth", "required: list of 'basic', 'client-cert' or 'basic+client-cert'")
+    entries = []
+    for entry in _strs(table["auth"], f"{key}.auth"):
+        methods = frozenset(m.strip() for m in entry.split("+"))
+        bad = methods - set(AUTH_METHODS)
+        if bad:
+            raise ConfigError(f"{key}.auth", f"unknown method {sorted(bad)[0]!r} (use {', '.join(AUTH_METHODS)})")
+        entries.append(methods)
+    if not entries:
+        raise ConfigError(f"{key}.auth", "must name at least one method (EST never enrolls anonymously)")
+    client_trust = _strs(table.get("client_trust", []), f"{key}.client_trust")
+    for name in client_trust:
+        if name not in trust_names:
+            raise ConfigError(f"{key}.client_trust", f"no [trust.{name}] store")
+    if any("client-cert" in e for e in entries) and not client_trust:
+        raise ConfigError(f"{key}.client_trust", "auth 'client-cert' needs at least one trust store")
+    pop = table.get("pop", "off")
+    if pop is True:
+        pop = "tls-unique"
+    if pop is False:
+        pop = "off"
+    if pop not in POP_MODES:
+        raise ConfigError(f"{key}.pop", f"must be one of {', '.join(POP_MODES)}")
+    serverkeygen = _bool(table, "serverkeygen", key, True)
+    if serverkeygen and profile.approval == "manual":
+        if "serverkeygen" in table:
+            raise ConfigError(f"{key}.serverkeygen",
+                              "not possible with approval = \"manual\": the server would have to keep "
+                              "the generated private key until approval")
+        serverkeygen = False
+    csrattrs: str | tuple[str, ...] = "auto"
+    raw_attrs = table.get("csrattrs", "auto")
+    if isinstance(raw_attrs, str):
+        if raw_attrs not in ("auto", "none"):
+            raise ConfigError(f"{key}.csrattrs", "must be \"auto\", \"none\" or a list of OIDs")
+        csrattrs = raw_attrs
+    else:
+        oids = _strs(raw_attrs, f"{key}.csrattrs")
+        for oid in oids:
+            try:
+                x509.ObjectIdentifier(oid)
+            except ValueError:
+                raise ConfigError(f"{key}.csrattrs", f"{oid!r} is not a dotted OID") from None
+        csrattrs = oids
+    keks: dict[bytes, bytes] = {}
+    raw_keks = table.get("serverkeygen_keks", {})
+    if not isinstance(raw_keks, Mapping):
+        raise ConfigError(f"{key}.serverkeygen_keks", "must be a table of hex key id = KEK file")
+    for kid, path in raw_keks.items():
+        try:
+            kid_bytes = bytes.fromhex(kid)
+            text = Path(resolve(path)).read_text().strip()
+            kek = bytes.fromhex(text)
+        except (ValueError, OSError, TypeError) as exc:
+            raise ConfigError(f"{key}.serverkeygen_keks.{kid}", f"bad key id or KEK file: {exc}") from None
+        if len(kek) not in (16, 24, 32):
+            raise ConfigError(f"{key}.serverkeygen_keks.{kid}", "KEK must be 16, 24 or 32 bytes (hex)")
+        keks[kid_bytes] = kek
+    recipients: list[x509.Certificate] = []
+    for path in _strs(table.get("serverkeygen_recipients", []), f"{key}.serverkeygen_recipients"):
+        recipients.extend(_load_pem_certs(Path(resolve(path)), f"{key}.serverkeygen_recipients"))
+    return LabelRule(
+        profile=profile.name,
+        labels=labels,
+        auth=tuple(entries),
+        client_trust=client_trust,
+        pop=pop,
+        reenroll=_bool(table, "reenroll", key, True),
+        serverkeygen=serverkeygen,
+        csrattrs=csrattrs,
+        csr_template=_bool(table, "csr_template", key, False),
+        allow_change_subject_name=_bool(table, "allow_change_subject_name", key, False),
+        include_chain=_bool(table, "include_chain", key, False),
+        keks=keks,
+        recipients=tuple(recipients),
+    )
+
+
+def parse_settings(
+    est: Mapping[str, Any],
+    profiles: Mapping[str, ProfileLike],
+    *,
+    trust_names: Sequence[str],
+    resolve: Any = Path,
+    server_max_body: int | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> EstSettings:
+    """Validate ``[est]`` and the per-profile tables into :class:`EstSettings`."""
+    unknown = set(est) - _EST_KEYS
+    if unknown:
+        raise ConfigError(f"est.{sorted(unknown)[0]}", "unknown key")
+    rules: dict[str, LabelRule] = {}
+    by_profile: dict[str, LabelRule] = {}
+    for name, profile in profiles.items():
+        if not profile.est:
+            continue
+        rule = parse_rule(profile, trust_names=trust_names, resolve=resolve)
+        by_profile[name] = rule
+        for label in rule.labels:
+            if label in rules:
+                raise ConfigError(f"profiles.{name}.est.labels",
+                                  f"label {label!r} already belongs to profile {rules[label].profile!r}")
+            rules[label] = rule
+    default = est.get("default_profile")
+    if default is not None:
+        if not isinstance(default, str) or default not in profiles:
+            raise ConfigError("est.default_profile", f"no profile {default!r}")
+        if default not in by_profile:
+            raise ConfigError("est.default_profile", f"profile {default!r} has no [profiles.{default}.est] table")
+        rules[""] = by_profile[default]
+    realm = est.get("realm", "enroll")
+    if not isinstance(realm, str) or '"' in realm or "\\" in realm:
+        raise ConfigError("est.realm", "must be a string without quotes or backslashes")
+    line_length = est.get("base64_line_length", 0)
+    if not isinstance(line_length, int) or line_length < 0 or line_length % 4:
+        raise ConfigError("est.base64_line_length", "must be 0 (unwrapped) or a multiple of 4, e.g. 64 or 76")
+    max_body = est.get("max_body_bytes", DEFAULT_MAX_BODY)
+    if not isinstance(max_body, int) or max_body < 1024:
+        raise ConfigError("est.max_body_bytes", "must be an integer >= 1024")
+    if server_max_body is not None:
+        max_body = min(max_body, server_max_body)
+    signer_cert = signer_key = None
+    cert_path = est.get("serverkeygen_signer_cert")
+    key_path = est.get("serverkeygen_signer_key")
+    if (cert_path is None) != (key_path is None):
+        raise ConfigError("est.serverkeygen_signer_key", "serverkeygen_signer_cert and _key go together")
+    if cert_path is None and tls_cert is not None and tls_key is not None:
+        cert_path, key_path = tls_cert, tls_key
+    needs_signer = any(r.keks or r.recipients or r.serverkeygen for r in by_profile.values())
+    if cert_path is not None and key_path is not None and needs_signer:
+        try:
+            signer_cert = _load_pem_certs(Path(resolve(cert_path)), "est.serverkeygen_signer_cert")[0]
+            signer_key = serialization.load_pem_private_key(Path(resolve(key_path)).read_bytes(), None)
+        except (OSError, ValueError, TypeError, IndexError) as exc:
+            raise ConfigError("est.serverkeygen_signer_key", f"cannot load: {exc}") from None
+    return EstSettings(rules=rules, realm=realm, line_length=line_length, max_body_bytes=max_body,
+                       signer_cert=signer_cert, signer_key=signer_key)
+
+
+# --- the issuer surface EST uses (ca/issuer.py) -----------------------------------------------
+
+
+class IssuerLike(Protocol):
+    """The part of :class:`ca.issuer.Issuer` EST calls."""
+
+    def profile(self, name: str) -> Any: ...
+    async def ca_chain(self, profile_name: str) -> Any: ...
+    async def issue(self, request: IssueRequest) -> Any: ...
+    async def certificate_status(self, cert: x509.Certificate) -> Any: ...
+    async def verify_password(self, user: str, password: str) -> bool: ...
+    def verify_client_chain(self, leaf: x509.Certificate, trust: Sequence[str],
+                            intermediates: Sequence[x509.Certificate] = ()) -> bool: ...
+    async def audit(self, event: str, *, ok: bool, channel: Channel, profile: str | None,
+                    requester: Requester | None, reason: str = "", csr_sha256: str | None = None,
+                    serial: int | None = None, detail: dict[str, Any] | None = None) -> None: ...
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> EstResponse:
+    return EstResponse(status, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})},
+                       (text.rstrip("\n") + "\n").encode())
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def has_cmc_ra(cert: x509.Certificate) -> bool:
+    """True for an EST RA certificate (id-kp-cmcRA, RFC 7030 §3.7 / RFC 6402 §2.10)."""
+    try:
+        return CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+
+
+def _san_bytes(exts: x509.Extensions) -> bytes | None:
+    try:
+        ext = exts.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    return bytes(ext.value.public_bytes())
+
+
+class _ChangeSubjectName(core.Sequence):  # type: ignore[misc]
+    """``ChangeSubjectName ::= SEQUENCE { subject Name OPTIONAL, subjectAlt GeneralNames
+    OPTIONAL }`` (RFC 6402 §2.10)."""
+
+    _fields = [
+        ("subject", ax509.Name, {"optional": True}),
+        ("subject_alt", ax509.GeneralNames, {"optional": True}),
+    ]
+
+
+class EstService:
+    """All EST decisions for one process; one instance shared by every request."""
+
+    def __init__(self, settings: EstSettings, issuer: IssuerLike) -> None:
+        self.settings = settings
+        self.issuer = issuer
+
+    # --- routing facts ------------------------------------------------------------------
+    def rule(self, label: str) -> LabelRule:
+        """The rule for a label ("" = no label); unknown labels are 404 (RFC 7030 §3.2.2)."""
+        rule = self.settings.rules.get(label)
+        if rule is None:
+            if label:
+                raise NotFound(f"unknown EST label {label!r}")
+            raise NotFound("no default EST profile: use /.well-known/est/<label>/<operation>")
+        return rule
+
+    def _encode(self, der: bytes) -> bytes:
+        return wire.encode_base64(der, line_length=self.settings.line_length)
+
+    # --- anonymous operations -----------------------------------------------------------
+    async def cacerts(self, label: str) -> EstResponse:
+        """/cacerts (RFC 7030 §4.1.3): the issuing CA up to the trust anchor plus the
+        rollover certificates while a CA key rollover is configured."""
+        rule = self.rule(label)
+        try:
+            chain = await self.issuer.ca_chain(rule.profile)
+        except CAError as exc:
+            raise from_ca_error(exc, realm=self.settings.realm) from None
+        certs: list[x509.Certificate] = []
+        for cert in (*chain.chain, *chain.rollover):
+            if cert not in certs:
+                certs.append(cert)
+        if not certs:
+            certs = [chain.issuer]
+        return EstResponse(200, {"Content-Type": wire.CT_CACERTS, "Content-Transfer-Encoding": "base64"},
+                           self._encode(wire.encode_certs_only(certs)))
+
+    def csrattrs_items(self, rule: LabelRule) -> list[asn1.AttrOrOid]:
+        """What /csrattrs advertises for a profile (RFC 7030 §4.5.2, RFC 8951 §4, RFC 9908)."""
+        if rule.csrattrs == "none":
+            return []
+        if isinstance(rule.csrattrs, tuple):
+            return [asn1.AttrOrOid(oid) for oid in rule.csrattrs]
+        profile = self.issuer.profile(rule.profile)
+        items: list[asn1.AttrOrOid] = []
+        if rule.pop == "tls-unique":
+            items.append(asn1.AttrOrOid(asn1.Oid.CHALLENGE_PASSWORD))
+        key_type = profile.key_types[0] if profile.key_types else None
+        alg_oid = params = None
+        sig_oid = None
+        key_attr = None
+        curves = {"ec-p256": ("1.2.840.10045.3.1.7", "1.2.840.10045.4.3.2"),
+                  "ec-p384": ("1.3.132.0.34", "1.2.840.10045.4.3.3"),
+                  "ec-p521": ("1.3.132.0.35", "1.2.840.10045.4.3.4")}
+        if key_type in curves:
+            curve, sig_oid = curves[key_type]
+            key_attr = asn1.key_type_ec(curve)
+            alg_oid, params = asn1.Oid.EC_PUBLIC_KEY, asn1.oid_value(curve)
+        elif key_type and key_type.startswith("rsa-"):
+            key_attr = asn1.key_type_rsa(int(key_type[4:]))
+            sig_oid = "1.2.840.113549.1.1.11"
+            alg_oid = asn1.Oid.RSA_ENCRYPTION
+        elif key_type == "ed25519":
+            alg_oid = asn1.Oid.ED25519
+            key_attr = asn1.AttrOrOid(asn1.Oid.ED25519)
+        if rule.csr_template:
+            from ca.profile import SUBJECT_ATTRIBUTES
+
+            subject = [asn1.TemplateRdn(SUBJECT_ATTRIBUTES[n].dotted_string)
+                       for n in profile.subject_require if n in SUBJECT_ATTRIBUTES]
+            subject += [asn1.TemplateRdn(SUBJECT_ATTRIBUTES[n].dotted_string, v)
+                        for n, v in profile.subject_force if n in SUBJECT_ATTRIBUTES]
+            exts = [asn1.TemplateExtension("2.5.29.17")] if profile.san_allow else []
+            items.append(asn1.certification_request_template(
+                subject=subject, key_algorithm=alg_oid, key_parameters=params, extensions=exts))
+            return items
+        if key_attr is not None:
+            items.append(key_attr)
+        if sig_oid is not None:
+            items.append(asn1.AttrOrOid(sig_oid))
+        return items
+
+    async def csrattrs(self, label: str) -> EstResponse:
+        """/csrattrs (RFC 7030 §4.5): 204 when there is nothing to ask for."""
+        items = self.csrattrs_items(self.rule(label))
+        if not items:
+            return EstResponse(204, {}, b"")
+        return EstResponse(200, {"Content-Type": wire.CT_CSRATTRS, "Content-Transfer-Encoding": "base64"},
+                           self._encode(asn1.encode_csrattrs(items)))
+
+    async def fullcmc(self, label: str) -> EstResponse:
+        """/fullcmc (RFC 7030 §4.3) is not offered."""
+        self.rule(label)
+        raise NotImplementedOperation(
+            "/fullcmc (Full CMC, RFC 7030 §4.3) is not implemented by this server; "
+            "use /simpleenroll, /simplereenroll or /serverkeygen")
+
+    # --- authentication (RFC 7030 §3.2.3, §3.3.2) -----------------------------------------
+    async def authenticate(self, rule: LabelRule, tls: TlsInfo, creds: Credentials | None) -> Requester:
+        """Check the label's auth entries; 401 + WWW-Authenticate when Basic would help."""
+        cert_ok = False
+        cert = tls.peer_certificate
+        if cert is not None and rule.client_trust:
+            cert_ok = self.issuer.verify_client_chain(cert, rule.client_trust)
+        basic_ok = False
+        if creds is not None and not creds.malformed:
+            basic_ok = await self.issuer.verify_password(creds.user, creds.password)
+        for entry in rule.auth:
+            if ("client-cert" in entry and not cert_ok) or ("basic" in entry and not basic_ok):
+                continue
+            if "client-cert" in entry:
+                assert cert is not None
+                principal = cert.subject.rfc4514_string()
+                if "basic" in entry and creds is not None:
+                    principal = f"{creds.user} ({principal})"
+                return Requester(AuthMethod.TLS_CLIENT_CERT, principal, cert, tls.remote)
+            assert creds is not None
+            return Requester(AuthMethod.BASIC, creds.user, cert if cert_ok else None, tls.remote)
+        needs_basic = any("basic" in e and ("client-cert" not in e or cert_ok) for e in rule.auth)
+        if needs_basic:
+            detail = ("HTTP Basic authentication required" if creds is None
+                      else "HTTP Basic authentication failed")
+            raise Unauthorized(detail, realm=self.settings.realm)
+        if cert is None:
+            raise Forbidden("a TLS client certificate is required for this label (RFC 7030 §3.3.2)")
+        raise Forbidden("the TLS client certificate does not chain to a trust store of this label")
+
+    # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
+    def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
+                  requester: Requester) -> None:
+        """challengePassword must equal base64(tls-unique); skipped for an authenticated EST RA
+        (id-kp-cmcRA), which re-signs CSRs it relays (RFC 7030 §3.7)."""
+        if rule.pop == "off":
+            return
+        if requester.certificate is not None and has_cmc_ra(requester.certificate):
+            return
+        if tls.version != "TLSv1.2" or tls.tls_unique is None:
+            raise BadRequest(
+                f"this label requires PoP linking (RFC 7030 §3.5) but the connection is {tls.version}: "
+                "tls-unique exists only up to TLS 1.2 and this server's TLS stack cannot export "
+                "RFC 9266 tls-exporter keying material; reconnect with TLS 1.2")
+        sent = asn1.challenge_password(csr)
+        expected = base64.b64encode(tls.tls_unique)
+        if sent is None:
+            raise BadRequest("PoP linking required: the CSR lacks challengePassword = base64(tls-unique)")
+        if not hmac.compare_digest(sent.strip(), expected):
+            raise BadRequest("PoP linking failed: challengePassword does not match this TLS session's "
+                             "tls-unique (the CSR must be built on the connection that sends it)")
+
+    # --- enrollment ---------------------------------------------------------------------
+    def _csr(self, body: bytes) -> x509.CertificateSigningRequest:
+        csr = wire.parse_csr(wire.decode_base64_body(body))
+        if not wire.csr_signature_valid(csr):
+            raise BadRequest("the CSR signature does not verify (RFC 2986 proof of possession)")
+        return csr
+
+    def _outcome(self, outcome: Any, rule: LabelRule) -> EstResponse:
+        if isinstance(outcome, Issued):
+            certs = [outcome.certificate]
+            if rule.include_chain:
+                certs += [c for c in outcome.chain if c != outcome.certificate]
+            return EstResponse(200, {"Content-Type": wire.CT_CERTS_ONLY, "Content-Transfer-Encoding": "base64"},
+                               self._encode(wire.encode_certs_only(certs)))
+        if isinstance(outcome, Pending):
+            return _text(202, f"request {outcome.request_id} is pending approval; "
+                              f"re-send the same CSR after {outcome.retry_after} seconds",
+                         {"Retry-After": str(max(1, int(outcome.retry_after)))})
+        if isinstance(outcome, Rejected):
+            raise from_reject(outcome.reason, outcome.detail, realm=self.settings.realm)
+        raise EstError("unexpected issuance outcome", status=500)
+
+    async def _refuse(self, event: str, rule: LabelRule, err: EstError, requester: Requester | None,
+                      csr: x509.CertificateSigningRequest | None) -> None:
+        import hashlib
+
+        sha = hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest() if csr else None
+        await self.issuer.audit(event, ok=False, channel=Channel.EST, profile=rule.profile,
+                                requester=requester, reason=f"{err.status}: {err.detail}", csr_sha256=sha)
+
+    async def simpleenroll(self, label: str, body: bytes, tls: TlsInfo,
+                           creds: Credentials | None) -> EstResponse:
+        """/simpleenroll (RFC 7030 §4.2.1)."""
+        rule = self.rule(label)
+        requester: Requester | None = None
+        csr = None
+        try:
+            requester = await self.authenticate(rule, tls, creds)
+            csr = self._csr(body)
+            self.check_pop(rule, csr, tls, requester)
+        except EstError as err:
+            await self._refuse("est-enroll", rule, err, requester, csr)
+            raise
+        outcome = await self.issuer.issue(IssueRequest(csr, rule.profile, requester, Channel.EST))
+        return self._outcome(outcome, rule)
+
+    async def simplereenroll(self, label: str, body: bytes, tls: TlsInfo,
+                             creds: Credentials | None) -> EstResponse:
+        """/simplereenroll (RFC 7030 §4.2.2): the TLS client certificate must be one we issued,
+        not revoked or retired, for this profile; the CSR repeats its subject and SAN."""
+        rule = self.rule(label)
+        cert = tls.peer_certificate
+        requester: Requester | None = None
+        csr = None
+        try:
+            if not rule.reenroll:
+                raise Forbidden("re-enrollment is disabled for this label")
+            if cert is None:
+                raise Forbidden("re-enrollment requires the TLS client certificate being renewed "
+                                "(RFC 7030 §4.2.2)")
+            record = await self.issuer.certificate_status(cert)
+            if record is None:
+                raise Forbidden("the TLS client certificate was not issued by this server")
+            if record.revoked:
+                raise Forbidden("the TLS client certificate is revoked")
+            if record.retired:
+                raise Forbidden("the TLS client certificate belongs to a retired device")
+            now = dt.datetime.now(dt.timezone.utc)
+            if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+                raise Forbidden("the TLS client certificate is outside its validity period")
+            if record.profile != rule.profile:
+                raise Forbidden(f"the TLS client certificate was issued under profile {record.profile!r}, "
+                                f"not {rule.profile!r}")
+            requester = Requester(AuthMethod.TLS_CLIENT_CERT, cert.subject.rfc4514_string(), cert, tls.remote)
+            csr = self._csr(body)
+            self.check_names(rule, csr, cert)
+            self.check_pop(rule, csr, tls, requester)
+        except EstError as err:
+            await self._refuse("est-reenroll", rule, err, requester, csr)
+            raise
+        outcome = await self.issuer.issue(
+            IssueRequest(csr, rule.profile, requester, Channel.EST, renewal_of=cert))
+        return self._outcome(outcome, rule)
+
+    def check_names(self, rule: LabelRule, csr: x509.CertificateSigningRequest,
+                    cert: x509.Certificate) -> None:
+        """RFC 7030 §4.2.2: Subject and SubjectAltName identical to the certificate being
+        renewed (byte-equal DER), unless a ChangeSubjectName attribute (RFC 6402 §2.10) names the
+        current ones and the label allows renaming."""
+        change = asn1.csr_attribute_der(csr, asn1.Oid.CHANGE_SUBJECT_NAME)
+        cert_san = _san_bytes(cert.extensions)
+        try:
+            csr_san = _san_bytes(csr.extensions)
+        except ValueError:
+            raise BadRequest("the CSR's extension request does not parse") from None
+        if change is not None:
+            if not rule.allow_change_subject_name:
+                raise Forbidden("ChangeSubjectName is not allowed for this label")
+            try:
+                csn = _ChangeSubjectName.load(change, strict=True)
+                old_subject = csn["subject"]
+                old_alt = csn["subject_alt"]
+                if not isinstance(old_subject, core.Void) and \
+                        bytes(old_subject.dump()) != cert.subject.public_bytes():
+                    raise Forbidden("ChangeSubjectName.subject is not the current certificate's subject")
+                if not isinstance(old_alt, core.Void) and cert_san is not None:
+                    if bytes(old_alt.dump()) != cert_san:
+                        raise Forbidden("ChangeSubjectName.subjectAlt is not the current certificate's SAN")
+            except EstError:
+                raise
+            except Exception:  # noqa: BLE001 - parse gate
+                raise BadRequest("ChangeSubjectName does not parse") from None
+            return
+        if csr.subject.public_bytes() != cert.subject.public_bytes():
+            raise Forbidden("re-enrollment must repeat the subject of the certificate being renewed "
+                            "(RFC 7030 §4.2.2)")
+        if csr_san != cert_san:
+            raise Forbidden("re-enrollment must repeat the subjectAltName of the certificate being renewed "
+                            "(RFC 7030 §4.2.2)")
+
+    # --- server-side key generation (RFC 7030 §4.4) ---------------------------------------
+    async def serverkeygen(self, label: str, body: bytes, tls: TlsInfo,
+                           creds: Credentials | None) -> EstResponse:
+        """/serverkeygen: the server makes the key per profile, has it certified, returns key
+        then certificate, and keeps nothing (RFC 7030 §4.4.2)."""
+        rule = self.rule(label)
+        requester: Requester | None = None
+        csr = None
+        try:
+            if not rule.serverkeygen:
+                raise NotImplementedOperation("/serverkeygen is not enabled for this label")
+            requester = await self.authenticate(rule, tls, creds)
+            csr = self._csr(body)
+            self.check_pop(rule, csr, tls, requester)
+            recipient = self._recipient(rule, csr, tls)
+            if recipient is not None and (self.settings.signer_key is None or self.settings.signer_cert is None):
+                raise NotImplementedOperation("encrypted server-generated keys need "
+                                              "[est] serverkeygen_signer_cert/_key (or the TLS key)")
+        except EstError as err:
+            await self._refuse("est-serverkeygen", rule, err, requester, csr)
+            raise
+        from ca.profile import generate_key
+
+        key = generate_key(self.issuer.profile(rule.profile))
+        try:
+            outcome = await self.issuer.issue(
+                IssueRequest(_rebuild_csr(csr, key), rule.profile, requester, Channel.EST))
+            if not isinstance(outcome, Issued):
+                if isinstance(outcome, Pending):
+                    # The key is dropped here; a later poll would get a different key. Profiles
+                    # with manual approval are refused at config time for this reason.
+                    raise Forbidden("serverkeygen cannot wait for approval")
+                return self._outcome(outcome, rule)
+            if _spki(outcome.certificate.public_key()) != _spki(key.public_key()):
+                raise EstError("issued certificate does not carry the generated key", status=500)
+            pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+            if recipient is not None:
+                assert self.settings.signer_key is not None and self.settings.signer_cert is not None
+                key_part = wire.build_server_generated_key(
+                    pkcs8, signer_key=self.settings.signer_key, signer_cert=self.settings.signer_cert,
+                    recipient=recipient)
+            else:
+                key_part = pkcs8
+            certs = [outcome.certificate]
+            if rule.include_chain:
+                certs += [c for c in outcome.chain if c != outcome.certificate]
+            ctype, payload = wire.build_serverkeygen_response(
+                key_part, wire.encode_certs_only(certs), encrypted=recipient is not None,
+                line_length=self.settings.line_length)
+            return EstResponse(200, {"Content-Type": ctype}, payload)
+        finally:
+            del key  # the server keeps no copy (RFC 7030 §4.4.2)
+
+    def _recipient(self, rule: LabelRule, csr: x509.CertificateSigningRequest,
+                   tls: TlsInfo) -> wire.KekRecipient | wire.KeyTransRecipient | None:
+        """Whom to encrypt the generated key to, from the CSR's DecryptKeyIdentifier or
+        AsymmetricDecryptKeyIdentifier (RFC 7030 §4.4.1.1-2)."""
+        sym, asym = asn1.decrypt_key_identifiers(csr)
+        if sym is not None:
+            kek = rule.keks.get(sym)
+            if kek is None:
+                raise BadRequest("DecryptKeyIdentifier names no KEK known for this label")
+            return wire.KekRecipient(sym, kek)
+        if asym is not None:
+            candidates = list(rule.recipients)
+            if tls.peer_certificate is not None:
+                candidates.insert(0, tls.peer_certificate)
+            for cert in candidates:
+                if wire.subject_key_identifier(cert) == asym:
+                    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+                        raise BadRequest("AsymmetricDecryptKeyIdentifier names a non-RSA key; only RSA "
+                                         "key transport is supported for server-generated keys")
+                    return wire.KeyTransRecipient(cert, asym)
+            raise BadRequest("AsymmetricDecryptKeyIdentifier matches neither the TLS client certificate "
+                             "nor a configured recipient")
+        return None
+
+
+def _rebuild_csr(csr: x509.CertificateSigningRequest,
+                 key: CertificateIssuerPrivateKeyTypes) -> x509.CertificateSigningRequest:
+    """The client's request re-signed with the generated key: same subject and requested
+    extensions (the profile still filters them), so the core's PoP check holds."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(csr.subject)
+    try:
+        for ext in csr.extensions:
+            builder = builder.add_extension(ext.value, ext.critical)
+    except ValueError:
+        raise BadRequest("the CSR's extension request does not parse") from None
+    algorithm: hashes.HashAlgorithm | None = hashes.SHA256()
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        algorithm = None
+    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        algorithm = hashes.SHA384()
+    return builder.sign(key, algorithm)
