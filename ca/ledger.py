@@ -218,6 +218,11 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"[:200]
+
+
 def _cert(row: sa.Row[Any]) -> CertRecord:
     m = dict(row._mapping)
     m["serial"] = int(m["serial"], 16)
@@ -311,14 +316,14 @@ class Ledger:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise LedgerError(f"ledger write failed: {type(exc).__name__}") from exc
+            raise LedgerError(f"ledger write failed: {_reason(exc)}") from exc
 
     async def _read(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
         try:
             async with self.engine.connect() as conn:
                 return list((await conn.execute(stmt)).fetchall())
         except SQLAlchemyError as exc:
-            raise LedgerError(f"ledger read failed: {type(exc).__name__}") from exc
+            raise LedgerError(f"ledger read failed: {_reason(exc)}") from exc
 
     # --- certificates -----------------------------------------------------------------------
     async def reserve_serial(self, **values: Any) -> int | None:

@@ -96,16 +96,18 @@ def init(directory: str, https_port: int, http_port: int, force: bool) -> None:
 
 
 @main.command()
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Worker processes sharing the listening sockets (default: [server] workers).")
 @click.pass_context
-def serve(ctx: click.Context) -> None:
+def serve(ctx: click.Context, workers: int | None) -> None:
     """Run the server (HTTPS: EST, SCEP, CRLs, /metrics; HTTP: SCEP, CRLs)."""
     from enroll.logs import setup_logging
-    from enroll.server import serve as run
+    from enroll.server import run
 
     config = _config(ctx)
     setup_logging(config.log_level)
     try:
-        asyncio.run(run(config))
+        run(config, workers)
     except ConfigError as exc:
         raise click.ClickException(f"config error: {exc}") from None
     except OSError as exc:

@@ -220,16 +220,20 @@ class RunningServer:
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the plain-HTTP listener answers /health (the app is up, the ledger migrated)."""
+    import urllib.request
+
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"enroll serve exited: {log.read_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"enroll serve did not listen on {port}: {log.read_text()}")
+    raise RuntimeError(f"enroll serve did not answer on {port}: {log.read_text()}")
 
 
 @pytest.fixture
@@ -242,7 +246,6 @@ def running_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
         proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        _wait_listening(https_port, proc, log)
         _wait_listening(http_port, proc, log)
         yield RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
     finally:

@@ -69,6 +69,7 @@ def test_revoke_and_crl_verify_with_openssl(running_server: RunningServer, tmp_p
         issuer = build_issuer(s.config)
         try:
             out = await issuer.issue(request(make_csr("to-revoke")[0]))
+            assert hasattr(out, "serial"), out
             return out.serial  # type: ignore[union-attr]
         finally:
             await issuer.ledger.close()
