@@ -1,0 +1,457 @@
+"""SCEP rules: operation dispatch, authorization, renewal, polling, idempotence (RFC 8894 §3, §4).
+
+No aiohttp here: ``scep/http.py`` turns HTTP into calls of :class:`ScepService` and its results
+(bytes plus a content type) back into responses. Every PKIOperation that parses gets a signed
+CertRep, whatever goes wrong afterwards (RFC 8894 §3.3.2); only undecodable input raises
+:class:`ScepDecodeError` (HTTP 400).
+
+Authorization is per profile and fails closed (DESIGN.md step 2):
+
+* a request signed by a valid, unrevoked, unretired certificate that *we* issued under the same
+  profile is a renewal, whatever its messageType (RFC 8894 §2.3, §3.3.1.2), inside the profile's
+  renewal window; the CSR must keep the subject;
+* otherwise the CSR's challengePassword must match the static challenge (scrypt, constant time),
+  or consume a one-time challenge, or a webhook must answer an explicit ``{"allow": true}``;
+* a self-signed signer proves possession of its key and nothing else: never authentication.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
+
+from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
+from ca.errors import CAError, RejectReason
+from ca.issuer import Issuer
+from scep import cms
+from scep.asn1 import Capability, FailInfo, MessageType, PkiStatus
+from scep.errors import (
+    BadCertIdError,
+    BadRequestError,
+    ScepDecodeError,
+    ScepError,
+)
+from scep.message import (
+    CertRep,
+    IssuerAndSerial,
+    IssuerAndSubject,
+    PkiMessage,
+    challenge_password,
+    decode_csr,
+)
+from scep.settings import ScepGlobal, ScepProfile
+
+log = logging.getLogger("enroll.scep")
+
+CT_CA_CERT = "application/x-x509-ca-cert"
+CT_CA_RA_CERT = "application/x-x509-ca-ra-cert"
+CT_NEXT_CA_CERT = "application/x-x509-next-ca-cert"
+CT_PKI_MESSAGE = "application/x-pki-message"
+
+#: Message types that may reach a handler; everything else (UpdateReq 18!) is badRequest.
+ALLOWED_TYPES = frozenset(
+    {MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL, MessageType.GET_CERT, MessageType.GET_CRL}
+)
+
+_FAIL_INFO = {
+    RejectReason.BAD_ALG: FailInfo.BAD_ALG,
+    RejectReason.BAD_MESSAGE_CHECK: FailInfo.BAD_MESSAGE_CHECK,
+    RejectReason.BAD_CERT_ID: FailInfo.BAD_CERT_ID,
+}
+
+
+class RAKey(Protocol):
+    """The RA's private key: signs CertReps and unwraps request keys (``ca.keys.FileKey`` fits)."""
+
+    def sign(self, data: bytes, algorithm: hashes.HashAlgorithm | None) -> bytes:
+        """Sign (PKCS#1 v1.5 for RSA)."""
+        ...
+
+    def decrypt(self, ciphertext: bytes, pad: AsymmetricPadding) -> bytes:
+        """RSA key transport."""
+        ...
+
+
+@dataclass(frozen=True)
+class RA:
+    """The registration authority answering for a CA (RFC 8894 §2.1.2).
+
+    ``is_ca``: the CA's own certificate and key act as RA (GetCACert is then a single DER).
+    ``extra``: certificates published after the RA certificate (e.g. a separate signing RA).
+    """
+
+    cert: x509.Certificate
+    key: RAKey
+    is_ca: bool = False
+    extra: tuple[x509.Certificate, ...] = ()
+
+
+#: POSTs the JSON body to ``url`` and returns True only on an explicit allow (scep/http.py).
+Webhook = Callable[[str, Mapping[str, Any], float, str | None], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP-neutral answer: body bytes and the exact content type."""
+
+    body: bytes
+    content_type: str
+
+
+class UnknownProfile(Exception):
+    """No SCEP profile of that name (HTTP 404)."""
+
+
+def _spki_sha256(key: Any) -> str:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class ScepService:
+    """SCEP over one :class:`ca.issuer.Issuer`."""
+
+    def __init__(
+        self,
+        issuer: Issuer,
+        settings: ScepGlobal,
+        profiles: Mapping[str, ScepProfile],
+        ras: Mapping[str, RA],
+        *,
+        webhook: Webhook | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.settings = settings
+        self.profiles = dict(profiles)
+        self.ras = dict(ras)  # by CA name
+        self.webhook = webhook
+        self.secrets = dict(secrets or {})  # webhook tokens by profile
+
+    # --- lookups -------------------------------------------------------------------------------
+    def profile(self, name: str | None) -> ScepProfile:
+        """The SCEP profile for a path segment (None: ``[scep].default_profile``)."""
+        name = name or self.settings.default_profile
+        if name is None or name not in self.profiles:
+            raise UnknownProfile(name or "")
+        return self.profiles[name]
+
+    def ra(self, profile: ScepProfile) -> RA:
+        """The RA of the CA that the profile issues from."""
+        return self.ras[self.issuer.profile(profile.name).ca]
+
+    # --- GetCACaps (RFC 8894 §3.5.2) -------------------------------------------------------------
+    async def capabilities(self, profile: ScepProfile) -> list[str]:
+        """Only what is implemented and allowed for this profile."""
+        caps = [Capability.AES, Capability.POST_PKI_OPERATION]
+        if profile.renewal:
+            caps.append(Capability.RENEWAL)
+        caps += [Capability.SHA_256, Capability.SHA_384, Capability.SHA_512]
+        if profile.allow_legacy:
+            caps += [Capability.DES3, Capability.SHA_1]
+        chain = await self.issuer.ca_chain(profile.name)
+        if chain.next_issuer is not None:
+            caps.append(Capability.GET_NEXT_CA_CERT)
+        caps.append(Capability.SCEP_STANDARD)
+        return [c.value for c in caps]
+
+    # --- GetCACert / GetNextCACert (RFC 8894 §4.2, §4.7) --------------------------------------
+    async def ca_certificates(self, profile: ScepProfile) -> Reply:
+        """Single DER when the CA is its own RA; else RA certificate(s) first, then the chain."""
+        ra = self.ra(profile)
+        chain = await self.issuer.ca_chain(profile.name)
+        if ra.is_ca and not ra.extra:
+            return Reply(chain.issuer.public_bytes(serialization.Encoding.DER), CT_CA_CERT)
+        certs: list[x509.Certificate] = [ra.cert, *ra.extra]
+        for c in chain.chain:
+            if c not in certs:
+                certs.append(c)
+        return Reply(cms.certs_only(certs), CT_CA_RA_CERT)
+
+    async def next_ca_certificates(self, profile: ScepProfile) -> Reply | None:
+        """The rollover CA certificate, signed by the RA (RFC 8894 §4.7); None without rollover."""
+        chain = await self.issuer.ca_chain(profile.name)
+        if chain.next_issuer is None:
+            return None
+        ra = self.ra(profile)
+        certs = [chain.next_issuer, *chain.rollover]
+        body = cms.sign_signed_data(cms.certs_only(certs), [], ra.cert, ra.key.sign, "sha256")
+        return Reply(body, CT_NEXT_CA_CERT)
+
+    # --- PKIOperation -----------------------------------------------------------------------------
+    async def pki_operation(self, profile: ScepProfile, der: bytes, remote: str | None = None) -> Reply:
+        """Answer one pkiMessage with a signed CertRep (raises ScepDecodeError only if unparsable)."""
+        msg = PkiMessage.parse(der)  # ScepDecodeError -> HTTP 400
+        ra = self.ra(profile)
+        digest = msg.digest if msg.digest in profile.digests else "sha256"
+        try:
+            rep = await self._dispatch(profile, ra, msg, remote)
+        except ScepError as exc:
+            await self._audit_failure(profile, msg, remote, exc.fail_info, exc.detail)
+            rep = self._failure(msg, exc.fail_info, exc.public_text)
+        except CAError as exc:
+            fail_info = _FAIL_INFO.get(exc.reason, FailInfo.BAD_REQUEST)
+            await self._audit_failure(profile, msg, remote, fail_info, exc.detail)
+            rep = self._failure(msg, fail_info, exc.detail)
+        except Exception:  # noqa: BLE001  (a parsed message always gets a CertRep)
+            log.exception("SCEP PKIOperation failed")
+            rep = self._failure(msg, FailInfo.BAD_REQUEST, "internal error")
+        body = rep.build(signer_cert=ra.cert, sign=ra.key.sign, digest=digest, certificates=[ra.cert])
+        return Reply(body, CT_PKI_MESSAGE)
+
+    @staticmethod
+    def _failure(msg: PkiMessage, fail_info: FailInfo, text: str) -> CertRep:
+        return CertRep(
+            status=PkiStatus.FAILURE,
+            transaction_id=msg.transaction_id,
+            recipient_nonce=msg.sender_nonce,
+            fail_info=fail_info,
+            fail_info_text=text[:200],
+        )
+
+    async def _audit_failure(
+        self, profile: ScepProfile, msg: PkiMessage, remote: str | None, fail_info: FailInfo, detail: str
+    ) -> None:
+        await self.issuer.audit(
+            "scep-pkioperation",
+            ok=False,
+            channel=Channel.SCEP,
+            profile=profile.name,
+            requester=Requester(AuthMethod.NONE, _principal(msg.signer), msg.signer, remote),
+            reason=f"{fail_info.name}: {detail}",
+            detail={"transaction_id": msg.transaction_id, "message_type": msg.message_type},
+        )
+
+    async def _dispatch(self, profile: ScepProfile, ra: RA, msg: PkiMessage, remote: str | None) -> CertRep:
+        if msg.message_type not in ALLOWED_TYPES:
+            raise BadRequestError(f"messageType {msg.message_type} not supported", public_text="unsupported messageType")
+        msg.verify(allowed_digests=profile.digests)  # MessageCheckError / BadAlgError
+        signer = msg.signer
+        assert signer is not None  # verify() refuses a message without one
+        opened = msg.open(ra.key.decrypt, [ra.cert], profile.ciphers)
+        mtype = MessageType(msg.message_type)
+        if mtype in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+            return await self._enroll(profile, msg, signer, opened, remote)
+        if mtype is MessageType.CERT_POLL:
+            return await self._poll(profile, msg, signer, opened, remote)
+        if mtype is MessageType.GET_CERT:
+            return await self._get_cert(profile, msg, signer, opened)
+        return await self._get_crl(profile, msg, signer, opened)
+
+    # --- PKCSReq / RenewalReq (RFC 8894 §3.3.1) ---------------------------------------------------
+    async def _enroll(
+        self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted,
+        remote: str | None,
+    ) -> CertRep:
+        csr = decode_csr(opened.plaintext)
+        fresh = await self.issuer.remember_nonce(f"scep:{profile.name}", msg.sender_nonce)
+        renewal_of = await self._renewal_signer(profile, signer, csr)
+        if renewal_of is not None:
+            requester = Requester(AuthMethod.RENEWAL_SIGNER, renewal_of.subject.rfc4514_string(), renewal_of, remote)
+        elif msg.message_type == MessageType.RENEWAL_REQ:
+            raise BadRequestError("RenewalReq not signed by a valid certificate we issued",
+                                  public_text="renewal requires a valid certificate issued by this CA")
+        else:
+            prior = await self._prior_transaction(profile, msg.transaction_id, csr)
+            if prior is not None:
+                # A retransmission of a transaction we already know (issued or pending): issue()
+                # answers it idempotently, without spending a one-time challenge again.
+                requester = prior
+            elif not fresh:
+                raise BadRequestError("replayed senderNonce", public_text="replayed message")
+            else:
+                requester = await self._authorize(profile, msg, csr, remote)
+        outcome = await self.issuer.issue(
+            IssueRequest(csr=csr, profile=profile.name, requester=requester, channel=Channel.SCEP,
+                         transaction_id=msg.transaction_id, renewal_of=renewal_of)
+        )
+        return self._outcome(profile, msg, signer, opened, outcome)
+
+    async def _renewal_signer(
+        self, profile: ScepProfile, signer: x509.Certificate, csr: x509.CertificateSigningRequest
+    ) -> x509.Certificate | None:
+        """The certificate being renewed, if the signer is one we issued and may renew now."""
+        if signer.issuer == signer.subject:
+            try:
+                signer.verify_directly_issued_by(signer)
+                return None  # self-signed: proves nothing (RFC 8894 §2.3)
+            except Exception:  # noqa: BLE001
+                pass
+        record = await self.issuer.certificate_status(signer)
+        if record is None:
+            return None
+        now = _now()
+        if record.revoked or record.retired:
+            raise BadRequestError(f"signer serial {record.serial:x} is revoked or retired",
+                                  public_text="signer certificate revoked")
+        if now > signer.not_valid_after_utc or now < signer.not_valid_before_utc:
+            return None  # an expired certificate of ours authenticates nothing: enrol afresh
+        if not profile.renewal:
+            raise BadRequestError("renewal disabled for this profile", public_text="renewal not allowed")
+        if record.profile != profile.name:
+            raise BadRequestError(f"signer was issued under profile {record.profile}",
+                                  public_text="signer certificate belongs to another profile")
+        window = self.issuer.profile(profile.name).renewal_window_days
+        if window is not None and now < signer.not_valid_after_utc - dt.timedelta(days=window):
+            raise BadRequestError("outside the renewal window", public_text="too early to renew")
+        if csr.subject != signer.subject:
+            raise BadRequestError("renewal changes the subject", public_text="renewal must keep the subject")
+        return signer
+
+    async def _prior_transaction(
+        self, profile: ScepProfile, transaction_id: str, csr: x509.CertificateSigningRequest
+    ) -> Requester | None:
+        """The original requester when (profile, transactionID) is already known for this key."""
+        ledger = self.issuer.ledger
+        spki = _spki_sha256(csr.public_key())
+        known: list[tuple[str, str, str]] = []  # (requester, spki, auth method)
+        issued = await ledger.find_by_transaction(profile.name, transaction_id)
+        if issued:
+            known.append((issued[0].requester, issued[0].spki_sha256, issued[0].auth_method))
+        pending = await ledger.find_pending(profile.name, transaction_id=transaction_id)
+        if pending is not None:
+            known.append((pending.requester, pending.spki_sha256, pending.requester.partition(":")[0]))
+        if not known:
+            return None
+        requester, rec_spki, method = known[0]
+        if rec_spki != spki:
+            raise BadRequestError("transactionID already used with a different key",
+                                  public_text="transactionID already used with a different key")
+        return Requester(_method(method), requester.partition(":")[2] or requester)
+
+    async def _authorize(
+        self, profile: ScepProfile, msg: PkiMessage, csr: x509.CertificateSigningRequest, remote: str | None
+    ) -> Requester:
+        """Challenge, one-time challenge or webhook, in that order; fail closed."""
+        challenge = challenge_password(csr)
+        if challenge:
+            if "challenge" in profile.auth and await self.issuer.check_static_challenge(profile.name, challenge):
+                return Requester(AuthMethod.CHALLENGE, "challenge", None, remote)
+            if "one-time" in profile.auth and await self.issuer.consume_one_time_challenge(profile.name, challenge):
+                return Requester(AuthMethod.ONE_TIME_CHALLENGE, "one-time-challenge", None, remote)
+        if "webhook" in profile.auth and self.webhook is not None and profile.webhook_url:
+            payload = {
+                "profile": profile.name,
+                "transaction_id": msg.transaction_id,
+                "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                "challenge": challenge,
+                "message_type": msg.message_type,
+            }
+            token = self.secrets.get(profile.name)
+            if await self.webhook(profile.webhook_url, payload, profile.webhook_timeout, token):
+                return Requester(AuthMethod.WEBHOOK, profile.webhook_url, None, remote)
+        raise BadRequestError("challenge missing or wrong", public_text="not authorized")
+
+    def _outcome(
+        self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted,
+        outcome: Issued | Pending | Rejected,
+    ) -> CertRep:
+        if isinstance(outcome, Issued):
+            certs = [outcome.certificate, *(outcome.chain if profile.certrep_chain else ())]
+            return self._success(msg, signer, opened, cms.certs_only(certs))
+        if isinstance(outcome, Pending):
+            return CertRep(status=PkiStatus.PENDING, transaction_id=msg.transaction_id,
+                           recipient_nonce=msg.sender_nonce)
+        fail_info = _FAIL_INFO.get(outcome.reason, FailInfo.BAD_REQUEST)
+        return self._failure(msg, fail_info, outcome.detail)
+
+    @staticmethod
+    def _success(msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted, payload: bytes) -> CertRep:
+        """Encrypt to the request's signer with the client's own cipher and key transport."""
+        envelope = CertRep.success_envelope(payload, signer, opened.cipher, opened.key_transport)
+        return CertRep(status=PkiStatus.SUCCESS, transaction_id=msg.transaction_id,
+                       recipient_nonce=msg.sender_nonce, envelope=envelope)
+
+    # --- CertPoll (RFC 8894 §3.3.3) ---------------------------------------------------------------
+    async def _poll(
+        self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted,
+        remote: str | None,
+    ) -> CertRep:
+        IssuerAndSubject.from_der(opened.plaintext)  # well-formed; correlation is by transactionID
+        ledger = self.issuer.ledger
+        signer_spki = _spki_sha256(signer.public_key())
+        pending = await ledger.find_pending(profile.name, transaction_id=msg.transaction_id)
+        if pending is None:
+            issued = await ledger.find_by_transaction(profile.name, msg.transaction_id)
+            if issued and issued[0].der is not None and issued[0].spki_sha256 == signer_spki:
+                cert = x509.load_der_x509_certificate(issued[0].der)
+                return self._success(msg, signer, opened, cms.certs_only([cert]))
+            raise BadCertIdError("no request with this transactionID", public_text="unknown transaction")
+        if not await self._poll_signer_matches(pending.spki_sha256, pending.subject, signer, signer_spki):
+            raise BadCertIdError("CertPoll signer does not match the request",
+                                 public_text="unknown transaction")
+        csr = x509.load_der_x509_csr(pending.csr_der)
+        method, _, principal = pending.requester.partition(":")
+        outcome = await self.issuer.issue(
+            IssueRequest(csr=csr, profile=profile.name, requester=Requester(_method(method), principal, None, remote),
+                         channel=Channel.SCEP, transaction_id=msg.transaction_id)
+        )
+        return self._outcome(profile, msg, signer, opened, outcome)
+
+    async def _poll_signer_matches(
+        self, request_spki: str, subject: str | None, signer: x509.Certificate, signer_spki: str
+    ) -> bool:
+        """CertPoll is keyed on transactionID and signer key (RFC 8894 §3.3.3).
+
+        The signer holds the requested key (initial enrollment), or is a valid certificate we
+        issued for the same subject (a renewal that went pending).
+        """
+        if signer_spki == request_spki:
+            return True
+        record = await self.issuer.certificate_status(signer)
+        return (
+            record is not None and not record.revoked and not record.retired
+            and subject is not None and signer.subject.rfc4514_string() == subject
+        )
+
+    # --- GetCert / GetCRL (RFC 8894 §3.3.4) -------------------------------------------------------
+    async def _get_cert(
+        self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted
+    ) -> CertRep:
+        ias = IssuerAndSerial.from_der(opened.plaintext)
+        cert = await self.issuer.find_certificate(ias.issuer, ias.serial)
+        if cert is None:
+            raise BadCertIdError(f"no certificate {ias.serial:x}", public_text="no such certificate")
+        return self._success(msg, signer, opened, cms.certs_only([cert]))
+
+    async def _get_crl(
+        self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted
+    ) -> CertRep:
+        ias = IssuerAndSerial.from_der(opened.plaintext)
+        chain = await self.issuer.ca_chain(profile.name)
+        if ias.issuer != chain.issuer.subject:
+            raise BadCertIdError("GetCRL for another issuer", public_text="unknown issuer")
+        crl = await self.issuer.crl(profile.name)
+        return self._success(msg, signer, opened, cms.certs_only([], [crl]))
+
+
+def _method(value: str) -> AuthMethod:
+    try:
+        return AuthMethod(value)
+    except ValueError:
+        return AuthMethod.CHALLENGE
+
+
+def _principal(cert: x509.Certificate | None) -> str:
+    return cert.subject.rfc4514_string() if cert is not None else "unknown"
+
+
+__all__ = [
+    "RA",
+    "Reply",
+    "ScepDecodeError",
+    "ScepService",
+    "UnknownProfile",
+    "Webhook",
+]
