@@ -1,0 +1,5 @@
+"""``python -m conformance est|scep URL ...``"""
+
+from conformance.cli import conformance
+
+conformance(prog_name="python -m conformance")

@@ -1,0 +1,117 @@
+"""The vocabulary of the suite: requirements, verdicts, results and the check registry.
+
+A *check* is one RFC requirement judged on the wire. It passes (returns a short detail), fails
+(raises :class:`Fail` with evidence: status, headers, the offending bytes) or is skipped (raises
+:class:`Skip` saying why: the server does not offer it, or no credentials were given).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Level(str, enum.Enum):
+    """How strong the requirement is. INTEROP: not RFC text, but what deployed clients need
+    (each such check names the client that breaks in its description)."""
+
+    MUST = "MUST"
+    SHOULD = "SHOULD"
+    MAY = "MAY"
+    INTEROP = "INTEROP"
+
+
+class Verdict(str, enum.Enum):
+    """The outcome of one check."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Where the requirement is written: ``RFC 8894 §3.2.1.5 MUST``."""
+
+    rfc: str
+    section: str
+    level: Level
+    text: str
+
+    def cite(self) -> str:
+        sec = f" §{self.section}" if self.section else ""
+        return f"{self.rfc}{sec} {self.level.value}"
+
+
+class Fail(Exception):
+    """The server does not meet the requirement; ``evidence`` shows the bytes that prove it."""
+
+    def __init__(self, detail: str, evidence: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.evidence = list(evidence or [])
+
+
+class Skip(Exception):
+    """The check could not be judged: not offered by the server, or no credentials given."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Result:
+    """One judged check."""
+
+    id: str
+    title: str
+    requirement: Requirement
+    verdict: Verdict
+    detail: str
+    evidence: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "title": self.title, "verdict": self.verdict.value,
+            "rfc": self.requirement.rfc, "section": self.requirement.section,
+            "level": self.requirement.level.value, "requirement": self.requirement.text,
+            "detail": self.detail, "evidence": self.evidence, "duration_ms": self.duration_ms,
+        }
+
+
+CheckFn = Callable[[Any], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check: its id, what it asserts and where that is required."""
+
+    id: str
+    title: str
+    requirement: Requirement
+    fn: CheckFn
+
+
+class Suite:
+    """An ordered list of checks for one protocol, filled by the :meth:`check` decorator."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.checks: list[Check] = []
+
+    def check(self, id: str, title: str, rfc: str, section: str, level: Level | str,
+              text: str) -> Callable[[CheckFn], CheckFn]:
+        """Register ``fn`` as the check ``id`` for requirement ``rfc section level: text``."""
+        req = Requirement(rfc, section, Level(level), text)
+
+        def deco(fn: CheckFn) -> CheckFn:
+            if any(c.id == id for c in self.checks):
+                raise ValueError(f"duplicate check id {id}")
+            self.checks.append(Check(id, title, req, fn))
+            return fn
+
+        return deco
