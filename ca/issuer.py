@@ -189,7 +189,7 @@ class Issuer:
                 raise AuthenticationError("request is not authenticated")
             verify_csr(csr, profile)
             public_key = csr.public_key()
-            check_key(profile, public_key)  # type: ignore[arg-type]
+            check_key(profile, public_key)
             refuse_forbidden_requests(csr, profile)
             spki = spki_sha256(public_key)
             if req.transaction_id:
@@ -348,8 +348,8 @@ class Issuer:
         now = time.time()
         current = await self.ledger.crl_current(ca_name)
         if current is not None and not force:
-            _, this_update, next_update, der = current
-            if now < this_update + (next_update - this_update) / 2:
+            _, last, due, der = current
+            if now < last + (due - last) / 2:
                 return x509.load_der_x509_crl(der)
         if not isinstance(ca.backend, SupportsCRL):
             raise CAError(f"CA {ca_name!r} cannot sign CRLs", reason=RejectReason.UNAVAILABLE)

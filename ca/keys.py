@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from asn1crypto import core as asn1core
 from cryptography import x509
@@ -115,48 +115,59 @@ _placeholders: dict[str, CertificateIssuerPrivateKeyTypes] = {}
 
 def _placeholder_for(pub: CertificateIssuerPublicKeyTypes) -> CertificateIssuerPrivateKeyTypes:
     """A throwaway key of the same algorithm family, so cryptography writes the right AlgorithmIdentifier."""
-    if isinstance(pub, rsa.RSAPublicKey):
-        tag = "rsa"
-        make = lambda: rsa.generate_private_key(65537, 1024)  # noqa: E731
-    elif isinstance(pub, ec.EllipticCurvePublicKey):
-        tag = "ec"
-        make = lambda: ec.generate_private_key(ec.SECP256R1())  # noqa: E731
-    else:
-        tag = "ed25519"
-        make = ed25519.Ed25519PrivateKey.generate
+    tag = "rsa" if isinstance(pub, rsa.RSAPublicKey) else "ec" if isinstance(pub, ec.EllipticCurvePublicKey) \
+        else "ed25519"
     if tag not in _placeholders:
-        _placeholders[tag] = make()
+        key: CertificateIssuerPrivateKeyTypes
+        if tag == "rsa":
+            key = rsa.generate_private_key(65537, 1024)
+        elif tag == "ec":
+            key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            key = ed25519.Ed25519PrivateKey.generate()
+        _placeholders[tag] = key
     return _placeholders[tag]
 
 
 def _resign(tbs: bytes, sig_alg_der: bytes, signer: Signer, algorithm: hashes.HashAlgorithm | None) -> bytes:
     signature = signer.sign(tbs, algorithm)
-    seq = asn1core.Sequence()
-    seq.contents = tbs + sig_alg_der + asn1core.BitString(signature).dump()
-    return bytes(seq.dump())
+    bits: bytes = asn1core.BitString(signature).dump()
+    body = tbs + sig_alg_der + bits
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _signature_algorithm_der(signed: bytes) -> bytes:
+    """The outer signatureAlgorithm of a signed X.509 structure (RFC 5280 §4.1.1.2, §5.1.1.2)."""
+    outer = asn1core.Sequence.load(signed)
+    return bytes(outer[1].dump())
 
 
 def sign_certificate(
-    builder: x509.CertificateBuilder, signer: Signer, algorithm: hashes.HashAlgorithm | None
+    builder: x509.CertificateBuilder, signer: Signer, algorithm: Any
 ) -> x509.Certificate:
     """Sign a certificate through ``signer``: cryptography builds the TBS, the signer signs it."""
     if isinstance(signer, FileKey):
         return builder.sign(signer.key, algorithm)
     draft = builder.sign(_placeholder_for(signer.public_key()), algorithm)
-    outer = asn1core.Sequence.load(draft.public_bytes(serialization.Encoding.DER))
-    alg = outer[1].dump()
+    alg = _signature_algorithm_der(draft.public_bytes(serialization.Encoding.DER))
     return x509.load_der_x509_certificate(_resign(draft.tbs_certificate_bytes, alg, signer, algorithm))
 
 
 def sign_crl(
-    builder: x509.CertificateRevocationListBuilder, signer: Signer, algorithm: hashes.HashAlgorithm | None
+    builder: x509.CertificateRevocationListBuilder, signer: Signer, algorithm: Any
 ) -> x509.CertificateRevocationList:
     """Sign a CRL through ``signer`` (RFC 5280 §5.1)."""
     if isinstance(signer, FileKey):
         return builder.sign(signer.key, algorithm)
     draft = builder.sign(_placeholder_for(signer.public_key()), algorithm)
-    outer = asn1core.Sequence.load(draft.public_bytes(serialization.Encoding.DER))
-    alg = outer[1].dump()
+    alg = _signature_algorithm_der(draft.public_bytes(serialization.Encoding.DER))
     return x509.load_der_x509_crl(_resign(draft.tbs_certlist_bytes, alg, signer, algorithm))
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.api import CertificateTemplate
 from ca.errors import AlgorithmError, ConfigError, ParseError, PolicyError, PopError
@@ -62,7 +62,10 @@ EXTENDED_KEY_USAGES: dict[str, x509.ObjectIdentifier] = {
 }
 
 KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ec-p521", "ed25519")
-_CURVES = {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1, "ec-p521": ec.SECP521R1}
+_CURVES: dict[str, type[ec.SECP256R1 | ec.SECP384R1 | ec.SECP521R1]] = {
+    "ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1, "ec-p521": ec.SECP521R1}
+_SAN_KINDS: dict[type, str] = {
+    x509.DNSName: "dns", x509.IPAddress: "ip", x509.RFC822Name: "email", x509.UniformResourceIdentifier: "uri"}
 SAN_TYPES = ("dns", "ip", "email", "uri")
 
 #: Digests a CSR may be signed with unless the profile allows legacy ones.
@@ -257,12 +260,7 @@ def requested_sans(csr: x509.CertificateSigningRequest, profile: Profile) -> lis
     if len(names) > profile.san_max:
         raise PolicyError(f"CSR asks for {len(names)} SAN entries; profile {profile.name!r} allows {profile.san_max}")
     for gn in names:
-        kind = {
-            x509.DNSName: "dns",
-            x509.IPAddress: "ip",
-            x509.RFC822Name: "email",
-            x509.UniformResourceIdentifier: "uri",
-        }.get(type(gn))
+        kind = _SAN_KINDS.get(type(gn))
         if kind is None or kind not in profile.san_allow:
             raise PolicyError(f"SAN {gn} is not allowed by profile {profile.name!r}")
         if isinstance(gn, x509.IPAddress):
@@ -384,7 +382,7 @@ def check_issued(cert: x509.Certificate, template: CertificateTemplate, issuer: 
     if cert.not_valid_after_utc > issuer.not_valid_after_utc:
         problems.append("validity beyond issuer")
     try:
-        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
             problems.append("CA:TRUE")
     except x509.ExtensionNotFound:
