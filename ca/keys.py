@@ -131,7 +131,7 @@ def _placeholder_for(pub: CertificateIssuerPublicKeyTypes) -> CertificateIssuerP
 
 def _resign(tbs: bytes, sig_alg_der: bytes, signer: Signer, algorithm: hashes.HashAlgorithm | None) -> bytes:
     signature = signer.sign(tbs, algorithm)
-    bits: bytes = asn1core.BitString(signature).dump()
+    bits = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature  # BIT STRING, no unused bits
     body = tbs + sig_alg_der + bits
     return b"\x30" + _der_length(len(body)) + body
 
