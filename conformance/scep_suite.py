@@ -640,10 +640,23 @@ async def renewal(ctx: ScepContext) -> str:
     cn = t0.issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
     csr = sm.make_csr(key, str(cn), None)
     t = await ctx.transact(sm.RENEWAL_REQ, csr, old, csr_key=key)
-    require_success(t, "RenewalReq (no challengePassword, signed by the old certificate)")
-    if t.issued is None:
-        raise Fail("SUCCESS without a certificate for the new key", t.evidence())
-    return f"renewed: serial {t.issued.serial_number:x}"
+    rep = require_certrep(t, "RenewalReq")
+    if rep.status == "0":
+        if t.issued is None:
+            raise Fail("SUCCESS without a certificate for the new key", t.evidence())
+        return f"renewed without a challenge: serial {t.issued.serial_number:x}"
+    if rep.status != "2" or rep.fail_info is None:
+        raise Fail(f"RenewalReq: {rep.summary()}", t.evidence())
+    # Refused. Policy (a renewal window) may refuse a just-issued certificate; tell that apart
+    # from a server that authenticates renewals by the shared secret instead of the certificate.
+    key2 = sm.new_rsa_key()
+    t2 = await ctx.transact(sm.RENEWAL_REQ, sm.make_csr(key2, str(cn), ctx.challenge), old, csr_key=key2)
+    if t2.rep is not None and t2.rep.status == "0":
+        raise Fail("RenewalReq signed by the issued certificate was refused without a challengePassword "
+                   f"({rep.summary()}) and accepted with one: renewal is authenticated by the shared secret, "
+                   "not by the certificate", t.evidence() + ["-- the same with the challenge:"] + t2.evidence())
+    raise Skip(f"renewal of a just-issued certificate refused by policy ({rep.summary()}); "
+               "judge renewal with a certificate inside its renewal window")
 
 
 @suite.check("scep.certpoll", "CertPoll gets a CertRep", R, "3.3.3", Level.MUST,

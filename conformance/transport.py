@@ -102,14 +102,14 @@ class Http:
         try:
             async with self._session.request(method, URL(url, encoded=encoded), headers=hdrs, data=data,
                                              allow_redirects=False) as resp:
-                ex.status = resp.status
-                ex.reason = resp.reason or ""
-                ex.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers]
-                ex.body = await resp.read()
                 conn = resp.connection
                 sslobj = conn.transport.get_extra_info("ssl_object") if conn and conn.transport else None
                 if sslobj is not None:
                     ex.tls_version = sslobj.version()
+                ex.status = resp.status
+                ex.reason = resp.reason or ""
+                ex.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers]
+                ex.body = await resp.read()
         except aiohttp.ClientConnectorCertificateError as exc:
             ex.error = f"TLS certificate verification failed: {exc}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -1,0 +1,648 @@
+"""EST checks (RFC 7030, RFC 8951). Requests are built here (cryptography CSRs, hand-made base64
+bodies) and every reply is judged on its bytes: status, exact header values, base64 form, ASN.1."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conformance import scepmsg as sm
+from conformance.asn1dump import asn1parse
+from conformance.model import Fail, Level, Skip, Suite
+from conformance.runner import BaseContext
+from conformance.transport import Exchange, Http
+
+suite = Suite("est")
+R = "RFC 7030"
+R8951 = "RFC 8951"
+CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
+
+
+@dataclass
+class EstOptions:
+    """What the user gave on the command line."""
+
+    url: str
+    label: str | None = None
+    ca_bundle: str | None = None
+    basic: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    pending_label: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass
+class Enrolled:
+    """A successful enrollment: the exchange, the key and the certificate issued for it."""
+
+    exchange: Exchange
+    key: Any
+    csr: x509.CertificateSigningRequest
+    cert: x509.Certificate
+    certs: list[x509.Certificate]
+
+
+def plan(o: EstOptions) -> list[str]:
+    """What the run will request, said before it starts."""
+    if not o.basic and not o.client_cert:
+        return ["no --basic or --client-cert: no enrollment is expected to succeed; unauthenticated requests "
+                "must be refused"]
+    out = ["simpleenroll (reference) -> 1 certificate",
+           "simpleenroll with RFC 8951 input variants (CRLF-wrapped + CTE, no CTE, one line without newline, "
+           "PEM armour) -> up to 4",
+           "simplereenroll with the reference certificate as TLS client certificate -> 1",
+           "serverkeygen if offered -> 1 (the key comes back over TLS)"]
+    if o.pending_label:
+        out.append(f"simpleenroll under label {o.pending_label!r} -> stays pending (202), twice")
+    out.append("negative cases (no auth, wrong password, bad base64, bad CSR signature, changed subject) "
+               "-> must not issue")
+    return out
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_csr(key: Any, cn: str, sans: list[str] | None = None) -> x509.CertificateSigningRequest:
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), False)
+    return b.sign(key, hashes.SHA256())
+
+
+def der(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+def b64_lines(data: bytes, width: int, eol: str) -> bytes:
+    s = base64.b64encode(data).decode()
+    return (eol.join(s[i:i + width] for i in range(0, len(s), width)) + eol).encode()
+
+
+def strict_b64(body: bytes) -> bytes:
+    """RFC 8951 §3: the body is base64; only whitespace may be added."""
+    text = re.sub(rb"[\r\n\t ]", b"", body)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Fail(f"the body is not base64: {exc}") from None
+
+
+class EstContext(BaseContext):
+    """Target, options, TLS sessions and the state shared by the EST checks."""
+
+    def __init__(self, o: EstOptions) -> None:
+        super().__init__()
+        self.o = o
+        self.run_id = os.urandom(3).hex()
+        self._https: dict[str, Http] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="conformance-est-")
+
+    async def close(self) -> None:
+        for h in self._https.values():
+            await h.__aexit__(None, None, None)
+        self._tmp.cleanup()
+
+    def ssl_context(self, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.o.ca_bundle)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    async def http(self, who: str = "anon") -> Http:
+        """A session: "anon" (no client certificate), "client" (--client-cert) or a temp identity."""
+        if who not in self._https:
+            if who == "anon":
+                ctx = self.ssl_context()
+            elif who == "client":
+                ctx = self.ssl_context(self.o.client_cert, self.o.client_key)
+            else:
+                ctx = self.ssl_context(str(Path(self._tmp.name) / f"{who}.crt"), str(Path(self._tmp.name) / f"{who}.key"))
+            h = Http(ssl_context=ctx, timeout=self.o.timeout)
+            await h.__aenter__()
+            self._https[who] = h
+        return self._https[who]
+
+    def identity(self, name: str, cert: x509.Certificate, key: Any) -> str:
+        d = Path(self._tmp.name)
+        (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (d / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+        return name
+
+    def path(self, op: str, label: str | None = "default") -> str:
+        lab = self.o.label if label == "default" else label
+        return f"{self.o.url}/.well-known/est" + (f"/{lab}" if lab else "") + f"/{op}"
+
+    def auth_headers(self, basic: str | None = "default") -> dict[str, str]:
+        cred = self.o.basic if basic == "default" else basic
+        return {"Authorization": "Basic " + base64.b64encode(cred.encode()).decode()} if cred else {}
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.o.basic or self.o.client_cert)
+
+    def who(self) -> str:
+        return "client" if self.o.client_cert else "anon"
+
+    async def post(self, op: str, body: bytes, *, headers: dict[str, str] | None = None, who: str | None = None,
+                   basic: str | None = "default", label: str | None = "default",
+                   content_type: str = "application/pkcs10") -> Exchange:
+        h = {"Content-Type": content_type, **self.auth_headers(basic), **(headers or {})}
+        return await (await self.http(who or self.who())).request("POST", self.path(op, label), data=body, headers=h)
+
+    async def get(self, op: str, label: str | None = "default") -> Exchange:
+        return await (await self.http("anon")).request("GET", self.path(op, label))
+
+    def read_certs_only(self, ex: Exchange) -> sm.CertsOnly:
+        try:
+            raw = strict_b64(ex.body)
+        except Fail as f:
+            raise Fail(f.detail, ex.lines()) from None
+        try:
+            return sm.parse_certs_only(raw)
+        except sm.MessageError as exc:
+            raise Fail(str(exc), ex.lines(body=False) + asn1parse(raw, 16)) from None
+
+    async def enroll(self, tag: str, body_fn: Any = None, headers: dict[str, str] | None = None,
+                     label: str | None = "default") -> Enrolled:
+        if not self.has_credentials:
+            raise Skip("no --basic or --client-cert given")
+        key = new_key()
+        csr = make_csr(key, f"conformance-{self.run_id}-{tag}", [f"{tag}.conformance.test"])
+        body = body_fn(der(csr)) if body_fn else base64.b64encode(der(csr))
+        ex = await self.post("simpleenroll", body, headers=headers, label=label)
+        if ex.status != 200:
+            raise Fail(f"simpleenroll answered {ex.error or ex.status}", ex.lines())
+        co = self.read_certs_only(ex)
+        want = sm.public_key_der(key)
+        cert = next((c for c in co.certificates if sm.public_key_der(c) == want), None)
+        if cert is None:
+            raise Fail("no certificate in the reply has the CSR's public key", ex.lines(body=False))
+        return Enrolled(ex, key, csr, cert, co.certificates)
+
+    async def main(self) -> Enrolled:
+        return await self.need("enroll", self._main)
+
+    async def _main(self) -> Enrolled:
+        return await self.enroll("main")
+
+    async def cacerts(self) -> tuple[Exchange, sm.CertsOnly]:
+        return await self.need("cacerts", self._cacerts)
+
+    async def _cacerts(self) -> tuple[Exchange, sm.CertsOnly]:
+        ex = await self.get("cacerts")
+        if ex.status != 200:
+            raise Fail(f"/cacerts answered {ex.error or ex.status}", ex.lines())
+        return ex, self.read_certs_only(ex)
+
+
+def require_refused(ex: Exchange, what: str, statuses: tuple[int, ...] = (400, 401, 403)) -> int:
+    if ex.error:
+        raise Fail(f"{what}: transport error {ex.error}", ex.lines())
+    if ex.status in (200, 202):
+        raise Fail(f"{what}: answered {ex.status}" + (" and issued a certificate" if ex.status == 200 else ""),
+                   ex.lines())
+    if ex.status not in statuses:
+        raise Fail(f"{what}: answered {ex.status}, expected one of {statuses}", ex.lines())
+    return ex.status
+
+
+def _self_signed(c: x509.Certificate) -> bool:
+    return c.issuer == c.subject and sm.issued_by(c, c)
+
+
+# ================================================================== TLS and /cacerts
+@suite.check("est.tls.version", "TLS 1.2 or later", R, "3.3.1", Level.MUST,
+             "EST runs over TLS 1.1 or later; TLS 1.2+ is what deployed clients negotiate")
+async def tls_version(ctx: EstContext) -> str:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    u = urlsplit(ctx.o.url)
+    if u.scheme != "https":
+        raise Fail(f"the EST URL is {u.scheme}, not https (RFC 7030 §3.3: EST runs over TLS)", [ctx.o.url])
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(
+            u.hostname, u.port or 443, ssl=ctx.ssl_context(), server_hostname=u.hostname), ctx.o.timeout)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        raise Fail(f"TLS handshake failed: {type(exc).__name__}: {exc}") from None
+    sslobj = writer.get_extra_info("ssl_object")
+    version = sslobj.version() if sslobj else None
+    cipher = sslobj.cipher() if sslobj else None
+    writer.close()
+    if version not in ("TLSv1.2", "TLSv1.3"):
+        raise Fail(f"negotiated {version}", [f"cipher {cipher}"])
+    return f"{version} {cipher[0] if cipher else ''}"
+
+
+@suite.check("est.cacerts.anonymous", "/cacerts answers without client authentication", R, "4.1.1", Level.MUST,
+             "GET /cacerts is served to a client that presents no credentials (it SHOULD NOT need auth)")
+async def cacerts_anon(ctx: EstContext) -> str:
+    ex, co = await ctx.step("cacerts", ctx._cacerts)
+    return f"200, {len(co.certificates)} certificates"
+
+
+@suite.check("est.cacerts.content-type", "/cacerts is application/pkcs7-mime", R, "4.1.3", Level.MUST,
+             "Content-Type application/pkcs7-mime")
+async def cacerts_ct(ctx: EstContext) -> str:
+    ex, _ = await ctx.cacerts()
+    if ex.media_type() != "application/pkcs7-mime":
+        raise Fail(f"Content-Type {ex.content_type!r}", ex.lines(body=False))
+    return str(ex.content_type)
+
+
+@suite.check("est.cacerts.certs-only", "/cacerts is a base64 certs-only SignedData", R, "4.1.3", Level.MUST,
+             "the body is base64 (RFC 8951) of a degenerate certificates-only CMS SignedData")
+async def cacerts_shape(ctx: EstContext) -> str:
+    ex, co = await ctx.cacerts()
+    problems = co.shape_problems()
+    if problems:
+        raise Fail("; ".join(problems), ex.lines(body=False) + asn1parse(strict_b64(ex.body), 16))
+    return "; ".join(c.subject.rfc4514_string() for c in co.certificates)
+
+
+@suite.check("est.cacerts.chain", "/cacerts holds the root and every certificate to chain to it", R, "4.1.3",
+             Level.MUST, "the current root CA certificate and every certificate needed to build a chain from an "
+             "EST-issued certificate to it")
+async def cacerts_chain(ctx: EstContext) -> str:
+    ex, co = await ctx.cacerts()
+    certs = co.certificates
+    roots = [c for c in certs if _self_signed(c)]
+    if not roots:
+        raise Fail("no self-signed root certificate in /cacerts", [c.subject.rfc4514_string() for c in certs])
+    for c in certs:
+        if not _self_signed(c) and not any(sm.issued_by(c, p) for p in certs if p is not c):
+            raise Fail(f"the issuer of {c.subject.rfc4514_string()} is missing", [c.issuer.rfc4514_string()])
+    if ctx.has_credentials:
+        try:
+            e = await ctx.main()
+        except Skip:
+            return f"{len(certs)} certificates, root {roots[0].subject.rfc4514_string()}"
+        if not any(sm.issued_by(e.cert, p) for p in certs):
+            raise Fail("the issuer of the enrolled certificate is not in /cacerts", [e.cert.issuer.rfc4514_string()])
+    return f"{len(certs)} certificates, root {roots[0].subject.rfc4514_string()}"
+
+
+@suite.check("est.cacerts.cte", "Responses carry Content-Transfer-Encoding: base64", R, "4.1.3", Level.INTEROP,
+             "libest's client rejects base64 bodies without the header (RFC 8951 lets clients ignore it)")
+async def cacerts_cte(ctx: EstContext) -> str:
+    ex, _ = await ctx.cacerts()
+    if (ex.header("Content-Transfer-Encoding") or "").lower() != "base64":
+        raise Fail(f"Content-Transfer-Encoding {ex.header('Content-Transfer-Encoding')!r}", ex.lines(body=False))
+    return "base64"
+
+
+@suite.check("est.cacerts.unwrapped", "base64 is sent without line breaks", R8951, "3", Level.INTEROP,
+             "strongSwan pki 5.9.8 fails on a /cacerts body wrapped at 64 columns")
+async def cacerts_unwrapped(ctx: EstContext) -> str:
+    ex, _ = await ctx.cacerts()
+    if b"\n" in ex.body.rstrip(b"\r\n"):
+        raise Fail("the base64 body has line breaks", ex.lines())
+    return "one line"
+
+
+# ================================================================== paths and labels
+@suite.check("est.path.unknown-label", "An unknown label gets 404", R, "3.2.2", Level.SHOULD,
+             "/.well-known/est/<unknown label>/cacerts is not found")
+async def unknown_label(ctx: EstContext) -> str:
+    ex = await ctx.get("cacerts", label=f"no-such-label-{ctx.run_id}")
+    if ex.status != 404:
+        raise Fail(f"answered {ex.error or ex.status}", ex.lines())
+    return "404"
+
+
+@suite.check("est.path.unknown-operation", "An unknown operation gets 404", R, "3.2.2", Level.SHOULD,
+             "only the registered operation path segments exist")
+async def unknown_op(ctx: EstContext) -> str:
+    ex = await ctx.get(f"nosuchop{ctx.run_id}")
+    if ex.status != 404:
+        raise Fail(f"answered {ex.error or ex.status}", ex.lines())
+    return "404"
+
+
+@suite.check("est.label.cacerts", "The given label serves /cacerts", R, "3.2.2", Level.MUST,
+             "/.well-known/est/<label>/cacerts works for a label the server offers")
+async def label_cacerts(ctx: EstContext) -> str:
+    if not ctx.o.label:
+        raise Skip("no --label given")
+    ex, co = await ctx.cacerts()
+    return f"label {ctx.o.label}: {len(co.certificates)} certificates"
+
+
+# ================================================================== authentication
+@suite.check("est.auth.challenge", "Enrollment without credentials gets 401 with WWW-Authenticate", R, "3.2.3",
+             Level.MUST, "a request that needs HTTP authentication is answered 401 with a WWW-Authenticate "
+             "challenge (RFC 7235); no certificate")
+async def auth_401(ctx: EstContext) -> str:
+    key = new_key()
+    ex = await ctx.post("simpleenroll", base64.b64encode(der(make_csr(key, f"conformance-{ctx.run_id}-noauth"))),
+                        who="anon", basic=None)
+    status = require_refused(ex, "no credentials", (401, 403))
+    if status == 401 and not ex.header("WWW-Authenticate"):
+        raise Fail("401 without WWW-Authenticate", ex.lines())
+    return f"{status} {ex.header('WWW-Authenticate') or ''}".strip()
+
+
+@suite.check("est.auth.wrong-password", "A wrong password is refused", R, "3.2.3", Level.MUST,
+             "wrong HTTP Basic credentials get 401 (or 403); no certificate")
+async def auth_wrong(ctx: EstContext) -> str:
+    if not ctx.o.basic:
+        raise Skip("no --basic given")
+    user = ctx.o.basic.split(":", 1)[0]
+    ex = await ctx.post("simpleenroll", base64.b64encode(der(make_csr(new_key(), f"conformance-{ctx.run_id}-wrongpw"))),
+                        who="anon", basic=f"{user}:wrong-{ctx.run_id}")
+    status = require_refused(ex, "wrong password", (401, 403))
+    if status == 401 and not ex.header("WWW-Authenticate"):
+        raise Fail("401 without WWW-Authenticate", ex.lines())
+    return str(status)
+
+
+# ================================================================== simpleenroll
+@suite.check("est.simpleenroll.success", "simpleenroll issues a certificate", R, "4.2.1", Level.MUST,
+             "an authenticated, valid PKCS#10 request gets 200 with the issued certificate")
+async def enroll_ok(ctx: EstContext) -> str:
+    e = await ctx.step("enroll", ctx._main)
+    return f"serial {e.cert.serial_number:x}, {e.cert.subject.rfc4514_string()}"
+
+
+@suite.check("est.simpleenroll.content-type", "Enrollment reply is certs-only, byte-exact", R, "4.2.3", Level.MUST,
+             "Content-Type application/pkcs7-mime with smime-type=certs-only (libest compares "
+             "'application/pkcs7-mime; smime-type=certs-only' byte for byte)")
+async def enroll_ct(ctx: EstContext) -> str:
+    e = await ctx.main()
+    ct = e.exchange.content_type or ""
+    if ct == CERTS_ONLY:
+        return ct
+    params = {p.split("=")[0].strip().lower(): p.split("=", 1)[-1].strip().strip('"').lower()
+              for p in ct.split(";")[1:]}
+    if e.exchange.media_type() == "application/pkcs7-mime" and params.get("smime-type") == "certs-only":
+        raise Fail(f"Content-Type {ct!r} is right in substance but not the exact form {CERTS_ONLY!r} "
+                   "that libest requires", e.exchange.lines(body=False))
+    raise Fail(f"Content-Type {ct!r}", e.exchange.lines(body=False))
+
+
+@suite.check("est.simpleenroll.certs-only", "Enrollment reply: base64 certs-only, issued certificate first", R,
+             "4.2.3", Level.MUST, "the reply is a certs-only SignedData whose (first) certificate is the one issued "
+             "for the request's key")
+async def enroll_shape(ctx: EstContext) -> str:
+    e = await ctx.main()
+    co = ctx.read_certs_only(e.exchange)
+    if co.shape_problems():
+        raise Fail("; ".join(co.shape_problems()), e.exchange.lines(body=False))
+    if co.certificates[0] != e.cert:
+        raise Fail("the issued certificate is not first", [c.subject.rfc4514_string() for c in co.certificates])
+    return f"{len(co.certificates)} certificate(s), issued first"
+
+
+@suite.check("est.simpleenroll.cte", "Enrollment reply carries Content-Transfer-Encoding: base64", R, "4.2.3",
+             Level.INTEROP, "libest's client requires the header")
+async def enroll_cte(ctx: EstContext) -> str:
+    e = await ctx.main()
+    if (e.exchange.header("Content-Transfer-Encoding") or "").lower() != "base64":
+        raise Fail(f"Content-Transfer-Encoding {e.exchange.header('Content-Transfer-Encoding')!r}",
+                   e.exchange.lines(body=False))
+    return "base64"
+
+
+def _variant(cid: str, title: str, rfc: str, section: str, level: Level, text: str, body_fn: Any,
+             headers: dict[str, str] | None) -> None:
+    @suite.check(cid, title, rfc, section, level, text)
+    async def fn(ctx: EstContext) -> str:
+        e = await ctx.enroll(cid.rsplit(".", 1)[-1], body_fn, headers)
+        return f"200, serial {e.cert.serial_number:x}"
+
+
+_variant("est.input.crlf-wrapped", "Base64 wrapped at 76 columns with CRLF is accepted", R8951, "3.2", Level.MUST,
+         "servers accept base64 with line breaks (RFC 2045 form, Content-Transfer-Encoding: base64)",
+         lambda d: b64_lines(d, 76, "\r\n"), {"Content-Transfer-Encoding": "base64"})
+_variant("est.input.ignores-cte", "Content-Transfer-Encoding is ignored on input", R8951, "3.2", Level.MUST,
+         "the body is base64 whatever the CTE header says (here: no header, 64-column LF lines)",
+         lambda d: b64_lines(d, 64, "\n"), None)
+_variant("est.input.one-line", "One line of base64 without a final newline is accepted", R8951, "3.2",
+         Level.INTEROP, "strongSwan pki sends exactly this (libest rejected it)",
+         lambda d: base64.b64encode(d), {"Content-Transfer-Encoding": "7bit"})
+_variant("est.input.pem-armour", "A PEM-armoured CSR is accepted", R8951, "3.2", Level.INTEROP,
+         "curl users post `openssl req` output as is (globalsign/est#23)",
+         lambda d: b"-----BEGIN CERTIFICATE REQUEST-----\n" + b64_lines(d, 64, "\n")
+         + b"-----END CERTIFICATE REQUEST-----\n", None)
+
+
+@suite.check("est.errors.bad-base64", "A body that is not base64 gets 400 with a text/plain reason", R, "4.2.3",
+             Level.MUST, "a rejected request is answered with an error status and a human-readable text/plain "
+             "body (RFC 8951 §3.3)")
+async def bad_base64(ctx: EstContext) -> str:
+    if not ctx.has_credentials:
+        raise Skip("no credentials: the refusal would be about authentication")
+    ex = await ctx.post("simpleenroll", b"this is *not* base64 %%%\n")
+    status = require_refused(ex, "bad base64", (400,))
+    if ex.media_type() not in ("text/plain", ""):
+        raise Fail(f"error Content-Type {ex.content_type!r}", ex.lines())
+    if not ex.body.strip():
+        raise Fail("error body is empty", ex.lines())
+    return f"{status} {ex.content_type}: {ex.body[:60].decode('utf-8', 'replace')!r}"
+
+
+@suite.check("est.errors.bad-pop", "A CSR whose signature does not verify is refused", R, "3.4", Level.MUST,
+             "proof of possession: the CSR signature must verify; no certificate otherwise")
+async def bad_pop(ctx: EstContext) -> str:
+    if not ctx.has_credentials:
+        raise Skip("no credentials given")
+    raw = bytearray(der(make_csr(new_key(), f"conformance-{ctx.run_id}-badpop")))
+    raw[-1] ^= 0x01
+    ex = await ctx.post("simpleenroll", base64.b64encode(bytes(raw)))
+    status = require_refused(ex, "bad CSR signature", (400, 403))
+    if ex.media_type() not in ("text/plain", ""):
+        raise Fail(f"error Content-Type {ex.content_type!r}", ex.lines())
+    return str(status)
+
+
+# ================================================================== simplereenroll
+def _client_auth(cert: x509.Certificate) -> bool:
+    try:
+        return ExtendedKeyUsageOID.CLIENT_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+
+
+async def _reenroll(ctx: EstContext, subject_cn: str | None, tag: str) -> tuple[Enrolled, Exchange, Any]:
+    e = await ctx.main()
+    if not _client_auth(e.cert):
+        raise Skip("the issued certificate has no clientAuth EKU, so it cannot authenticate a reenroll")
+    who = ctx.identity("renew", e.cert, e.key)
+    key = new_key()
+    cn = subject_cn or e.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    b = x509.CertificateSigningRequestBuilder().subject_name(
+        e.cert.subject if subject_cn is None else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(cn))]))
+    try:
+        san = e.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        b = b.add_extension(san.value, san.critical)
+    except x509.ExtensionNotFound:
+        pass
+    csr = b.sign(key, hashes.SHA256())
+    ex = await ctx.post("simplereenroll", base64.b64encode(der(csr)), who=who, basic=None)
+    return e, ex, key
+
+
+@suite.check("est.simplereenroll.success", "simplereenroll renews with the current certificate", R, "4.2.2",
+             Level.MUST, "a reenroll authenticated by the certificate being renewed, same subject and SAN, gets 200")
+async def reenroll_ok(ctx: EstContext) -> str:
+    e, ex, key = await _reenroll(ctx, None, "renew")
+    if ex.error:
+        raise Fail(f"TLS with the just-issued certificate as client certificate failed: {ex.error} (the server "
+                   "dropped a connection authenticated by a certificate it issued itself)", ex.lines())
+    if ex.status != 200:
+        raise Fail(f"simplereenroll answered {ex.error or ex.status}", ex.lines())
+    co = ctx.read_certs_only(ex)
+    new = next((c for c in co.certificates if sm.public_key_der(c) == sm.public_key_der(key)), None)
+    if new is None:
+        raise Fail("no certificate for the new key", ex.lines(body=False))
+    if new.subject != e.cert.subject:
+        raise Fail("the renewed certificate has another subject", [new.subject.rfc4514_string()])
+    if co.certificates[0] != new:
+        raise Fail("the issued certificate is not first", [c.subject.rfc4514_string() for c in co.certificates])
+    if ex.content_type != CERTS_ONLY:
+        raise Fail(f"Content-Type {ex.content_type!r}", ex.lines(body=False))
+    return f"renewed: serial {new.serial_number:x}"
+
+
+@suite.check("est.simplereenroll.changed-subject", "simplereenroll refuses a changed subject", R, "4.2.2",
+             Level.MUST, "the Subject and SubjectAltName of a reenroll request are identical to the certificate's")
+async def reenroll_subject(ctx: EstContext) -> str:
+    _, ex, _ = await _reenroll(ctx, f"conformance-{ctx.run_id}-other", "renew-other")
+    return str(require_refused(ex, "changed subject", (400, 401, 403)))
+
+
+@suite.check("est.simplereenroll.needs-certificate", "simplereenroll without a client certificate is refused", R,
+             "4.2.2", Level.SHOULD, "reenrollment is authenticated by the certificate being renewed")
+async def reenroll_nocert(ctx: EstContext) -> str:
+    e = await ctx.main()
+    csr = make_csr(new_key(), str(e.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value))
+    ex = await ctx.post("simplereenroll", base64.b64encode(der(csr)), who="anon")
+    return str(require_refused(ex, "reenroll without client certificate", (400, 401, 403)))
+
+
+# ================================================================== optional operations
+@suite.check("est.serverkeygen", "serverkeygen: key part first, then the certificate", R, "4.4.2", Level.MUST,
+             "multipart/mixed with an application/pkcs8 part (base64 PrivateKeyInfo) followed by a certs-only "
+             "part for that key, each part with Content-Transfer-Encoding")
+async def serverkeygen(ctx: EstContext) -> str:
+    if not ctx.has_credentials:
+        raise Skip("no credentials given")
+    csr = make_csr(new_key(), f"conformance-{ctx.run_id}-skg")
+    ex = await ctx.post("serverkeygen", base64.b64encode(der(csr)))
+    if ex.status in (404, 501):
+        raise Skip(f"not offered ({ex.status})")
+    if ex.status != 200:
+        raise Fail(f"answered {ex.error or ex.status}", ex.lines())
+    ct = ex.content_type or ""
+    m = re.match(r'multipart/mixed\s*;\s*boundary="?([^";]+)"?', ct, re.I)
+    if not m:
+        raise Fail(f"Content-Type {ct!r}", ex.lines(body=False))
+    parts = _multipart(ex.body, m.group(1))
+    if len(parts) != 2:
+        raise Fail(f"{len(parts)} parts, expected 2", ex.lines())
+    (h1, b1), (h2, b2) = parts
+    if h1.get("content-type", "").split(";")[0].strip().lower() != "application/pkcs8":
+        raise Fail(f"first part Content-Type {h1.get('content-type')!r}, expected application/pkcs8 "
+                   "(or the encrypted form, which the suite did not request)", ex.lines())
+    for i, h in enumerate((h1, h2), 1):
+        if h.get("content-transfer-encoding", "").lower() != "base64":
+            raise Fail(f"part {i} has Content-Transfer-Encoding {h.get('content-transfer-encoding')!r}", ex.lines())
+    try:
+        key = serialization.load_der_private_key(strict_b64(b1), None)
+    except ValueError as exc:
+        raise Fail(f"the key part is not a PKCS#8 PrivateKeyInfo: {exc}", asn1parse(strict_b64(b1), 8)) from None
+    if h2.get("content-type", "").strip() != CERTS_ONLY:
+        raise Fail(f"second part Content-Type {h2.get('content-type')!r}", ex.lines())
+    co = sm.parse_certs_only(strict_b64(b2))
+    if not co.certificates or sm.public_key_der(co.certificates[0]) != sm.public_key_der(key):
+        raise Fail("the first certificate is not for the returned key", [c.subject.rfc4514_string()
+                                                                          for c in co.certificates])
+    return f"key {type(key).__name__}, serial {co.certificates[0].serial_number:x}"
+
+
+def _multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
+    delim = b"--" + boundary.encode()
+    chunks = body.split(delim)
+    out = []
+    for ch in chunks[1:]:
+        if ch.startswith(b"--"):
+            break
+        ch = ch[2:] if ch.startswith(b"\r\n") else ch.lstrip(b"\n")
+        head, _, content = ch.replace(b"\r\n", b"\n").partition(b"\n\n")
+        headers = {}
+        for ln in head.decode("latin-1").split("\n"):
+            if ":" in ln:
+                k, v = ln.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        out.append((headers, content.strip()))
+    return out
+
+
+@suite.check("est.csrattrs", "csrattrs: application/csrattrs base64 DER, or none", R, "4.5.2", Level.MUST,
+             "200 with base64 CsrAttrs (SEQUENCE) and Content-Type application/csrattrs, or 204/404 when the "
+             "server has none")
+async def csrattrs(ctx: EstContext) -> str:
+    ex = await ctx.get("csrattrs")
+    if ex.status in (204, 404):
+        return f"{ex.status}: no attributes"
+    if ex.status in (401, 403):
+        raise Skip(f"csrattrs needs authentication here ({ex.status})")
+    if ex.status != 200:
+        raise Fail(f"answered {ex.error or ex.status}", ex.lines())
+    if ex.media_type() != "application/csrattrs":
+        raise Fail(f"Content-Type {ex.content_type!r}", ex.lines())
+    raw = strict_b64(ex.body)
+    if not raw or raw[0] != 0x30:
+        raise Fail("not a SEQUENCE", asn1parse(raw, 10))
+    lines = asn1parse(raw, 200)
+    if any("truncated" in ln or "past the end" in ln for ln in lines):
+        raise Fail("malformed DER", lines[:20])
+    return f"{len(raw)} bytes of CsrAttrs"
+
+
+@suite.check("est.fullcmc", "fullcmc: offered or clearly not", R, "4.3", Level.MAY,
+             "/fullcmc is optional: 501/404 when not offered; otherwise a malformed request gets an error")
+async def fullcmc(ctx: EstContext) -> str:
+    ex = await ctx.post("fullcmc", base64.b64encode(b"\x30\x00"),
+                        content_type="application/pkcs7-mime; smime-type=CMC-request")
+    if ex.status in (404, 501):
+        raise Skip(f"not offered ({ex.status})")
+    if 400 <= ex.status < 500:
+        return f"offered; an empty request is refused with {ex.status}"
+    raise Fail(f"an empty CMC request answered {ex.error or ex.status}", ex.lines())
+
+
+@suite.check("est.pending", "Pending enrollment: 202 with Retry-After, correlated on re-POST", R, "4.2.3", Level.MUST,
+             "a request that cannot be completed yet gets 202 with Retry-After; the client re-POSTs the same CSR")
+async def pending(ctx: EstContext) -> str:
+    if not ctx.o.pending_label:
+        raise Skip("no --pending-label given (a label whose profile needs manual approval)")
+    if not ctx.has_credentials:
+        raise Skip("no credentials given")
+    csr = make_csr(new_key(), f"conformance-{ctx.run_id}-pending")
+    body = base64.b64encode(der(csr))
+    ex = await ctx.post("simpleenroll", body, label=ctx.o.pending_label)
+    if ex.status != 202:
+        raise Fail(f"answered {ex.error or ex.status}, expected 202", ex.lines())
+    ra = ex.header("Retry-After") or ""
+    if not ra.strip().isdigit():
+        raise Fail(f"Retry-After {ra!r} is not delta-seconds", ex.lines())
+    ex2 = await ctx.post("simpleenroll", body, label=ctx.o.pending_label)
+    if ex2.status != 202 or not (ex2.header("Retry-After") or "").strip().isdigit():
+        raise Fail(f"re-POST of the same CSR answered {ex2.status}", ex2.lines())
+    return f"202, Retry-After {ra}; re-POST 202"
