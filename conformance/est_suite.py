@@ -195,13 +195,15 @@ class EstContext(BaseContext):
         return Enrolled(ex, key, csr, cert, co.certificates)
 
     async def main(self) -> Enrolled:
-        return await self.need("enroll", self._main)
+        e: Enrolled = await self.need("enroll", self._main)
+        return e
 
     async def _main(self) -> Enrolled:
         return await self.enroll("main")
 
     async def cacerts(self) -> tuple[Exchange, sm.CertsOnly]:
-        return await self.need("cacerts", self._cacerts)
+        out: tuple[Exchange, sm.CertsOnly] = await self.need("cacerts", self._cacerts)
+        return out
 
     async def _cacerts(self) -> tuple[Exchange, sm.CertsOnly]:
         ex = await self.get("cacerts")

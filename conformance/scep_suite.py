@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import os
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from conformance import scepmsg as sm
-from conformance.asn1dump import asn1parse, hexdump
+from conformance.asn1dump import asn1parse
 from conformance.model import Fail, Level, Skip, Suite
 from conformance.runner import BaseContext
 from conformance.transport import Exchange, Http
@@ -195,7 +194,8 @@ class ScepContext(BaseContext):
     async def main(self) -> Txn:
         """The reference enrollment most checks judge: PKCSReq with the preferred transport,
         cipher and digest (POST, AES, SHA-256 on a modern server)."""
-        return await self.need("enroll", self._main)
+        t: Txn = await self.need("enroll", self._main)
+        return t
 
     async def _main(self) -> Txn:
         t = await self.enroll("main")
@@ -849,5 +849,3 @@ def plan(challenge: str | None) -> list[str]:
         "-> must not issue",
     ]
 
-
-_ = (hexdump, serialization, field)

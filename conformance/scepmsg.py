@@ -136,7 +136,7 @@ def ber_octets(tlv: bytes) -> bytes:
 
 
 def _oid_der(dotted: str) -> bytes:
-    return core.ObjectIdentifier(dotted).dump()
+    return bytes(core.ObjectIdentifier(dotted).dump())
 
 
 def raw_attribute(oid: str, value_der: bytes) -> cms.CMSAttribute:
@@ -183,7 +183,7 @@ def self_signed(key: rsa.RSAPrivateKey, cn: str) -> Identity:
     return Identity(key, cert)
 
 
-def make_csr(key: Any, cn: str, challenge: str | None, *, digest: hashes.HashAlgorithm | None = None,
+def make_csr(key: Any, cn: str, challenge: str | None, *, digest: Any = None,
              o: str | None = None) -> bytes:
     """A PKCS #10 request (DER) with the challengePassword as a PrintableString (RFC 8894 §3.3.1)."""
     from cryptography.x509.name import _ASN1Type
@@ -241,7 +241,7 @@ def envelope(data: bytes, recipient: x509.Certificate, cipher: str) -> bytes:
             "content_encryption_algorithm": {"algorithm": CIPHERS[cipher][0], "parameters": core.OctetString(iv)},
             "encrypted_content": ct},
     })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": ed}).dump()
+    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": ed}).dump())
 
 
 @dataclass
@@ -308,8 +308,8 @@ def pki_message(message_type: int, transaction_id: str, signer: Identity, inner:
 
 def issuer_and_serial_der(issuer: x509.Name, serial: int) -> bytes:
     """IssuerAndSerialNumber (GetCert/GetCRL messageData, RFC 8894 §3.3.4)."""
-    return cms.IssuerAndSerialNumber({"issuer": ax509.Name.load(issuer.public_bytes()),
-                                      "serial_number": serial}).dump()
+    return bytes(cms.IssuerAndSerialNumber({"issuer": ax509.Name.load(issuer.public_bytes()),
+                                            "serial_number": serial}).dump())
 
 
 def issuer_and_subject_der(issuer: x509.Name, subject: x509.Name) -> bytes:
@@ -405,8 +405,8 @@ def _load_cert(der: bytes) -> x509.Certificate | None:
 def _sid_matches(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
-        return (ias["serial_number"].native == cert.serial_number
-                and ias["issuer"].dump() == cert.issuer.public_bytes())
+        return bool(ias["serial_number"].native == cert.serial_number
+                    and ias["issuer"].dump() == cert.issuer.public_bytes())
     try:
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
