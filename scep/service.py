@@ -207,8 +207,18 @@ class ScepService:
         except Exception:  # noqa: BLE001  (a parsed message always gets a CertRep)
             log.exception("SCEP PKIOperation failed")
             rep = self._failure(msg, FailInfo.BAD_REQUEST, "internal error")
-        body = rep.build(signer_cert=ra.cert, sign=ra.key.sign, digest=digest, certificates=[ra.cert])
+        body = rep.build(signer_cert=ra.cert, sign=ra.key.sign, digest=digest,
+                         certificates=await self._signer_chain(profile, ra))
         return Reply(body, CT_PKI_MESSAGE)
+
+    async def _signer_chain(self, profile: ScepProfile, ra: RA) -> list[x509.Certificate]:
+        """The CertRep signer and its chain, so that verifiers that trust only the root succeed."""
+        certs = [ra.cert, *ra.extra]
+        if not ra.is_ca:
+            for c in (await self.issuer.ca_chain(profile.name)).chain:
+                if c not in certs and c.subject != c.issuer:
+                    certs.append(c)
+        return certs
 
     @staticmethod
     def _failure(msg: PkiMessage, fail_info: FailInfo, text: str) -> CertRep:
@@ -272,9 +282,14 @@ class ScepService:
                 raise BadRequestError("replayed senderNonce", public_text="replayed message")
             else:
                 requester = await self._authorize(profile, msg, csr, remote)
+        # A renewal is its own transaction even when the client keeps its transactionID (scepclient
+        # and certmonger derive it from the unchanged key): scope it by the certificate renewed, so
+        # a retransmitted renewal is still idempotent but never returns the old certificate.
+        txid = msg.transaction_id if renewal_of is None else (
+            f"{msg.transaction_id}#renew-{renewal_of.serial_number:x}")
         outcome = await self.issuer.issue(
             IssueRequest(csr=csr, profile=profile.name, requester=requester, channel=Channel.SCEP,
-                         transaction_id=msg.transaction_id, renewal_of=renewal_of)
+                         transaction_id=txid, renewal_of=renewal_of)
         )
         return self._outcome(profile, msg, signer, opened, outcome)
 

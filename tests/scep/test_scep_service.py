@@ -203,3 +203,18 @@ async def test_pkioperation_over_get(scep: Scep) -> None:
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_renewal_keeping_key_and_transaction_id_gets_a_new_certificate(scep: Scep) -> None:
+    """scepclient and certmonger renew with the same key and the same transactionID."""
+    key = rsa_key(18)
+    c = scep.client("anytime")
+    first = await c.enroll(simple_csr(key, "same-key", scep.challenge), key, transaction_id="KEEP")
+    old = first.certificates[0]
+    again = await c.renew(simple_csr(key, "same-key", scep.challenge), old, key, transaction_id="KEEP",
+                          message_type=MessageType.PKCS_REQ)
+    assert again.status is PkiStatus.SUCCESS
+    assert again.certificates[0].serial_number != old.serial_number
+    retransmit = await c.renew(simple_csr(key, "same-key", scep.challenge), old, key, transaction_id="KEEP",
+                               message_type=MessageType.PKCS_REQ)
+    assert retransmit.certificates[0] == again.certificates[0]
