@@ -32,6 +32,8 @@ def server_context(config: Config) -> ssl.SSLContext:
     anchors = client_anchors(config)
     if anchors:
         ctx.verify_mode = ssl.CERT_OPTIONAL
+        # Trust stores may hold intermediates (our issuing CA) as anchors, RFC 5280 §6.1.1(d).
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         ctx.load_verify_locations(cadata=b"".join(c.public_bytes(serialization.Encoding.PEM)
                                                   for c in anchors).decode())
     else:
