@@ -110,7 +110,7 @@ def build_csr(
         builder = builder.add_attribute(
             x509.ObjectIdentifier(oid), value, _tag=x509.name._ASN1Type.OctetString
         )
-    algorithm: hashes.HashAlgorithm | None = hashes.SHA256()
+    algorithm: hashes.SHA256 | hashes.SHA384 | None = hashes.SHA256()
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         algorithm = None
     elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
@@ -279,7 +279,7 @@ class EstClient:
                 key = serialization.load_der_private_key(result.key_der, password=None)
             except (ValueError, TypeError) as exc:
                 raise ProtocolError(f"serverkeygen key part does not load: {exc}") from None
-        cert = self._matching(result.certificates, key.public_key())  # type: ignore[union-attr]
+        cert = self._matching(result.certificates, key.public_key())
         return ServerKeygenResult(key, cert, result.certificates, result.encrypted)
 
     async def fullcmc(self, body: bytes) -> tuple[int, bytes]:
@@ -397,7 +397,7 @@ class EstClient:
                     return ctype, payload, current
                 if status == 202:
                     polls += 1
-                    wait = _retry_after_seconds(retry_after, 60)
+                    wait: float = _retry_after_seconds(retry_after, 60)
                     wait = min(max(wait, self.min_poll_interval), self.max_poll_interval)
                     if polls > self.max_polls or time.monotonic() + wait > deadline:
                         raise EnrollmentPending(

@@ -733,7 +733,7 @@ def _rebuild_csr(csr: x509.CertificateSigningRequest,
             builder = builder.add_extension(ext.value, ext.critical)
     except ValueError:
         raise BadRequest("the CSR's extension request does not parse") from None
-    algorithm: hashes.HashAlgorithm | None = hashes.SHA256()
+    algorithm: hashes.SHA256 | hashes.SHA384 | None = hashes.SHA256()
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         algorithm = None
     elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:

@@ -20,6 +20,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from asn1crypto import algos, cms, core, keys
 from cryptography import x509
@@ -458,7 +459,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
-def _asn1_cert(cert: x509.Certificate) -> object:
+def _asn1_cert(cert: x509.Certificate) -> Any:
     from asn1crypto import x509 as ax509
 
     return ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))

@@ -25,99 +25,10 @@ from enroll.config import load_config
 from enroll.pki import DevPKI
 from enroll.setup import InitResult, init_directory
 from est import asn1, wire
-from tests.conftest import free_port, require_tool
+from tests.conftest import require_tool
+from tests.est.conftest import Serve
 
 pytestmark = pytest.mark.interop
-
-
-@dataclass
-class Serve:
-    init: InitResult
-    port: int
-    http_port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-    work: Path
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def est(self) -> str:
-        return self.url + "/.well-known/est"
-
-    @property
-    def ca(self) -> Path:
-        return self.init.certs_dir / "root-ca.pem"
-
-    @property
-    def userpass(self) -> str:
-        return f"{self.init.est_user}:{self.init.est_password}"
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "enroll", "-c", str(self.init.config_path), *args],
-                              capture_output=True, text=True, check=check, timeout=120)
-
-    def issued(self) -> int:
-        out = self.cli("certs", "list").stdout
-        return len([line for line in out.splitlines()[1:] if line.strip()])
-
-
-def _wait_up(http_port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the plain-HTTP listener answers /health (app up, ledger migrated); bounded."""
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"enroll serve exited: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=2) as resp:  # noqa: S310
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"enroll serve did not answer: {log.read_text()}")
-
-
-def _serve(tmp_path: Path, dev_pki: DevPKI, default_profile: str) -> Iterator[Serve]:
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    text = init.config_path.read_text()
-    text = text.replace('default_profile = "gateway"      # /.well-known/est/<op> without a label',
-                        f'default_profile = "{default_profile}"')
-    # The enroll trust store holds the issuing CA; OpenSSL's handshake check wants the chain to
-    # end at a self-signed root unless X509_V_FLAG_PARTIAL_CHAIN is set, so add the root here.
-    text = text.replace('[trust.enroll]                   # certificates we issued\ncerts = ["certs/issuing-ca.pem"]',
-                        '[trust.enroll]\ncerts = ["certs/issuing-ca.pem", "certs/root-ca.pem"]')
-    init.config_path.write_text(text)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        _wait_up(http_port, proc, log)
-        work = tmp_path / "work"
-        work.mkdir()
-        yield Serve(init, https_port, http_port, proc, log, work)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture
-def serve(tmp_path: Path, dev_pki: DevPKI) -> Iterator[Serve]:
-    yield from _serve(tmp_path, dev_pki, "gateway")
-
-
-@pytest.fixture
-def serve_manual(tmp_path: Path, dev_pki: DevPKI) -> Iterator[Serve]:
-    yield from _serve(tmp_path, dev_pki, "manual")
 
 
 def run(args: list[str], *, cwd: Path, input: bytes | None = None, check: bool = True,
