@@ -344,7 +344,8 @@ def audit(ctx: click.Context, limit: int) -> None:
 def _add_protocol_clients() -> None:
     import importlib
 
-    for mod, attr in (("est.cli", "est"), ("scep.cli", "scep"), ("conformance.cli", "conformance")):
+    for mod, attr in (("est.cli", "est"), ("scep.cli", "scep"), ("conformance.cli", "conformance"),
+                      ("enroll.bench.cli", "bench")):
         try:
             group = getattr(importlib.import_module(mod), attr)
         except (ModuleNotFoundError, AttributeError):
