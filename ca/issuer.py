@@ -34,22 +34,27 @@ from ca.api import (
     Requester,
     SupportsCRL,
 )
+from ca import ocsp
 from ca.authz import TrustStore, challenge_digest, hash_secret, new_challenge, verify_secret
 from ca.errors import (
     AuthenticationError,
+    AuthorizationError,
     CAError,
     LedgerError,
     NotFoundError,
+    ParseError,
     PolicyError,
     RejectReason,
 )
-from ca.ledger import CertRecord, Ledger, PendingRecord, serial_hex
+from ca.ledger import AuditRecord, CertificateQuery, CertRecord, DeviceRecord, Ledger, PendingRecord, serial_hex
 from ca.profile import (
     Profile,
     build_template,
     check_issued,
     check_key,
+    device_key,
     refuse_forbidden_requests,
+    sans_of,
     verify_csr,
 )
 
@@ -79,6 +84,14 @@ class IssuingCA:
     backend: CABackend
     crl_url: str | None = None
     crl_validity_hours: int = 24
+    ocsp_url: str | None = None  # AIA id-ad-ocsp (RFC 5280 §4.2.2.1)
+    ca_issuers_url: str | None = None  # AIA id-ad-caIssuers
+    responder: ocsp.Responder | None = None  # None: this server answers no OCSP for the CA
+    ocsp_validity_seconds: int = 3600  # nextUpdate of OCSP responses
+
+    def template_urls(self) -> dict[str, str | None]:
+        """The URLs :func:`ca.profile.build_template` writes into certificates."""
+        return {"crl_url": self.crl_url, "ocsp_url": self.ocsp_url, "ca_issuers_url": self.ca_issuers_url}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -94,6 +107,20 @@ def spki_sha256(public_key: Any) -> str:
 
 def _describe(r: Requester | None) -> str | None:
     return None if r is None else f"{r.method.value}:{r.principal}"
+
+
+Actor = Requester | str | None
+
+
+def _actor(by: Actor) -> Requester | None:
+    """An operator as the audit trail names it (a bare string is an operator principal)."""
+    if by is None or isinstance(by, Requester):
+        return by
+    return Requester(AuthMethod.OPERATOR, by)
+
+
+def _is_device_key(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _now() -> dt.datetime:
@@ -199,7 +226,10 @@ class Issuer:
             ca = self._ca_of(profile)
             chain = await ca.backend.ca_chain()
             # Dry run of the policy before anything is stored or reserved.
-            build_template(csr, profile, chain.issuer, 1, _now(), ca.crl_url)
+            draft = build_template(csr, profile, chain.issuer, 1, _now(), **ca.template_urls())
+            device = device_key(profile.name, draft.subject, sans_of(draft.extensions))
+            if await self.ledger.device_retired(device):
+                raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
             if profile.manual and req.requester.method is not AuthMethod.OPERATOR:
                 return await self._pending_flow(req, profile, csr_sha, spki)
             return await self._issue_now(req, profile, ca, chain, csr_sha, spki)
@@ -275,16 +305,23 @@ class Issuer:
                 break
         if row_id is None or serial is None:
             raise LedgerError("could not reserve a unique serial number")
-        template = build_template(req.csr, profile, chain.issuer, serial, _now(), ca.crl_url)
+        template = build_template(req.csr, profile, chain.issuer, serial, _now(), **ca.template_urls())
+        sans = sans_of(template.extensions)
+        device = device_key(profile.name, template.subject, sans)
         cert = await ca.backend.sign(template)
         check_issued(cert, template, chain.issuer)
-        audit = dict(event="issue", ok=True, channel=req.channel.value, profile=profile.name,
-                     requester=_describe(req.requester), reason="issued", csr_sha256=csr_sha, serial=serial,
-                     detail={"transaction_id": req.transaction_id} if req.transaction_id else None)
+        detail: dict[str, Any] = {"device": device}
+        if req.transaction_id:
+            detail["transaction_id"] = req.transaction_id
+        if req.renewal_of is not None:
+            detail["renews"] = serial_hex(req.renewal_of.serial_number)
+        audit = dict(event="renew" if req.renewal_of is not None else "issue", ok=True, channel=req.channel.value,
+                     profile=profile.name, requester=_describe(req.requester), reason="issued", csr_sha256=csr_sha,
+                     serial=serial, detail=detail)
         await self.ledger.store_issued(
             row_id, der=cert.public_bytes(serialization.Encoding.DER), subject=cert.subject.rfc4514_string(),
             not_before=cert.not_valid_before_utc.timestamp(), not_after=cert.not_valid_after_utc.timestamp(),
-            audit=audit, pending_id=pending_id)
+            audit=audit, pending_id=pending_id, device=device, device_profile=profile.name, sans=sans)
         self._log(audit)
         return Issued(cert, chain.chain, serial)
 
@@ -293,50 +330,174 @@ class Issuer:
         """Requests waiting for (or decided by) an operator."""
         return await self.ledger.list_pending(status)
 
-    async def approve(self, request_id: int, by: str) -> bool:
+    async def approve(self, request_id: int, by: Actor) -> bool:
         """Approve a pending request; the client's next poll gets the certificate."""
+        who = _actor(by)
+        rec = await self.ledger.get_pending(request_id)
         ok = await self.ledger.transition_pending(request_id, ["pending"], "approved", decided_at=time.time(),
-                                                  decided_by=by)
-        await self.audit("approve", ok=ok, channel=Channel.ADMIN, profile=None, requester=None,
-                         reason=by, detail={"request_id": request_id})
+                                                  decided_by=_describe(who))
+        await self.audit("approve", ok=ok, channel=Channel.ADMIN, profile=rec.profile if rec else None,
+                         requester=who, reason="" if ok else "not pending", csr_sha256=rec.csr_sha256 if rec else None,
+                         detail={"request_id": request_id})
         return ok
 
-    async def reject(self, request_id: int, by: str, reason: str = "") -> bool:
+    async def reject(self, request_id: int, by: Actor, reason: str = "") -> bool:
         """Reject a pending request; the client's next poll is refused."""
+        who = _actor(by)
+        rec = await self.ledger.get_pending(request_id)
         ok = await self.ledger.transition_pending(request_id, ["pending", "approved"], "rejected",
-                                                  decided_at=time.time(), decided_by=by, reason=reason)
-        await self.audit("reject", ok=ok, channel=Channel.ADMIN, profile=None, requester=None,
-                         reason=f"{by}: {reason}", detail={"request_id": request_id})
+                                                  decided_at=time.time(), decided_by=_describe(who), reason=reason)
+        await self.audit("reject", ok=ok, channel=Channel.ADMIN, profile=rec.profile if rec else None,
+                         requester=who, reason=reason if ok else "not pending",
+                         csr_sha256=rec.csr_sha256 if rec else None, detail={"request_id": request_id})
         return ok
 
     # --- revocation and CRLs ---------------------------------------------------------------
-    async def revoke(self, serial: int, reason: str = "unspecified", ca: str | None = None) -> CertRecord:
-        """Revoke an issued certificate and publish a fresh CRL (RFC 5280 §5.3.1 reasons)."""
-        if reason not in REASONS:
-            raise CAError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+    async def get_certificate(self, serial: int, ca: str | None = None) -> CertRecord:
+        """The one issued certificate with this serial (NotFoundError, or CAError if ambiguous)."""
         rows = [r for r in await self.ledger.find_serial_any_issuer(serial)
                 if r.status == "issued" and (ca is None or r.issuer == ca)]
         if not rows:
             raise NotFoundError(f"no issued certificate with serial {serial_hex(serial)}")
         if len(rows) > 1:
             raise CAError(f"serial {serial_hex(serial)} exists under several CAs; name the CA")
-        rec = rows[0]
+        return rows[0]
+
+    async def revoke(self, serial: int, reason: str = "unspecified", ca: str | None = None, *,
+                     by: Actor = None) -> CertRecord:
+        """Revoke an issued certificate and publish a fresh CRL (RFC 5280 §5.3.1 reasons).
+
+        ``certificate_hold`` suspends it (:meth:`unhold` releases it); a held certificate may
+        then be revoked for good with any other reason.
+        """
+        if reason not in REASONS:
+            raise CAError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+        rec = await self.get_certificate(serial, ca)
         if not await self.ledger.revoke(rec.issuer, serial, reason, time.time()):
-            raise CAError(f"certificate {serial_hex(serial)} is already revoked")
-        await self.audit("revoke", ok=True, channel=Channel.ADMIN, profile=rec.profile, requester=None,
-                         reason=reason, serial=serial)
+            await self.audit("revoke", ok=False, channel=Channel.ADMIN, profile=rec.profile, requester=_actor(by),
+                             reason=f"already revoked ({rec.revocation_reason})", serial=serial,
+                             detail={"device": rec.device})
+            raise CAError(f"certificate {serial_hex(serial)} is already revoked ({rec.revocation_reason})")
+        await self.audit("hold" if reason == "certificate_hold" else "revoke", ok=True, channel=Channel.ADMIN,
+                         profile=rec.profile, requester=_actor(by), reason=reason, serial=serial,
+                         detail={"device": rec.device})
         await self.crl_for_ca(rec.issuer, force=True)
         return (await self.ledger.find_by_serial(rec.issuer, serial)) or rec
 
-    async def retire(self, serial: int) -> CertRecord:
-        """Retire a device's certificate: it can no longer renew (revoke it separately)."""
-        rows = [r for r in await self.ledger.find_serial_any_issuer(serial) if r.status == "issued"]
-        if not rows:
-            raise NotFoundError(f"no issued certificate with serial {serial_hex(serial)}")
-        await self.ledger.retire(rows[0].issuer, serial, time.time())
-        await self.audit("retire", ok=True, channel=Channel.ADMIN, profile=rows[0].profile, requester=None,
-                         serial=serial)
-        return (await self.ledger.find_by_serial(rows[0].issuer, serial)) or rows[0]
+    async def unhold(self, serial: int, ca: str | None = None, *, by: Actor = None) -> CertRecord:
+        """Release a certificateHold: valid again, and absent from the CRL published now
+        (RFC 5280 §5.3.1; a full CRL simply drops the entry, the removeFromCRL semantics)."""
+        rec = await self.get_certificate(serial, ca)
+        if not await self.ledger.release_hold(rec.issuer, serial):
+            raise CAError(f"certificate {serial_hex(serial)} is not on hold")
+        await self.audit("unhold", ok=True, channel=Channel.ADMIN, profile=rec.profile, requester=_actor(by),
+                         reason="remove_from_crl", serial=serial, detail={"device": rec.device})
+        await self.crl_for_ca(rec.issuer, force=True)
+        return (await self.ledger.find_by_serial(rec.issuer, serial)) or rec
+
+    async def retire(self, serial: int, *, by: Actor = None) -> CertRecord:
+        """Retire one certificate: it can no longer renew (revoke it separately)."""
+        rec = await self.get_certificate(serial)
+        await self.ledger.retire(rec.issuer, serial, time.time())
+        await self.audit("retire", ok=True, channel=Channel.ADMIN, profile=rec.profile, requester=_actor(by),
+                         serial=serial, detail={"device": rec.device})
+        return (await self.ledger.find_by_serial(rec.issuer, serial)) or rec
+
+    # --- devices and fleet -----------------------------------------------------------------
+    async def get_device(self, device: str) -> DeviceRecord:
+        """A device by its key (as `enroll devices list` shows it)."""
+        rec = await self.ledger.get_device(device.lower()) if _is_device_key(device.lower()) else None
+        if rec is None:
+            raise NotFoundError(f"no device {device!r}")
+        return rec
+
+    async def device_certificates(self, device: str) -> list[CertRecord]:
+        """Every certificate of a device, newest first."""
+        return await self.ledger.query_certificates(CertificateQuery(device=device, limit=10000))
+
+    async def device_history(self, device: str, limit: int = 1000) -> list[AuditRecord]:
+        """Every issuance, renewal, hold, revocation and retirement of a device, newest first."""
+        await self.get_device(device)
+        serials = [c.serial for c in await self.device_certificates(device)]
+        return await self.ledger.audit_records(limit, serials=serials, device=device)
+
+    async def revoke_device(self, device: str, reason: str = "unspecified", *, by: Actor = None) -> list[CertRecord]:
+        """Revoke every not-yet-revoked certificate of a device at once (one new CRL per CA)."""
+        if reason not in REASONS:
+            raise CAError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+        dev = await self.get_device(device)
+        done: list[CertRecord] = []
+        now = time.time()
+        for rec in await self.device_certificates(dev.device):
+            if rec.revoked and not (rec.on_hold and reason != "certificate_hold"):
+                continue
+            if await self.ledger.revoke(rec.issuer, rec.serial, reason, now):
+                done.append(rec)
+                await self.audit("revoke", ok=True, channel=Channel.ADMIN, profile=rec.profile,
+                                 requester=_actor(by), reason=reason, serial=rec.serial,
+                                 detail={"device": dev.device})
+        for ca_name in sorted({r.issuer for r in done}):
+            await self.crl_for_ca(ca_name, force=True)
+        return done
+
+    async def retire_device(self, device: str, reason: str = "cessation_of_operation", *,
+                            by: Actor = None) -> list[CertRecord]:
+        """Retire a device: revoke all its certificates and refuse its future enrollments and
+        renewals (checked in :meth:`issue` against the device of the would-be certificate)."""
+        if reason not in REASONS or reason == "certificate_hold":
+            raise CAError(f"a retirement needs a permanent revocation reason, not {reason!r}")
+        dev = await self.get_device(device)
+        who = _actor(by)
+        if not await self.ledger.retire_device(dev.device, time.time(), _describe(who) or "", reason):
+            raise CAError(f"device {dev.device} is already retired")
+        await self.audit("retire-device", ok=True, channel=Channel.ADMIN, profile=dev.profile, requester=who,
+                         reason=reason, detail={"device": dev.device})
+        return await self.revoke_device(dev.device, reason, by=by)
+
+    async def expiring(self, within_seconds: float, profile: str | None = None,
+                       limit: int = 10000) -> list[CertRecord]:
+        """Valid (not revoked) certificates whose notAfter falls within the window, soonest first."""
+        now = time.time()
+        return await self.ledger.query_certificates(
+            CertificateQuery(profile=profile, expiring_before=now + within_seconds, limit=limit), now)
+
+    # --- OCSP ------------------------------------------------------------------------------
+    async def ocsp(self, der: bytes) -> tuple[bytes, str]:
+        """Answer an OCSP request (RFC 6960): ``(DER response, outcome)``.
+
+        outcome is ``good``, ``revoked``, ``unknown`` (not issued here, or only reserved) or the
+        error status ``malformed`` / ``unauthorized`` (no CA of ours is named by the CertID,
+        RFC 6960 §2.3) / ``internal``.
+        """
+        from cryptography.x509.ocsp import OCSPResponseStatus
+
+        try:
+            query = ocsp.parse_request(der)
+        except ParseError:
+            return ocsp.error_response(OCSPResponseStatus.MALFORMED_REQUEST), "malformed"
+        for ca in self.cas.values():
+            if ca.responder is not None and ocsp.is_for(query, ca.responder.ca_cert):
+                break
+        else:
+            return ocsp.error_response(OCSPResponseStatus.UNAUTHORIZED), "unauthorized"
+        assert ca.responder is not None
+        try:
+            rec = await self.ledger.find_by_serial(ca.name, query.serial)
+        except LedgerError:
+            return ocsp.error_response(OCSPResponseStatus.TRY_LATER), "internal"
+        now = dt.datetime.fromtimestamp(int(time.time()), dt.timezone.utc)
+        next_update = now + dt.timedelta(seconds=ca.ocsp_validity_seconds)
+        if rec is None or rec.status != "issued":
+            status, revoked_at, reason = ocsp.Status.UNKNOWN, None, None
+        elif rec.revoked_at is not None:
+            status = ocsp.Status.REVOKED
+            revoked_at = dt.datetime.fromtimestamp(int(rec.revoked_at), dt.timezone.utc)
+            reason = rec.revocation_reason
+        else:
+            status, revoked_at, reason = ocsp.Status.GOOD, None, None
+        body = ocsp.build_response(query, ca.responder, status, this_update=now, next_update=next_update,
+                                   revoked_at=revoked_at, reason=reason)
+        return body, status.value
 
     async def crl(self, profile_name: str) -> x509.CertificateRevocationList:
         """The current CRL of the CA a profile issues from (SCEP GetCRL, CDP)."""
@@ -370,6 +531,16 @@ class Issuer:
                                     crl.public_bytes(serialization.Encoding.DER))
         return crl
 
+    async def publish_crl(self, ca_name: str, *, by: Actor = None) -> x509.CertificateRevocationList:
+        """Sign and publish a new CRL now (an operator's "force publish"), audited."""
+        if ca_name not in self.cas:
+            raise NotFoundError(f"no CA named {ca_name!r}")
+        crl = await self.crl_for_ca(ca_name, force=True)
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        await self.audit("crl-publish", ok=True, channel=Channel.ADMIN, profile=None, requester=_actor(by),
+                         detail={"ca": ca_name, "crl_number": number, "entries": len(crl)})
+        return crl
+
     # --- authentication helpers ------------------------------------------------------------
     async def verify_password(self, user: str, password: str) -> bool:
         """HTTP Basic (RFC 7617) against the configured scrypt hashes, constant-time."""
@@ -384,12 +555,15 @@ class Issuer:
             return False
         return verify_secret(challenge, stored)
 
-    async def create_one_time_challenge(self, profile_name: str, ttl_seconds: int = 3600) -> str:
+    async def create_one_time_challenge(self, profile_name: str, ttl_seconds: int = 3600, *,
+                                        by: Actor = None) -> str:
         """A fresh one-time challenge bound to a profile, stored as its digest only."""
         self.profile(profile_name)
+        if not 1 <= ttl_seconds <= 30 * 86400:
+            raise CAError("a one-time challenge lives between 1 second and 30 days")
         challenge = new_challenge()
         await self.ledger.add_challenge(profile_name, challenge_digest(challenge), time.time() + ttl_seconds)
-        await self.audit("challenge-new", ok=True, channel=Channel.ADMIN, profile=profile_name, requester=None,
+        await self.audit("challenge-new", ok=True, channel=Channel.ADMIN, profile=profile_name, requester=_actor(by),
                          detail={"ttl": ttl_seconds})
         return challenge
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -53,9 +55,25 @@ certificates = sa.Table(
     sa.Column("revoked_at", sa.Float),
     sa.Column("revocation_reason", sa.String(40)),
     sa.Column("retired_at", sa.Float),
+    sa.Column("device", sa.String(64)),  # migration 2: ca.profile.device_key of the certificate
     sa.UniqueConstraint("issuer", "serial", name="uq_certificates_issuer_serial"),
     sa.Index("ix_certificates_txn", "profile", "transaction_id"),
     sa.Index("ix_certificates_spki", "spki_sha256"),
+)
+
+#: Migration 2: the identity behind certificates (profile + subject + SAN set) and its state.
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("profile", sa.String(200), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("sans", sa.Text, nullable=False),  # JSON list of "dns:..." strings
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("retired_at", sa.Float),
+    sa.Column("retired_by", sa.Text),
+    sa.Column("retire_reason", sa.Text),
+    sa.Index("ix_devices_profile", "profile"),
 )
 
 pending = sa.Table(
@@ -127,14 +145,50 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text),
 )
 
+_MIGRATION_2_INDEXES = (
+    sa.Index("ix_certificates_device", certificates.c.device),
+    sa.Index("ix_certificates_not_after", certificates.c.status, certificates.c.not_after),
+    sa.Index("ix_audit_serial", audit_log.c.serial),
+    sa.Index("ix_audit_at", audit_log.c.at),
+)
+
 
 def _migration_1(conn: sa.Connection) -> None:
     for table in (certificates, pending, challenges, nonces, crl_state, audit_log):
         table.create(conn, checkfirst=True)
 
 
+def _migration_2(conn: sa.Connection) -> None:
+    """Devices: ``certificates.device``, the ``devices`` table, lookup indexes; backfill.
+
+    Migration 1 creates tables from the current metadata, so on a fresh database the column
+    already exists; on a version-1 database it is added here.
+    """
+    from ca.profile import device_key_of_certificate, sans_of  # cryptography only, no I/O
+
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
+    if "device" not in columns:
+        conn.execute(sa.text("ALTER TABLE certificates ADD COLUMN device VARCHAR(64)"))
+    devices.create(conn, checkfirst=True)
+    for index in _MIGRATION_2_INDEXES:
+        index.create(conn, checkfirst=True)
+    rows = conn.execute(sa.select(certificates.c.id, certificates.c.profile, certificates.c.der,
+                                  certificates.c.issued_at)
+                        .where(certificates.c.status == "issued", certificates.c.device.is_(None))).fetchall()
+    from cryptography import x509
+
+    for r in rows:
+        cert = x509.load_der_x509_certificate(bytes(r.der))
+        key = device_key_of_certificate(r.profile, cert)
+        conn.execute(certificates.update().where(certificates.c.id == r.id).values(device=key))
+        if conn.execute(sa.select(devices.c.device).where(devices.c.device == key)).first() is None:
+            conn.execute(devices.insert().values(device=key, profile=r.profile, subject=cert.subject.rfc4514_string(),
+                                                 sans=json.dumps(sans_of(cert.extensions)),
+                                                 first_seen=r.issued_at or time.time()))
+
+
 #: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1)]
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
 
 
 @dataclass(frozen=True)
@@ -162,6 +216,12 @@ class CertRecord:
     revoked_at: float | None
     revocation_reason: str | None
     retired_at: float | None
+    device: str | None = None
+
+    @property
+    def on_hold(self) -> bool:
+        """True while suspended with certificateHold (RFC 5280 §5.3.1): it may be released."""
+        return self.revoked_at is not None and self.revocation_reason == "certificate_hold"
 
     @property
     def revoked(self) -> bool:
@@ -194,6 +254,41 @@ class PendingRecord:
     reason: str | None
     serial: int | None
     issuer: str | None
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One row of ``devices`` with counts over its certificates."""
+
+    device: str
+    profile: str
+    subject: str
+    sans: list[str]
+    first_seen: float
+    retired_at: float | None
+    retired_by: str | None
+    retire_reason: str | None
+    certificates: int = 0
+    active: int = 0  # issued, not revoked, not expired
+    last_issued_at: float | None = None
+
+    @property
+    def retired(self) -> bool:
+        """True once retired: its future enrollments and renewals are refused."""
+        return self.retired_at is not None
+
+
+@dataclass(frozen=True)
+class CertificateQuery:
+    """Filters for listing certificates (the CLI and the admin API share them)."""
+
+    profile: str | None = None
+    state: str | None = None  # valid | revoked | on_hold | retired | expired
+    device: str | None = None
+    text: str | None = None  # substring of the subject (case-insensitive)
+    expiring_before: float | None = None  # not_after <= this (and not yet expired, not revoked)
+    before_id: int | None = None  # keyset paging: rows with id < before_id
+    limit: int = 100
 
 
 @dataclass(frozen=True)
@@ -243,6 +338,11 @@ def _audit_insert(*, event: str, ok: bool, channel: str | None, profile: str | N
         at=time.time(), event=event, ok=ok, channel=channel, profile=profile, requester=requester,
         reason=reason, csr_sha256=csr_sha256, serial=serial_hex(serial) if serial is not None else None,
         detail=json.dumps(detail, sort_keys=True) if detail else None)
+
+
+def _like_pattern(text: str) -> str:
+    """A case-folded ``LIKE`` pattern matching ``text`` anywhere (escape character ``\\``)."""
+    return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -343,19 +443,26 @@ class Ledger:
 
     async def store_issued(self, row_id: int, *, der: bytes, subject: str, not_before: float,
                            not_after: float, audit: dict[str, Any] | None = None,
-                           pending_id: int | None = None) -> None:
-        """Mark a reserved row issued with its certificate; its audit record and the pending
-        request it completes (if any) commit in the same transaction."""
+                           pending_id: int | None = None, device: str | None = None,
+                           device_profile: str | None = None, sans: Sequence[str] = ()) -> None:
+        """Mark a reserved row issued with its certificate; its audit record, its device (first
+        certificate of a device creates it) and the pending request it completes (if any) commit
+        in the same transaction."""
 
         async def run(conn: AsyncConnection) -> None:
             res = await conn.execute(
                 certificates.update()
                 .where(certificates.c.id == row_id, certificates.c.status == "reserved")
                 .values(status="issued", der=der, subject=subject, not_before=not_before,
-                        not_after=not_after, issued_at=time.time())
+                        not_after=not_after, issued_at=time.time(), device=device)
             )
             if res.rowcount != 1:
                 raise LedgerError("reserved serial row vanished")
+            if device is not None:
+                values = dict(device=device, profile=device_profile or "", subject=subject,
+                              sans=json.dumps(list(sans)), first_seen=time.time())
+                ins = (sqlite_insert(devices) if self.is_sqlite else pg_insert(devices)).values(**values)
+                await conn.execute(ins.on_conflict_do_nothing(index_elements=["device"]))
             if audit is not None:
                 await conn.execute(_audit_insert(**audit))
             if pending_id is not None:
@@ -406,16 +513,162 @@ class Ledger:
         return int(rows[0][0])
 
     async def revoke(self, issuer: str, serial: int, reason: str, at: float) -> bool:
-        """Mark an issued certificate revoked; False if unknown or already revoked."""
+        """Mark an issued certificate revoked; False if unknown or already revoked.
+
+        A certificate on hold may be revoked for good (RFC 5280 §5.3.1: certificateHold is
+        temporary); it keeps its hold date as the revocation date only if the reason is
+        unchanged, so a permanent revocation records when it became permanent.
+        """
+
+        async def run(conn: AsyncConnection) -> bool:
+            where = [certificates.c.issuer == issuer, certificates.c.serial == serial_hex(serial),
+                     certificates.c.status == "issued"]
+            if reason == "certificate_hold":
+                where.append(certificates.c.revoked_at.is_(None))
+            else:
+                where.append(sa.or_(certificates.c.revoked_at.is_(None),
+                                    certificates.c.revocation_reason == "certificate_hold"))
+            res = await conn.execute(certificates.update().where(*where)
+                                     .values(revoked_at=at, revocation_reason=reason))
+            return res.rowcount == 1
+
+        return bool(await self._write(run))
+
+    async def release_hold(self, issuer: str, serial: int) -> bool:
+        """Lift a certificateHold: the certificate is valid again and leaves the next CRL
+        (RFC 5280 §5.3.1 removeFromCRL semantics for full CRLs). False unless on hold."""
 
         async def run(conn: AsyncConnection) -> bool:
             res = await conn.execute(
                 certificates.update()
                 .where(certificates.c.issuer == issuer, certificates.c.serial == serial_hex(serial),
-                       certificates.c.status == "issued", certificates.c.revoked_at.is_(None))
-                .values(revoked_at=at, revocation_reason=reason)
+                       certificates.c.status == "issued", certificates.c.revocation_reason == "certificate_hold")
+                .values(revoked_at=None, revocation_reason=None)
             )
             return res.rowcount == 1
+
+        return bool(await self._write(run))
+
+    def _certificate_filter(self, q: sa.Select[Any], f: CertificateQuery, now: float) -> sa.Select[Any]:
+        c = certificates.c
+        q = q.where(c.status == "issued")
+        if f.profile:
+            q = q.where(c.profile == f.profile)
+        if f.device:
+            q = q.where(c.device == f.device)
+        if f.text:
+            pattern = _like_pattern(f.text)
+            q = q.where(sa.func.lower(c.subject).like(pattern, escape="\\"))
+        if f.state == "valid":
+            q = q.where(c.revoked_at.is_(None), c.not_after > now)
+        elif f.state == "revoked":
+            q = q.where(c.revoked_at.is_not(None))
+        elif f.state == "on_hold":
+            q = q.where(c.revocation_reason == "certificate_hold")
+        elif f.state == "retired":
+            q = q.where(c.retired_at.is_not(None))
+        elif f.state == "expired":
+            q = q.where(c.not_after <= now)
+        elif f.state:
+            raise ValueError(f"unknown state {f.state!r}")
+        if f.expiring_before is not None:
+            q = q.where(c.revoked_at.is_(None), c.not_after > now, c.not_after <= f.expiring_before)
+        if f.before_id is not None:
+            q = q.where(c.id < f.before_id)
+        return q
+
+    async def query_certificates(self, f: CertificateQuery, now: float | None = None) -> list[CertRecord]:
+        """Issued certificates matching ``f``, newest first (page on with ``before_id``)."""
+        now = time.time() if now is None else now
+        q = self._certificate_filter(sa.select(certificates), f, now)
+        if f.expiring_before is not None:
+            q = q.order_by(certificates.c.not_after, certificates.c.id.desc())
+        else:
+            q = q.order_by(certificates.c.id.desc())
+        return [_cert(r) for r in await self._read(q.limit(max(1, min(f.limit, 10000))))]
+
+    async def counts_by_profile(self, now: float, horizons: Sequence[float] = ()) -> dict[str, dict[str, int]]:
+        """Per profile: ``valid``, ``revoked``, and ``expiring_<i>`` (valid, not_after <= horizons[i])."""
+        c = certificates.c
+        cols = [c.profile,
+                sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now), 1), else_=0)),
+                sa.func.sum(sa.case((c.revoked_at.is_not(None), 1), else_=0))]
+        for h in horizons:
+            cols.append(sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now, c.not_after <= h), 1),
+                                            else_=0)))
+        rows = await self._read(sa.select(*cols).where(c.status == "issued").group_by(c.profile))
+        out: dict[str, dict[str, int]] = {}
+        for r in rows:
+            d = {"valid": int(r[1] or 0), "revoked": int(r[2] or 0)}
+            for i in range(len(horizons)):
+                d[f"expiring_{i}"] = int(r[3 + i] or 0)
+            out[str(r[0])] = d
+        return out
+
+    # --- devices ----------------------------------------------------------------------------
+    async def device_retired(self, device: str) -> bool:
+        """True when the device was retired (refuse its enrollments and renewals)."""
+        rows = await self._read(sa.select(devices.c.retired_at).where(devices.c.device == device))
+        return bool(rows) and rows[0][0] is not None
+
+    def _device_select(self, now: float) -> sa.Select[Any]:
+        c = certificates.c
+        stats = (sa.select(c.device.label("device"), sa.func.count().label("n"),
+                           sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now), 1),
+                                               else_=0)).label("active"),
+                           sa.func.max(c.issued_at).label("last_issued_at"))
+                 .where(c.status == "issued").group_by(c.device).subquery())
+        return (sa.select(devices, stats.c.n, stats.c.active, stats.c.last_issued_at)
+                .select_from(devices.outerjoin(stats, stats.c.device == devices.c.device)))
+
+    @staticmethod
+    def _device(row: sa.Row[Any]) -> DeviceRecord:
+        m = dict(row._mapping)
+        return DeviceRecord(device=m["device"], profile=m["profile"], subject=m["subject"],
+                            sans=json.loads(m["sans"] or "[]"), first_seen=m["first_seen"],
+                            retired_at=m["retired_at"], retired_by=m["retired_by"],
+                            retire_reason=m["retire_reason"], certificates=int(m["n"] or 0),
+                            active=int(m["active"] or 0), last_issued_at=m["last_issued_at"])
+
+    async def list_devices(self, *, profile: str | None = None, text: str | None = None,
+                           retired: bool | None = None, after: str | None = None, limit: int = 100,
+                           now: float | None = None) -> list[DeviceRecord]:
+        """Devices ordered by their key (page on with ``after``)."""
+        q = self._device_select(time.time() if now is None else now)
+        if profile:
+            q = q.where(devices.c.profile == profile)
+        if text:
+            pattern = _like_pattern(text)
+            q = q.where(sa.or_(sa.func.lower(devices.c.subject).like(pattern, escape="\\"),
+                               sa.func.lower(devices.c.sans).like(pattern, escape="\\"),
+                               devices.c.device == text.lower()))
+        if retired is not None:
+            q = q.where(devices.c.retired_at.is_not(None) if retired else devices.c.retired_at.is_(None))
+        if after:
+            q = q.where(devices.c.device > after)
+        q = q.order_by(devices.c.device).limit(max(1, min(limit, 10000)))
+        return [self._device(r) for r in await self._read(q)]
+
+    async def get_device(self, device: str, now: float | None = None) -> DeviceRecord | None:
+        """One device by key."""
+        rows = await self._read(self._device_select(time.time() if now is None else now)
+                                .where(devices.c.device == device))
+        return self._device(rows[0]) if rows else None
+
+    async def retire_device(self, device: str, at: float, by: str, reason: str) -> bool:
+        """Mark a device and all its certificates retired; False if already retired or unknown."""
+
+        async def run(conn: AsyncConnection) -> bool:
+            res = await conn.execute(devices.update()
+                                     .where(devices.c.device == device, devices.c.retired_at.is_(None))
+                                     .values(retired_at=at, retired_by=by, retire_reason=reason))
+            if res.rowcount != 1:
+                return False
+            await conn.execute(certificates.update()
+                               .where(certificates.c.device == device, certificates.c.status == "issued",
+                                      certificates.c.retired_at.is_(None))
+                               .values(retired_at=at))
+            return True
 
         return bool(await self._write(run))
 
@@ -563,9 +816,30 @@ class Ledger:
                              reason=reason, csr_sha256=csr_sha256, serial=serial, detail=detail)
         await self._write(lambda conn: conn.execute(stmt))
 
-    async def audit_records(self, limit: int = 1000) -> list[AuditRecord]:
-        """Newest audit records first."""
-        rows = await self._read(sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
+    async def audit_records(self, limit: int = 1000, *, serials: Sequence[int] | None = None,
+                            since: float | None = None, until: float | None = None,
+                            event: str | None = None, device: str | None = None,
+                            before_id: int | None = None) -> list[AuditRecord]:
+        """Newest audit records first, optionally only those about ``serials`` or ``device``
+        (its certificates' records and the device's own), in ``[since, until)``, of one event."""
+        a = audit_log.c
+        q = sa.select(audit_log)
+        who = []
+        if serials is not None:
+            who.append(a.serial.in_([serial_hex(s) for s in serials]))
+        if device is not None:
+            who.append(a.detail.like(f'%"device": "{device}"%'))
+        if who:
+            q = q.where(sa.or_(*who))
+        if since is not None:
+            q = q.where(a.at >= since)
+        if until is not None:
+            q = q.where(a.at < until)
+        if event:
+            q = q.where(a.event == event)
+        if before_id is not None:
+            q = q.where(a.id < before_id)
+        rows = await self._read(q.order_by(a.id.desc()).limit(limit))
         out = []
         for r in rows:
             m = dict(r._mapping)

@@ -9,8 +9,9 @@ the profile (DESIGN.md, issuance contract step 4; RFC 5280 §4.2).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,8 @@ class Profile:
     renewal_window_days: int | None = None
     allow_legacy_digests: bool = False
     backdate_seconds: int = 300
+    crl_distribution_point: bool = True  # RFC 5280 §4.2.1.13, from [cas.NAME] crl_url
+    authority_info_access: bool = True  # RFC 5280 §4.2.2.1: OCSP and caIssuers URLs
     est: Mapping[str, Any] = field(default_factory=dict)
     scep: Mapping[str, Any] = field(default_factory=dict)
 
@@ -304,8 +307,16 @@ def build_template(
     serial: int,
     now: dt.datetime,
     crl_url: str | None = None,
+    *,
+    ocsp_url: str | None = None,
+    ca_issuers_url: str | None = None,
 ) -> CertificateTemplate:
-    """The certificate the profile allows for this CSR (RFC 5280 §4.1, §4.2)."""
+    """The certificate the profile allows for this CSR (RFC 5280 §4.1, §4.2).
+
+    ``crl_url`` becomes the CRL Distribution Point (§4.2.1.13); ``ocsp_url`` and
+    ``ca_issuers_url`` the Authority Information Access (§4.2.2.1, RFC 6960 §3.1), each only
+    when the profile keeps ``crl_distribution_point`` / ``authority_info_access`` on.
+    """
     subject = requested_subject(csr, profile)
     sans = requested_sans(csr, profile)
     if len(subject) == 0 and not sans:
@@ -348,7 +359,16 @@ def build_template(
     except x509.ExtensionNotFound:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
     exts.append((aki, False))
-    if crl_url:
+    access = []
+    if profile.authority_info_access and ocsp_url:
+        access.append(x509.AccessDescription(x509.AuthorityInformationAccessOID.OCSP,
+                                             x509.UniformResourceIdentifier(ocsp_url)))
+    if profile.authority_info_access and ca_issuers_url:
+        access.append(x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS,
+                                             x509.UniformResourceIdentifier(ca_issuers_url)))
+    if access:
+        exts.append((x509.AuthorityInformationAccess(access), False))
+    if crl_url and profile.crl_distribution_point:
         exts.append(
             (
                 x509.CRLDistributionPoints(
@@ -366,6 +386,37 @@ def build_template(
         extensions=tuple(exts),
         profile=profile.name,
     )
+
+
+def general_name_text(gn: x509.GeneralName) -> str:
+    """``dns:host``, ``ip:10.0.0.1``, ``email:a@b``, ``uri:...`` (how devices and the API show SANs)."""
+    kind = {x509.DNSName: "dns", x509.IPAddress: "ip", x509.RFC822Name: "email",
+            x509.UniformResourceIdentifier: "uri"}.get(type(gn), type(gn).__name__)
+    return f"{kind}:{gn.value}"
+
+
+def sans_of(extensions: x509.Extensions | Sequence[tuple[x509.ExtensionType, bool]]) -> list[str]:
+    """The SAN entries of a certificate's (or template's) extensions, as text."""
+    for item in extensions:
+        value = item[0] if isinstance(item, tuple) else item.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            return [general_name_text(gn) for gn in value]
+    return []
+
+
+def device_key(profile: str, subject: x509.Name, sans: Sequence[str]) -> str:
+    """The device behind a certificate: its profile plus its subject and SAN set.
+
+    Renewals keep subject and SAN (RFC 7030 §4.2.2, RFC 8894 §3.3.1.2), so every certificate of
+    one device maps to the same key. 32 hex characters of SHA-256 over a canonical spelling.
+    """
+    canon = "\n".join([profile, subject.rfc4514_string(), *sorted(s.lower() for s in sans)])
+    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def device_key_of_certificate(profile: str, cert: x509.Certificate) -> str:
+    """:func:`device_key` for an issued certificate."""
+    return device_key(profile, cert.subject, sans_of(cert.extensions))
 
 
 def check_issued(cert: x509.Certificate, template: CertificateTemplate, issuer: x509.Certificate) -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import contextlib
 import importlib
+import json
+import logging
 import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -12,15 +19,20 @@ from types import ModuleType
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
+from ca import ocsp
 from ca.api import CAChain
 from ca.authz import TrustStore
 from ca.errors import CAError, ConfigError
 from ca.issuer import Issuer, IssuingCA
-from ca.keys import load_file_key
+from ca.keys import Signer, load_file_key
 from ca.ledger import Ledger
 from ca.local import LocalCA
-from enroll.config import Config, load_certs
+from cryptography import x509
+
+from enroll.config import CAConfig, Config, load_certs
 from enroll.metrics import Metrics
+
+log = logging.getLogger("enroll.server")
 
 CONFIG = web.AppKey("config", Config)
 ISSUER = web.AppKey("issuer", Issuer)
@@ -59,8 +71,24 @@ def build_cas(config: Config) -> dict[str, IssuingCA]:
             passphrase = value.encode()
         signer = load_file_key(c.key, f"cas.{name}.key", passphrase)
         backend = LocalCA(name, CAChain(issuer=chain[0], chain=tuple(chain)), signer)
-        out[name] = IssuingCA(name, backend, c.crl_url, c.crl_validity_hours)
+        out[name] = IssuingCA(name, backend, c.crl_url, c.crl_validity_hours, ocsp_url=c.ocsp_url,
+                              ca_issuers_url=c.ca_issuers_url, responder=_responder(c, chain[0], signer),
+                              ocsp_validity_seconds=c.ocsp_validity_minutes * 60)
     return out
+
+
+def _responder(c: CAConfig, ca_cert: x509.Certificate, ca_signer: Signer) -> ocsp.Responder:
+    """The CA key answers OCSP, unless a delegated responder (RFC 6960 §4.2.2.2) is configured."""
+    if c.ocsp_cert is None or c.ocsp_key is None:
+        return ocsp.Responder(ca_cert=ca_cert, cert=ca_cert, signer=ca_signer)
+    cert = load_certs(c.ocsp_cert, f"cas.{c.name}.ocsp_cert")[0]
+    problem = ocsp.check_delegated_responder(ca_cert, cert)
+    if problem:
+        raise ConfigError(f"cas.{c.name}.ocsp_cert", f"{c.ocsp_cert} {problem}")
+    key = load_file_key(c.ocsp_key, f"cas.{c.name}.ocsp_key")
+    if key.public_key() != cert.public_key():
+        raise ConfigError(f"cas.{c.name}.ocsp_key", "the key does not match ocsp_cert")
+    return ocsp.Responder(ca_cert=ca_cert, cert=cert, signer=key)
 
 
 def build_issuer(config: Config, metrics: Metrics | None = None) -> Issuer:
@@ -79,6 +107,9 @@ def validate(config: Config) -> None:
             load_certs(Path(p), f"trust.{name}.certs")
     for mod in protocol_mounts():
         mod.validate(config)
+    from enroll import admin_api
+
+    admin_api.validate(config)
 
 
 def _route_group(path: str) -> str:
@@ -86,8 +117,9 @@ def _route_group(path: str) -> str:
         return "est"
     if path in ("/metrics", "/health"):
         return path[1:]
-    if path.startswith("/crl/"):
-        return "crl"
+    for prefix, group in (("/crl/", "crl"), ("/ocsp", "ocsp"), ("/ca/", "ca"), ("/admin", "admin")):
+        if path.startswith(prefix):
+            return group
     return "scep"
 
 
@@ -116,11 +148,27 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
+    issuer = request.app[ISSUER]
+    now = time.time()
+    try:
+        m.set_fleet(await issuer.ledger.counts_by_profile(now, [now + 7 * 86400, now + 30 * 86400]), issuer.profiles)
+    except CAError:
+        pass  # the ledger is down: the request counters still render
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
+def _http_date(ts: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(ts, usegmt=True)
+
+
 async def _crl(request: web.Request) -> web.Response:
-    """The CRL named in issued certificates' CRL Distribution Points (RFC 5280 §4.2.1.13)."""
+    """The CRL named in issued certificates' CRL Distribution Points (RFC 5280 §4.2.1.13).
+
+    Served from the ledger's copy (re-signed on revocation and at half its lifetime), with HTTP
+    caching until nextUpdate so caches and relying parties do not refetch needlessly.
+    """
     issuer = request.app[ISSUER]
     name = request.match_info["ca"]
     if name not in issuer.cas:
@@ -129,8 +177,75 @@ async def _crl(request: web.Request) -> web.Response:
         crl = await issuer.crl_for_ca(name)
     except CAError as exc:
         raise web.HTTPServiceUnavailable(text=exc.detail + "\n") from None
-    return web.Response(body=crl.public_bytes(serialization.Encoding.DER),
-                        headers={"Content-Type": "application/pkix-crl"})
+    headers = {"Content-Type": "application/pkix-crl",
+               "Last-Modified": _http_date(crl.last_update_utc.timestamp())}
+    if crl.next_update_utc is not None:
+        # Half the remaining lifetime: a cache never holds a CRL past the point we re-sign it.
+        age = max(0, int((crl.next_update_utc.timestamp() - time.time()) / 2))
+        headers["Cache-Control"] = f"public, max-age={min(age, 3600)}, no-transform"
+        headers["Expires"] = _http_date(crl.next_update_utc.timestamp())
+    return web.Response(body=crl.public_bytes(serialization.Encoding.DER), headers=headers)
+
+
+async def _ca_cert(request: web.Request) -> web.Response:
+    """The CA certificate, DER, for AIA caIssuers (RFC 5280 §4.2.2.1)."""
+    issuer = request.app[ISSUER]
+    name = request.match_info["ca"]
+    if name not in issuer.cas:
+        raise web.HTTPNotFound(text=f"no CA named {name!r}\n")
+    chain = await issuer.cas[name].backend.ca_chain()
+    return web.Response(body=chain.issuer.public_bytes(serialization.Encoding.DER),
+                        headers={"Content-Type": "application/pkix-cert", "Cache-Control": "public, max-age=86400"})
+
+
+OCSP_REQUEST = "application/ocsp-request"
+OCSP_RESPONSE = "application/ocsp-response"
+
+
+def decode_ocsp_get(raw_path_tail: str) -> bytes | None:
+    """The DER request of an OCSP GET (RFC 6960 Appendix A.1: base64 of the DER, URL-encoded).
+
+    Percent-decoding keeps '+' (it is base64, not a form); the URL-safe alphabet, missing
+    padding and whitespace are tolerated, as clients differ there.
+    """
+    text = urllib.parse.unquote(raw_path_tail)
+    text = "".join(text.split()).replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def _ocsp(request: web.Request) -> web.Response:
+    """The OCSP responder (RFC 6960 Appendix A: GET with the request in the path, or POST)."""
+    issuer = request.app[ISSUER]
+    metrics = request.app[METRICS]
+    if request.method == "POST":
+        body = await request.content.read(ocsp.MAX_REQUEST_BYTES + 1)
+        der: bytes | None = body if len(body) <= ocsp.MAX_REQUEST_BYTES else None
+    else:
+        tail = request.raw_path.split("?", 1)[0][len("/ocsp/"):]
+        der = decode_ocsp_get(tail) if len(tail) <= 2 * ocsp.MAX_REQUEST_BYTES else None
+    answer, outcome = await issuer.ocsp(der if der is not None else b"")
+    metrics.ocsp.labels(outcome).inc()
+    headers = {"Content-Type": OCSP_RESPONSE}
+    if request.method == "GET" and outcome in ("good", "revoked", "unknown"):
+        headers["Cache-Control"] = "max-age=60, public, no-transform, must-revalidate"
+    else:
+        headers["Cache-Control"] = "no-store"
+    return web.Response(body=answer, headers=headers)
+
+
+async def _refresh_crls(issuer: Issuer, every: float = 60.0) -> None:
+    """Keep every CA's CRL fresh even when nobody fetches it (re-signed at half its lifetime)."""
+    while True:
+        for name in issuer.cas:
+            try:
+                await issuer.crl_for_ca(name)
+            except Exception as exc:  # noqa: BLE001 - keep refreshing; say why it failed
+                log.warning(json.dumps({"event": "crl-refresh-failed", "ca": name, "error": str(exc)}))
+        await asyncio.sleep(every)
 
 
 def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics | None = None) -> web.Application:
@@ -144,13 +259,24 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
 
     async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         await issuer.ledger.migrate()
+        refresher = asyncio.create_task(_refresh_crls(issuer))
         yield
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
         await issuer.ledger.close()
 
     app.cleanup_ctx.append(ledger_ctx)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/crl/{ca}.crl", _crl)
+    app.router.add_get("/ca/{ca}.crt", _ca_cert)
+    app.router.add_post("/ocsp", _ocsp)
+    app.router.add_post("/ocsp/", _ocsp)
+    app.router.add_get("/ocsp/{request:.+}", _ocsp)
     for mod in protocol_mounts():
         mod.mount(app, config, issuer)
+    from enroll import admin_api
+
+    admin_api.mount(app, config, issuer)
     return app

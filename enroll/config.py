@@ -38,6 +38,7 @@ class ServerConfig:
     http: tuple[Listen, ...]
     max_body_bytes: int = 256 * 1024
     workers: int = 1
+    base_url: str | None = None  # where relying parties reach /crl, /ocsp, /ca (plain HTTP)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,19 @@ class CAConfig:
     key_passphrase_env: str | None = None
     crl_url: str | None = None
     crl_validity_hours: int = 24
+    ocsp_url: str | None = None
+    ca_issuers_url: str | None = None
+    ocsp_cert: Path | None = None  # delegated OCSP signer (RFC 6960 §4.2.2.2); else the CA key signs
+    ocsp_key: Path | None = None
+    ocsp_validity_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: who may use the admin API and page (fail closed: no table, no admin)."""
+
+    client_trust: tuple[str, ...] = ()  # trust stores admin client certificates chain to (mTLS)
+    tokens: Mapping[str, str] = field(default_factory=dict)  # name -> scrypt hash of a bearer token
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ class Config:
     est: Mapping[str, Any] = field(default_factory=dict)
     scep: Mapping[str, Any] = field(default_factory=dict)
     log_level: str = "info"
-    admin: Mapping[str, Any] = field(default_factory=dict)
+    admin: AdminConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve(self, p: str | Path) -> Path:
@@ -150,7 +164,7 @@ def _profile(name: str, t: Mapping[str, Any], cas: Mapping[str, CAConfig]) -> Pr
     path = f"profiles.{name}"
     _check_keys(t, {"ca", "validity_days", "key_types", "key_usage", "extended_key_usage", "subject", "san",
                     "approval", "retry_after", "renewal_window_days", "allow_legacy_digests", "est", "scep",
-                    "description"}, path)
+                    "description", "crl_distribution_point", "authority_info_access"}, path)
     ca = _get(t, "ca", str, path)
     if ca not in cas:
         raise ConfigError(f"{path}.ca", f"no CA named {ca!r} (defined: {', '.join(cas) or 'none'})")
@@ -183,6 +197,8 @@ def _profile(name: str, t: Mapping[str, Any], cas: Mapping[str, CAConfig]) -> Pr
         retry_after=_get(t, "retry_after", int, path, defaults.retry_after),
         renewal_window_days=window,
         allow_legacy_digests=_get(t, "allow_legacy_digests", bool, path, False),
+        crl_distribution_point=_get(t, "crl_distribution_point", bool, path, True),
+        authority_info_access=_get(t, "authority_info_access", bool, path, True),
         est=_table(t, "est", path + "."),
         scep=_table(t, "scep", path + "."),
     )
@@ -208,12 +224,18 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     _check_keys(raw, {"server", "tls", "ledger", "log", "cas", "users", "trust", "profiles", "est", "scep",
                       "admin"}, "")
     s = _table(raw, "server", "", required=True)
-    _check_keys(s, {"https", "http", "max_body_bytes", "workers"}, "server")
+    _check_keys(s, {"https", "http", "max_body_bytes", "workers", "base_url"}, "server")
+    base_url = _get(s, "base_url", str, "server", None)
+    if base_url is not None:
+        base_url = base_url.rstrip("/")
+        if not base_url.startswith(("http://", "https://")) or "?" in base_url or "#" in base_url:
+            raise ConfigError("server.base_url", "must be an http:// or https:// URL without query")
     server = ServerConfig(
         https=tuple(parse_listen(x, "server.https") for x in _str_list(s, "https", "server")),
         http=tuple(parse_listen(x, "server.http") for x in _str_list(s, "http", "server")),
         max_body_bytes=_get(s, "max_body_bytes", int, "server", 256 * 1024),
         workers=_get(s, "workers", int, "server", 1),
+        base_url=base_url,
     )
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
@@ -247,17 +269,41 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         p = f"cas.{name}"
         if not isinstance(c, dict):
             raise ConfigError(p, "must be a table")
-        _check_keys(c, {"backend", "cert", "key", "chain", "key_passphrase_env", "crl_url", "crl_validity_hours"}, p)
+        _check_keys(c, {"backend", "cert", "key", "chain", "key_passphrase_env", "crl_url", "crl_validity_hours",
+                        "ocsp_url", "ca_issuers_url", "ocsp_cert", "ocsp_key", "ocsp_validity_minutes"}, p)
         backend = _get(c, "backend", str, p, "local")
         if backend != "local":
             raise ConfigError(f"{p}.backend", f"unknown backend {backend!r} (available: local)")
+        ocsp_cert = _get(c, "ocsp_cert", str, p, None)
+        ocsp_key = _get(c, "ocsp_key", str, p, None)
+        if (ocsp_cert is None) != (ocsp_key is None):
+            raise ConfigError(f"{p}.ocsp_key" if ocsp_key is None else f"{p}.ocsp_cert",
+                              "a delegated OCSP signer needs both ocsp_cert and ocsp_key")
+        ocsp_minutes = _get(c, "ocsp_validity_minutes", int, p, 60)
+        if not 1 <= ocsp_minutes <= 7 * 24 * 60:
+            raise ConfigError(f"{p}.ocsp_validity_minutes", "must be between 1 and 10080 (one week)")
+
+        def url(key: str, default_path: str) -> str | None:
+            # Unset: derived from [server] base_url; "" leaves the extension out.
+            v = _get(c, key, str, p, None)  # noqa: B023
+            if v is None:
+                return f"{base_url}{default_path}" if base_url else None
+            if v and not v.startswith(("http://", "https://", "ldap://")):
+                raise ConfigError(f"{p}.{key}", "must be an http:// URL (or \"\" for none)")
+            return v or None
+
         cas[name] = CAConfig(
             name=name, backend=backend,
             cert=resolve(base, _get(c, "cert", str, p)), key=resolve(base, _get(c, "key", str, p)),
             chain=tuple(resolve(base, x) for x in _str_list(c, "chain", p)),
             key_passphrase_env=_get(c, "key_passphrase_env", str, p, None),
-            crl_url=_get(c, "crl_url", str, p, None),
+            crl_url=url("crl_url", f"/crl/{name}.crl"),
             crl_validity_hours=_get(c, "crl_validity_hours", int, p, 24),
+            ocsp_url=url("ocsp_url", "/ocsp"),
+            ca_issuers_url=url("ca_issuers_url", f"/ca/{name}.crt"),
+            ocsp_cert=resolve(base, ocsp_cert) if ocsp_cert else None,
+            ocsp_key=resolve(base, ocsp_key) if ocsp_key else None,
+            ocsp_validity_minutes=ocsp_minutes,
         )
     if not cas:
         raise ConfigError("cas", "define at least one CA")
@@ -297,7 +343,40 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("log.level", "must be debug, info, warning or error")
     return Config(path=path, base_dir=base, server=server, tls=tls, ledger_url=ledger_url, cas=cas, users=users,
                   trust=trust, profiles=profiles, est=_table(raw, "est", ""), scep=_table(raw, "scep", ""),
-                  log_level=level, admin=_table(raw, "admin", ""), raw=raw)
+                  log_level=level, admin=_admin(raw, tls, trust, profiles), raw=raw)
+
+
+def _admin(raw: Mapping[str, Any], tls: TLSConfig, trust: Mapping[str, tuple[Path, ...]],
+           profiles: Mapping[str, Profile]) -> AdminConfig | None:
+    """``[admin]``: absent means no admin API and no admin page (fail closed)."""
+    if "admin" not in raw:
+        return None
+    a = _table(raw, "admin", "")
+    _check_keys(a, {"client_trust", "tokens"}, "admin")
+    client_trust = _str_list(a, "client_trust", "admin")
+    in_handshake = tls.client_trust or tuple(trust)
+    for n in client_trust:
+        if n not in trust:
+            raise ConfigError("admin.client_trust", f"no trust store named {n!r}")
+        if n not in in_handshake:
+            raise ConfigError("admin.client_trust", f"trust store {n!r} must also be listed in tls.client_trust")
+        for prof in profiles.values():
+            if n in (prof.est.get("client_trust") or ()):
+                raise ConfigError("admin.client_trust", f"trust store {n!r} also authenticates devices "
+                                  f"(profiles.{prof.name}.est.client_trust); admins need a separate store")
+    tokens: dict[str, str] = {}
+    from ca.authz import is_secret_hash
+
+    for name, t in _table(a, "tokens", "admin.").items():
+        p = f"admin.tokens.{name}"
+        if not isinstance(t, dict):
+            raise ConfigError(p, "must be a table")
+        _check_keys(t, {"hash"}, p)
+        h = _get(t, "hash", str, p)
+        if not is_secret_hash(h):
+            raise ConfigError(f"{p}.hash", "must be a hash from `enroll admin token` or `enroll hash-secret`")
+        tokens[name] = h
+    return AdminConfig(client_trust=client_trust, tokens=tokens)
 
 
 def load_certs(path: Path, key: str) -> list[x509.Certificate]:
@@ -312,3 +391,16 @@ def load_certs(path: Path, key: str) -> list[x509.Certificate]:
     except ValueError as exc:
         raise ConfigError(key, f"{path} holds no readable certificate: {exc}") from None
     return certs
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``90s``, ``15m``, ``12h``, ``30d``, ``2w`` (a bare number is days)."""
+    t = text.strip().lower()
+    unit = _DURATION_UNITS.get(t[-1:]) if t else None
+    number = t[:-1] if unit else t
+    if not number.isdigit():
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 15m or 90s")
+    return int(number) * (unit or 86400)

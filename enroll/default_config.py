@@ -12,6 +12,10 @@ TEMPLATE = """\
 https = ["127.0.0.1:{https_port}", "[::1]:{https_port}"]
 http = ["127.0.0.1:{http_port}", "[::1]:{http_port}"]
 max_body_bytes = 262144          # larger request bodies get 413 before any parsing
+# Where relying parties reach this server's CRLs (/crl/NAME.crl), OCSP responder (/ocsp) and CA
+# certificates (/ca/NAME.crt); issued certificates carry these URLs (CRL Distribution Point and
+# Authority Information Access). Plain HTTP on purpose: CRLs and OCSP answers are signed.
+base_url = "http://127.0.0.1:{http_port}"
 
 [tls]
 cert = "certs/tls-server.pem"    # server certificate followed by its chain
@@ -37,8 +41,16 @@ cert = "certs/issuing-ca.pem"
 key = "certs/issuing-ca.key"     # mode 0600; encrypted keys: set key_passphrase_env
 chain = ["certs/root-ca.pem"]    # up to the trust anchor, published by /cacerts and GetCACert
 # key_passphrase_env = "ENROLL_CA_PASSPHRASE"
-crl_url = "http://127.0.0.1:{http_port}/crl/issuing.crl"   # put in issued certificates' CDP
-crl_validity_hours = 24
+crl_validity_hours = 24          # re-signed on every revocation and at half its lifetime
+# Derived from [server] base_url unless set here; "" leaves the extension out:
+# crl_url = "http://127.0.0.1:{http_port}/crl/issuing.crl"       # CRL Distribution Point
+# ocsp_url = "http://127.0.0.1:{http_port}/ocsp"                 # AIA OCSP (RFC 6960)
+# ca_issuers_url = "http://127.0.0.1:{http_port}/ca/issuing.crt" # AIA caIssuers (DER)
+# OCSP answers are signed by the CA key, or by a delegated responder certificate issued by this
+# CA with extendedKeyUsage OCSPSigning:
+# ocsp_cert = "certs/ocsp.pem"
+# ocsp_key = "certs/ocsp.key"
+ocsp_validity_minutes = 60       # nextUpdate of OCSP answers
 
 # ---------------------------------------------------------------------------------------------
 # Trust stores for client certificates (TLS client auth, EST reenroll, bootstrap).
@@ -52,6 +64,13 @@ certs = ["certs/manufacturer-ca.pem"]
 [users.estuser]
 password_hash = "{est_password_hash}"
 
+# ---------------------------------------------------------------------------------------------
+# Admin API (/admin/api/v1) and admin page (/admin/), served over HTTPS only. Without an [admin]
+# table both answer 404. Admins authenticate with a bearer token (make one with
+# `enroll admin token NAME` and paste its [admin.tokens.NAME] table here) or with a client
+# certificate chaining to a trust store listed in client_trust (a store of its own, also listed
+# in [tls] client_trust; never one that authenticates devices).
+{admin_block}
 # ---------------------------------------------------------------------------------------------
 [est]
 default_profile = "gateway"      # /.well-known/est/<op> without a label
@@ -176,7 +195,24 @@ allow_legacy = true
 """
 
 
-def render(*, https_port: int, http_port: int, est_password_hash: str, scep_challenge_hash: str) -> str:
-    """The config text for the given ports and secret hashes."""
+ADMIN_ENABLED = """\
+[admin]
+client_trust = []                # e.g. ["admin"] with [trust.admin] certs = ["certs/admin-ca.pem"]
+[admin.tokens.admin]             # the token is in certs/dev-secrets.txt (ADMIN_TOKEN)
+hash = "{admin_token_hash}"
+"""
+
+ADMIN_DISABLED = """\
+# [admin]
+# client_trust = ["admin"]
+# [admin.tokens.ops]
+# hash = "scrypt$..."
+"""
+
+
+def render(*, https_port: int, http_port: int, est_password_hash: str, scep_challenge_hash: str,
+           admin_token_hash: str | None = None) -> str:
+    """The config text for the given ports and secret hashes (admin enabled with a token hash)."""
+    admin = ADMIN_ENABLED.format(admin_token_hash=admin_token_hash) if admin_token_hash else ADMIN_DISABLED
     return TEMPLATE.format(https_port=https_port, http_port=http_port, est_password_hash=est_password_hash,
-                           scep_challenge_hash=scep_challenge_hash)
+                           scep_challenge_hash=scep_challenge_hash, admin_block=admin)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -22,6 +24,25 @@ class Metrics:
                                 ["profile", "protocol", "outcome"], registry=self.registry)
         self.issuance_latency = Histogram("enroll_issuance_seconds", "Time spent in the issuance core",
                                           ["protocol"], registry=self.registry)
+
+        self.ocsp = Counter("enroll_ocsp_responses", "OCSP answers by outcome (good, revoked, unknown, "
+                            "malformed, unauthorized, internal)", ["outcome"], registry=self.registry)
+        self.certificates = Gauge("enroll_certificates", "Issued certificates per profile by state (valid, revoked)",
+                                  ["profile", "state"], registry=self.registry)
+        self.expiring = Gauge("enroll_certificates_expiring", "Valid certificates per profile whose notAfter is "
+                              "within the window (7d, 30d)", ["profile", "within"], registry=self.registry)
+
+    def set_fleet(self, counts: Mapping[str, Mapping[str, int]], profiles: Iterable[str] = ()) -> None:
+        """Fleet gauges from :meth:`ca.ledger.Ledger.counts_by_profile` with horizons (7d, 30d);
+        every profile in ``profiles`` is present, with zeros when it has no certificates."""
+        self.certificates.clear()
+        self.expiring.clear()
+        for profile in sorted(set(profiles) | set(counts)):
+            c = counts.get(profile, {})
+            self.certificates.labels(profile, "valid").set(c.get("valid", 0))
+            self.certificates.labels(profile, "revoked").set(c.get("revoked", 0))
+            self.expiring.labels(profile, "7d").set(c.get("expiring_0", 0))
+            self.expiring.labels(profile, "30d").set(c.get("expiring_1", 0))
 
     def observe_issuance(self, profile: str, protocol: str, outcome: str, seconds: float) -> None:
         """The issuer's observer callback."""
