@@ -373,7 +373,8 @@ def _random_txid() -> str:
 
 
 def simple_csr(key: rsa.RSAPrivateKey, cn: str, challenge: str | None = None,
-               digest: hashes.HashAlgorithm | None = None) -> x509.CertificateSigningRequest:
+               digest: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
+               ) -> x509.CertificateSigningRequest:
     """A CSR with CN and an optional challengePassword (PKCS#9 §5.4.1)."""
     b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
     if challenge:

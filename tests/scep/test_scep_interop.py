@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,41 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enroll.config import load_config
-from enroll.pki import DevPKI
-from enroll.setup import init_directory
 from scep import cms
 from scep.message import PkiMessage, new_nonce
-from tests.conftest import RunningServer, _wait_listening, free_port, require_tool
-from tests.scep.conftest import add_scep_test_profiles
+from tests.conftest import RunningServer, require_tool
 
 pytestmark = pytest.mark.interop
 
 TIMEOUT = 60
-
-
-@pytest.fixture
-def scep_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
-    """`enroll init` + the SCEP test profiles + `enroll serve` on free loopback ports."""
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    add_scep_test_profiles(init.config_path)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        _wait_listening(http_port, proc, log)
-        yield RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        # shown by pytest only when the test failed
-        print("--- enroll serve log (tail) ---\n" + "\n".join(log.read_text().splitlines()[-40:]))
 
 
 def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
