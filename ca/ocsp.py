@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import keys as akeys
 from asn1crypto import ocsp as aocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -165,27 +167,45 @@ def build_response(
         revocation_time=revoked_at if status is Status.REVOKED else None,
         # RFC 5280 §5.3.1: omit the reason rather than send "unspecified".
         revocation_reason=None if flag in (None, x509.ReasonFlags.unspecified) else flag,
-    ).responder_id(ocsp.OCSPResponderEncoding.HASH, responder.cert)
+    )
     if responder.delegated:
         b = b.certificates([responder.cert])
     if query.nonce is not None:
         b = b.add_extension(x509.OCSPNonce(query.nonce), False)
-    return _sign(b, responder.signer)
+    return _sign(b, responder)
 
 
-def _sign(builder: ocsp.OCSPResponseBuilder, signer: Signer) -> bytes:
-    """Sign through ``signer``: cryptography encodes the response, the signer signs its
-    tbsResponseData (RFC 6960 §4.2.1), as :func:`ca.keys.sign_crl` does for CRLs."""
+def _stand_in_certificate(key: Any) -> x509.Certificate:
+    """A throwaway certificate for the placeholder key: cryptography insists that the responder
+    certificate matches the key it signs with; the real ResponderID is written afterwards."""
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "placeholder")])
+    now = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()))
+
+
+def _sign(builder: ocsp.OCSPResponseBuilder, responder: Responder) -> bytes:
+    """Sign through the responder's :class:`Signer`: cryptography encodes the response, the
+    signer signs its tbsResponseData (RFC 6960 §4.2.1), as :func:`ca.keys.sign_crl` does for CRLs.
+    The ResponderID is byKey: SHA-1 of the responder's public key (RFC 6960 §4.2.2.3)."""
+    signer = responder.signer
     algorithm = default_hash(signer.public_key())
     if isinstance(signer, FileKey):
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder.cert)
         return builder.sign(signer.key, algorithm).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
-    draft = builder.sign(_placeholder_for(signer.public_key()), algorithm)  # type: ignore[arg-type]
+    placeholder = _placeholder_for(signer.public_key())
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, _stand_in_certificate(placeholder))
+    draft = builder.sign(placeholder, algorithm)  # type: ignore[arg-type]
     outer = aocsp.OCSPResponse.load(draft.public_bytes(serialization.Encoding.DER))
     basic = outer["response_bytes"]["response"].parsed
+    tbs = basic["tbs_response_data"]
+    tbs["responder_id"] = aocsp.ResponderId(name="by_key",
+                                            value=issuer_hashes(responder.cert, hashes.SHA1())[1])
     fields = {
-        "tbs_response_data": basic["tbs_response_data"],
+        "tbs_response_data": tbs,
         "signature_algorithm": basic["signature_algorithm"],
-        "signature": signer.sign(basic["tbs_response_data"].dump(), algorithm),
+        "signature": signer.sign(tbs.dump(force=True), algorithm),
     }
     if basic["certs"].native is not None:
         fields["certs"] = basic["certs"]
