@@ -153,6 +153,14 @@ class AsymmetricKeyPackage(core.SequenceOf):  # type: ignore[misc]
     _child_spec = keys.PrivateKeyInfo
 
 
+class RawAsymmetricKeyPackage(core.SequenceOf):  # type: ignore[misc]
+    """The same SEQUENCE OF with elements kept as exact bytes: re-encoding a parsed
+    PrivateKeyInfo drops leading zero octets of an EC private key (RFC 5915 §3 wants the
+    fixed curve length), so the key travels byte for byte."""
+
+    _child_spec = core.Any
+
+
 # --- typed surface ----------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from est.asn1 import AsymmetricKeyPackage, Oid
+from est.asn1 import Oid, RawAsymmetricKeyPackage
 from est.errors import BadRequest, ProtocolError
 
 # --- content types, byte-exact (RFC 7030 §4; DESIGN.md "EST") --------------------------------
@@ -174,7 +174,7 @@ def decode_certs_only(der: bytes) -> tuple[x509.Certificate, ...]:
         for choice in signed["certificates"] or []:
             if choice.name != "certificate":
                 continue
-            certs.append(x509.load_der_x509_certificate(bytes(choice.chosen.dump(force=True))))
+            certs.append(x509.load_der_x509_certificate(bytes(choice.chosen.dump())))
     except ProtocolError:
         raise
     except Exception as exc:  # noqa: BLE001 - the parse gate: any failure is one error
@@ -410,7 +410,8 @@ def _signed_key_package(
 ) -> bytes:
     """SignedData (v3, eContentType id-ct-KP-aKeyPackage) over an AsymmetricKeyPackage holding
     the one generated key, signed by the party that generated it (RFC 7030 §4.4.2)."""
-    package = AsymmetricKeyPackage([keys.PrivateKeyInfo.load(pkcs8_der)]).dump(force=True)
+    keys.PrivateKeyInfo.load(pkcs8_der, strict=True)  # must be a PrivateKeyInfo
+    package = bytes(RawAsymmetricKeyPackage([core.Any.load(pkcs8_der)]).dump())
     digest_name, sig_name = _signature_algorithm(signer_key)
     digest = hashlib.new(digest_name, package).digest()
     signed_attrs = cms.CMSAttributes(
@@ -615,8 +616,8 @@ def open_server_generated_key(
             raise ProtocolError("SignedData does not carry an AsymmetricKeyPackage")
         package_der = bytes(econtent["content"].contents)
         signer = _verify_signed_data(sd, package_der)
-        package = AsymmetricKeyPackage.load(package_der)
-        pkcs8 = bytes(package[0].dump(force=True))
+        package = RawAsymmetricKeyPackage.load(package_der)
+        pkcs8 = bytes(package[0].dump())
         key = serialization.load_der_private_key(pkcs8, password=None)
     except ProtocolError:
         raise

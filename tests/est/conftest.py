@@ -125,11 +125,6 @@ async def est_server(embedded: InitResult, dev_pki: DevPKI) -> AsyncIterator[Est
     await runner.setup()
     port = free_port()
     ctx = server_context(config)
-    if os.environ.get("EST_TEST_PARTIAL_CHAIN", "1") == "1":
-        # The trust stores hold intermediate CAs (trust.enroll = the issuing CA): OpenSSL needs
-        # X509_V_FLAG_PARTIAL_CHAIN to accept a chain ending there (reported to the lead for
-        # enroll/tls.py; harmless once it is set there).
-        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
     await site.start()
     try:
@@ -206,10 +201,6 @@ def _serve(tmp_path: Path, dev_pki: DevPKI, default_profile: str) -> Iterator[Se
     text = init.config_path.read_text()
     text = text.replace('default_profile = "gateway"      # /.well-known/est/<op> without a label',
                         f'default_profile = "{default_profile}"')
-    # The enroll trust store holds the issuing CA; OpenSSL's handshake check wants the chain to
-    # end at a self-signed root unless X509_V_FLAG_PARTIAL_CHAIN is set, so add the root here.
-    text = text.replace('[trust.enroll]                   # certificates we issued\ncerts = ["certs/issuing-ca.pem"]',
-                        '[trust.enroll]\ncerts = ["certs/issuing-ca.pem", "certs/root-ca.pem"]')
     init.config_path.write_text(text)
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:

@@ -354,3 +354,19 @@ def test_decrypt_key_identifiers_read_from_csr() -> None:
         .sign(key, hashes.SHA256())
     )
     assert asn1.decrypt_key_identifiers(csr) == (b"kid", None)
+
+
+def test_server_generated_ec_key_with_leading_zero_survives_byte_exact() -> None:
+    """RFC 5915 §3: the EC private key octet string has the curve's full length; re-encoding a
+    parsed PrivateKeyInfo would drop a leading zero octet and break the key."""
+    for _ in range(5000):
+        gen = ec.generate_private_key(ec.SECP256R1())
+        if gen.private_numbers().private_value < 1 << 248:
+            break
+    p8 = gen.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    kek = wire.KekRecipient(b"k", os.urandom(16))
+    der = wire.build_server_generated_key(p8, signer_key=signer_key,
+                                          signer_cert=selfsigned(signer_key, "s"), recipient=kek)
+    assert wire.open_server_generated_key(der, kek=kek).pkcs8_der == p8
