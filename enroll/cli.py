@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from ca.authz import hash_secret
 from ca.errors import CAError, ConfigError
 from ca.issuer import REASONS, Issuer
-from ca.ledger import serial_hex
-from enroll.config import Config, load_config
+from ca.ledger import CertificateQuery, serial_hex
+from enroll.config import Config, load_config, parse_duration
 
 T = TypeVar("T")
 
@@ -52,6 +52,32 @@ def _run_with_issuer(ctx: click.Context, fn: Callable[[Issuer], Awaitable[T]]) -
         raise click.ClickException(f"config error: {exc}") from None
     except CAError as exc:
         raise click.ClickException(exc.detail) from None
+
+
+def _operator() -> str:
+    """How the audit trail names a CLI operator."""
+    return f"cli:{getpass.getuser()}"
+
+
+def _parse_when(text: str | None, param: str) -> float | None:
+    if not text:
+        return None
+    try:
+        d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use an ISO 8601 date or time, e.g. 2026-01-31 or 2026-01-31T12:00Z",
+                                 param_hint=param) from None
+    return (d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def _state(r: Any) -> str:
+    if r.on_hold:
+        return "on-hold"
+    if r.revoked:
+        return "revoked"
+    if r.not_after is not None and r.not_after <= dt.datetime.now(dt.timezone.utc).timestamp():
+        return "expired"
+    return "retired" if r.retired else "valid"
 
 
 def _parse_serial(text: str) -> int:
@@ -152,20 +178,44 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+def _print_certs(rows: list[Any]) -> None:
+    click.echo(f"{'SERIAL':<42} {'PROFILE':<12} {'VIA':<5} {'STATUS':<8} {'NOT AFTER':<16} SUBJECT")
+    for r in rows:
+        click.echo(f"{serial_hex(r.serial):<42} {r.profile:<12} {r.channel:<5} {_state(r):<8} "
+                   f"{_when(r.not_after):<16} {r.subject}")
+
+
 @certs.command("list")
 @click.option("--profile", default=None, help="Only this profile.")
+@click.option("--state", type=click.Choice(["valid", "revoked", "on_hold", "retired", "expired"]), default=None)
+@click.option("--device", default=None, help="Only this device (see `enroll devices list`).")
+@click.option("--search", default=None, help="Substring of the subject.")
 @click.option("--limit", default=100, show_default=True)
 @click.pass_context
-def certs_list(ctx: click.Context, profile: str | None, limit: int) -> None:
+def certs_list(ctx: click.Context, profile: str | None, state: str | None, device: str | None,
+               search: str | None, limit: int) -> None:
     """List issued certificates, newest first."""
 
     async def go(issuer: Issuer) -> None:
-        rows = await issuer.ledger.list_certificates(profile=profile, limit=limit)
-        click.echo(f"{'SERIAL':<42} {'PROFILE':<12} {'VIA':<5} {'STATUS':<8} {'NOT AFTER':<16} SUBJECT")
-        for r in rows:
-            status = "revoked" if r.revoked else "retired" if r.retired else "valid"
-            click.echo(f"{serial_hex(r.serial):<42} {r.profile:<12} {r.channel:<5} {status:<8} "
-                       f"{_when(r.not_after):<16} {r.subject}")
+        _print_certs(await issuer.ledger.query_certificates(
+            CertificateQuery(profile=profile, state=state, device=device, text=search, limit=limit)))
+
+    _run_with_issuer(ctx, go)
+
+
+@certs.command("expiring")
+@click.option("--within", default="30d", show_default=True, help="Window: 30d, 2w, 12h, 90m.")
+@click.option("--profile", default=None, help="Only this profile.")
+@click.pass_context
+def certs_expiring(ctx: click.Context, within: str, profile: str | None) -> None:
+    """Valid certificates whose notAfter falls within the window, soonest first."""
+    try:
+        seconds = parse_duration(within)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--within") from None
+
+    async def go(issuer: Issuer) -> None:
+        _print_certs(await issuer.expiring(seconds, profile))
 
     _run_with_issuer(ctx, go)
 
@@ -192,6 +242,7 @@ def certs_show(ctx: click.Context, serial: str) -> None:
                      ("not before", _when(r.not_before)), ("not after", _when(r.not_after)),
                      ("issued", _when(r.issued_at)), ("revoked", _when(r.revoked_at)),
                      ("revocation reason", r.revocation_reason or "-"), ("retired", _when(r.retired_at)),
+                     ("state", _state(r)), ("device", r.device or "-"),
                      ("CSR sha256", r.csr_sha256), ("key sha256", r.spki_sha256),
                      ("transaction", r.transaction_id or "-")]:
             click.echo(f"{k:>18}: {v}")
@@ -230,18 +281,100 @@ def certs_export(ctx: click.Context, serial: str, out: str | None, der: bool) ->
 def revoke(ctx: click.Context, serial: str, reason: str, ca: str | None) -> None:
     """Revoke a certificate and publish a new CRL (RFC 5280 §5.3.1 reason codes)."""
     n = _parse_serial(serial)
-    rec = _run_with_issuer(ctx, lambda issuer: issuer.revoke(n, reason, ca))
-    click.echo(f"revoked {serial_hex(rec.serial)} ({rec.subject}) reason={reason}")
+    rec = _run_with_issuer(ctx, lambda issuer: issuer.revoke(n, reason, ca, by=_operator()))
+    click.echo(f"{'held' if reason == 'certificate_hold' else 'revoked'} {serial_hex(rec.serial)} ({rec.subject}) "
+               f"reason={reason}")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--ca", default=None, help="CA name, when the serial exists under several.")
+@click.pass_context
+def unhold(ctx: click.Context, serial: str, ca: str | None) -> None:
+    """Release a certificate put on hold (revoke --reason certificate_hold); it leaves the CRL."""
+    n = _parse_serial(serial)
+    rec = _run_with_issuer(ctx, lambda issuer: issuer.unhold(n, ca, by=_operator()))
+    click.echo(f"released {serial_hex(rec.serial)} ({rec.subject}) from hold")
 
 
 @main.command()
 @click.argument("serial")
 @click.pass_context
 def retire(ctx: click.Context, serial: str) -> None:
-    """Retire a device's certificate: it can no longer be renewed."""
+    """Retire one certificate: it can no longer be renewed (see also `devices retire`)."""
     n = _parse_serial(serial)
-    rec = _run_with_issuer(ctx, lambda issuer: issuer.retire(n))
+    rec = _run_with_issuer(ctx, lambda issuer: issuer.retire(n, by=_operator()))
     click.echo(f"retired {serial_hex(rec.serial)} ({rec.subject})")
+
+
+@main.group()
+def devices() -> None:
+    """The device inventory: the identity (profile, subject, SANs) behind certificates."""
+
+
+@devices.command("list")
+@click.option("--profile", default=None, help="Only this profile.")
+@click.option("--search", default=None, help="Substring of the subject or a SAN.")
+@click.option("--retired/--active", default=None, help="Only retired / only active devices.")
+@click.option("--limit", default=100, show_default=True)
+@click.pass_context
+def devices_list(ctx: click.Context, profile: str | None, search: str | None, retired: bool | None,
+                 limit: int) -> None:
+    """List devices."""
+
+    async def go(issuer: Issuer) -> None:
+        rows = await issuer.ledger.list_devices(profile=profile, text=search, retired=retired, limit=limit)
+        click.echo(f"{'DEVICE':<32} {'PROFILE':<12} {'CERTS':>5} {'VALID':>5} {'STATE':<8} {'LAST ISSUED':<16} "
+                   "SUBJECT / SANS")
+        for d in rows:
+            click.echo(f"{d.device:<32} {d.profile:<12} {d.certificates:>5} {d.active:>5} "
+                       f"{'retired' if d.retired else 'active':<8} {_when(d.last_issued_at):<16} "
+                       f"{d.subject} {' '.join(d.sans)}")
+
+    _run_with_issuer(ctx, go)
+
+
+@devices.command("show")
+@click.argument("device")
+@click.pass_context
+def devices_show(ctx: click.Context, device: str) -> None:
+    """A device, its certificates and its history (issuance, renewal, revocation)."""
+
+    async def go(issuer: Issuer) -> None:
+        d = await issuer.get_device(device)
+        for k, v in [("device", d.device), ("profile", d.profile), ("subject", d.subject),
+                     ("SANs", " ".join(d.sans) or "-"), ("first seen", _when(d.first_seen)),
+                     ("retired", f"{_when(d.retired_at)} by {d.retired_by} ({d.retire_reason})" if d.retired else "-")]:
+            click.echo(f"{k:>12}: {v}")
+        click.echo("")
+        _print_certs(await issuer.device_certificates(d.device))
+        click.echo("")
+        for r in reversed(await issuer.device_history(d.device)):
+            click.echo(f"{_when(r.at)} {'ok ' if r.ok else 'NO '} {r.event:<14} {r.serial or '-':<40} "
+                       f"{r.requester or '-'} {r.reason or ''}")
+
+    _run_with_issuer(ctx, go)
+
+
+@devices.command("revoke")
+@click.argument("device")
+@click.option("--reason", type=click.Choice(sorted(REASONS)), default="unspecified", show_default=True)
+@click.pass_context
+def devices_revoke(ctx: click.Context, device: str, reason: str) -> None:
+    """Revoke every certificate of a device at once (one new CRL)."""
+    done = _run_with_issuer(ctx, lambda issuer: issuer.revoke_device(device, reason, by=_operator()))
+    click.echo(f"revoked {len(done)} certificate(s): {' '.join(serial_hex(r.serial) for r in done) or '-'}")
+
+
+@devices.command("retire")
+@click.argument("device")
+@click.option("--reason", type=click.Choice(sorted(set(REASONS) - {"certificate_hold"})),
+              default="cessation_of_operation", show_default=True)
+@click.pass_context
+def devices_retire(ctx: click.Context, device: str, reason: str) -> None:
+    """Retire a device: revoke all its certificates and refuse its future enrollments and renewals."""
+    done = _run_with_issuer(ctx, lambda issuer: issuer.retire_device(device, reason, by=_operator()))
+    click.echo(f"retired device {device}; revoked {len(done)} certificate(s)")
 
 
 @main.command()
@@ -257,7 +390,7 @@ def crl(ctx: click.Context, ca_name: str | None, out: str | None, der: bool, for
         name = ca_name or next(iter(issuer.cas))
         if name not in issuer.cas:
             raise click.ClickException(f"no CA named {name!r}")
-        c = await issuer.crl_for_ca(name, force=force)
+        c = await (issuer.publish_crl(name, by=_operator()) if force else issuer.crl_for_ca(name))
         return c.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
 
     data = _run_with_issuer(ctx, go)
@@ -293,7 +426,7 @@ def pending_list(ctx: click.Context, show_all: bool) -> None:
 @click.pass_context
 def pending_approve(ctx: click.Context, request_id: int) -> None:
     """Approve a request; the client's next poll gets its certificate."""
-    who = f"cli:{getpass.getuser()}"
+    who = _operator()
     if not _run_with_issuer(ctx, lambda issuer: issuer.approve(request_id, who)):
         raise click.ClickException(f"request {request_id} is not pending")
     click.echo(f"approved request {request_id}")
@@ -305,7 +438,7 @@ def pending_approve(ctx: click.Context, request_id: int) -> None:
 @click.pass_context
 def pending_reject(ctx: click.Context, request_id: int, reason: str) -> None:
     """Reject a request; the client's next poll is refused."""
-    who = f"cli:{getpass.getuser()}"
+    who = _operator()
     if not _run_with_issuer(ctx, lambda issuer: issuer.reject(request_id, who, reason)):
         raise click.ClickException(f"request {request_id} is not pending")
     click.echo(f"rejected request {request_id}")
@@ -324,21 +457,54 @@ def challenge_new(ctx: click.Context, profile: str, ttl: int) -> None:
     """Print a new one-time challenge (used once, within its TTL, for this profile only)."""
     if ttl < 1:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    click.echo(_run_with_issuer(ctx, lambda issuer: issuer.create_one_time_challenge(profile, ttl)))
+    click.echo(_run_with_issuer(ctx, lambda issuer: issuer.create_one_time_challenge(profile, ttl, by=_operator())))
 
 
 @main.command()
 @click.option("--limit", default=50, show_default=True)
+@click.option("--serial", default=None, help="Only records about this certificate.")
+@click.option("--device", default=None, help="Only records about this device and its certificates.")
+@click.option("--since", default=None, help="From this time on (ISO 8601, UTC unless a zone is given).")
+@click.option("--until", default=None, help="Before this time.")
+@click.option("--event", default=None, help="Only this event (issue, renew, revoke, hold, unhold, approve, ...).")
 @click.pass_context
-def audit(ctx: click.Context, limit: int) -> None:
-    """Show the newest audit records."""
+def audit(ctx: click.Context, limit: int, serial: str | None, device: str | None, since: str | None,
+          until: str | None, event: str | None) -> None:
+    """Show the decision log, oldest of the selection first."""
+    serials = [_parse_serial(serial)] if serial else None
+    t0, t1 = _parse_when(since, "--since"), _parse_when(until, "--until")
 
     async def go(issuer: Issuer) -> None:
-        for r in reversed(await issuer.ledger.audit_records(limit)):
+        nonlocal serials
+        dev = None
+        if device:
+            dev = (await issuer.get_device(device)).device
+            serials = [c.serial for c in await issuer.device_certificates(dev)]
+        for r in reversed(await issuer.ledger.audit_records(limit, serials=serials, device=dev, since=t0, until=t1,
+                                                            event=event)):
             click.echo(f"{_when(r.at)} {'ok ' if r.ok else 'NO '} {r.event:<14} {r.channel or '-':<5} "
                        f"{r.profile or '-':<10} {r.serial or '-':<40} {r.requester or '-'} {r.reason or ''}")
 
     _run_with_issuer(ctx, go)
+
+
+@main.group()
+def admin() -> None:
+    """Admin API and page credentials."""
+
+
+@admin.command("token")
+@click.argument("name")
+def admin_token(name: str) -> None:
+    """Make a bearer token for the admin API/page; prints it once with its [admin.tokens.NAME] table."""
+    from ca.authz import new_challenge
+
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise click.BadParameter("use letters, digits, - and _", param_hint="NAME")
+    token = new_challenge(40)
+    click.echo(f"token (shown once; give it to the admin): {token}")
+    click.echo("add to the config:")
+    click.echo(f"[admin.tokens.{name}]\nhash = \"{hash_secret(token)}\"")
 
 
 def _add_protocol_clients() -> None:

@@ -1,0 +1,156 @@
+"""Helpers for the admin tests: `enroll serve` with an [admin] table, HTTP calls, EST enrollment."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ca.authz import hash_secret
+from enroll.config import Config, load_config
+from enroll.pki import DevPKI, Pair, make_cert
+from enroll.setup import InitResult, init_directory
+from tests.conftest import _wait_listening, assert_ledger_lints_clean, free_port
+
+TOKEN = "admin-token-for-tests-0123456789abcdef"
+
+
+@dataclass
+class AdminServer:
+    """`enroll serve` with the admin API enabled (token ``TOKEN``, admin client CA)."""
+
+    init: InitResult
+    config: Config
+    https_port: int
+    http_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    admin: Pair  # an admin client certificate (trust store "admin")
+    admin_ca: Pair
+
+    @property
+    def base_https(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def base_http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def ssl_context(self, client: Pair | None = None, tmp: Path | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.init.certs_dir / "root-ca.pem"))
+        if client is not None:
+            d = tmp or self.init.certs_dir
+            cert, key = d / "client-under-test.pem", d / "client-under-test.key"
+            cert.write_bytes(client.cert.public_bytes(serialization.Encoding.PEM))
+            key.write_bytes(client.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+            ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+    def call(self, method: str, path: str, body: Any = None, *, token: str | None = TOKEN,
+             headers: dict[str, str] | None = None, raw: bytes | None = None, https: bool = True,
+             client: Pair | None = None) -> tuple[int, dict[str, str], Any]:
+        """One HTTP request; JSON bodies are decoded."""
+        h = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            h.setdefault("Content-Type", "application/json")
+        if token is not None:
+            h.setdefault("Authorization", f"Bearer {token}")
+        url = (self.base_https if https else self.base_http) + path
+        req = urllib.request.Request(url, data=data, method=method, headers=h)
+        ctx = self.ssl_context(client) if https else None
+        try:
+            with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:  # noqa: S310
+                status, headers_out, payload = resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            status, headers_out, payload = exc.code, dict(exc.headers), exc.read()
+        ctype = headers_out.get("Content-Type", "")
+        return status, headers_out, json.loads(payload) if ctype.startswith("application/json") else payload
+
+    def api(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        status, _, payload = self.call(method, "/admin/api/v1" + path, body, **kw)
+        return status, payload
+
+    def enroll(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "enroll", "-c", str(self.init.config_path), *args],
+                              capture_output=True, text=True, check=check, timeout=120)
+
+    def est_enroll(self, label: str, csr: x509.CertificateSigningRequest) -> tuple[int, bytes]:
+        """POST /.well-known/est/<label>/simpleenroll with the EST user's password."""
+        auth = base64.b64encode(f"{self.init.est_user}:{self.init.est_password}".encode()).decode()
+        status, _, payload = self.call(
+            "POST", f"/.well-known/est/{label}/simpleenroll", token=None,
+            raw=base64.b64encode(csr.public_bytes(serialization.Encoding.DER)),
+            headers={"Content-Type": "application/pkcs10", "Authorization": f"Basic {auth}"})
+        return status, payload
+
+
+def make_admin_ca(dev_pki: DevPKI) -> tuple[Pair, Pair]:
+    """A separate admin CA and one admin's client certificate."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = Pair(make_cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Enroll Admin CA")]), ca_key, None,
+                        ca=True, path_length=0, days=365), ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    admin = Pair(make_cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice-admin")]), key, ca, days=30,
+                           eku=[ExtendedKeyUsageOID.CLIENT_AUTH]), key)
+    return ca, admin
+
+
+ADMIN_TOML = """
+[admin]
+client_trust = ["admin"]
+[admin.tokens.ops]
+hash = "{hash}"
+
+[trust.admin]
+certs = ["certs/admin-ca.pem"]
+"""
+
+
+@contextmanager
+def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True) -> Iterator[AdminServer]:
+    """Start `enroll serve` on free ports with [admin] (or without, for the fail-closed tests)."""
+    https_port, http_port = free_port(), free_port()
+    init = init_directory(base / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
+    admin_ca, admin_pair = make_admin_ca(dev_pki)
+    if admin:
+        (init.certs_dir / "admin-ca.pem").write_bytes(admin_ca.cert.public_bytes(serialization.Encoding.PEM))
+        text = init.config_path.read_text()
+        text = text.replace('client_trust = ["enroll", "manufacturer"]', 'client_trust = ["enroll", "manufacturer", "admin"]')
+        # drop any [admin] block the template may enable, then append ours
+        if "\n[admin]\n" in text:
+            head, _, rest = text.partition("\n[admin]\n")
+            rest = rest.split("\n# ----", 1)[1] if "\n# ----" in rest else ""
+            text = head + "\n# ----" + rest
+        init.config_path.write_text(text + ADMIN_TOML.format(hash=hash_secret(TOKEN)))
+    log = base / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=base)
+    try:
+        _wait_listening(http_port, proc, log)
+        yield AdminServer(init, load_config(init.config_path), https_port, http_port, proc, log, admin_pair, admin_ca)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert_ledger_lints_clean(load_config(init.config_path))
