@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,10 +124,14 @@ certs = ["certs/admin-ca.pem"]
 
 
 @contextmanager
-def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True) -> Iterator[AdminServer]:
-    """Start `enroll serve` on free ports with [admin] (or without, for the fail-closed tests)."""
+def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
+                 edit: Callable[[InitResult, str], str] | None = None) -> Iterator[AdminServer]:
+    """Start `enroll serve` on free ports with [admin] (or without, for the fail-closed tests);
+    ``edit`` may change the config text before the server starts."""
     https_port, http_port = free_port(), free_port()
     init = init_directory(base / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
+    if edit is not None:
+        init.config_path.write_text(edit(init, init.config_path.read_text()))
     admin_ca, admin_pair = make_admin_ca(dev_pki)
     if admin:
         (init.certs_dir / "admin-ca.pem").write_bytes(admin_ca.cert.public_bytes(serialization.Encoding.PEM))
