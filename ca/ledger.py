@@ -386,7 +386,8 @@ class Ledger:
 
         @sa.event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads take no write lock: WAL readers never wait for writers.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ledger_read") else "BEGIN IMMEDIATE")
 
     async def close(self) -> None:
         """Release every pooled connection."""
@@ -421,6 +422,7 @@ class Ledger:
     async def _read(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
         try:
             async with self.engine.connect() as conn:
+                await conn.execution_options(ledger_read=True)
                 return list((await conn.execute(stmt)).fetchall())
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger read failed: {_reason(exc)}") from exc

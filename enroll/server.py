@@ -25,6 +25,9 @@ from enroll.tls import server_context
 
 log = logging.getLogger("enroll.server")
 
+#: Longest request line accepted (a GET PKIOperation with a 4096-bit key and chain fits easily).
+MAX_REQUEST_LINE = 64 * 1024
+
 
 @dataclass(frozen=True)
 class Bound:
@@ -51,7 +54,9 @@ def bind_all(config: Config) -> list[Bound]:
 async def serve_sockets(config: Config, bound: list[Bound], ready: asyncio.Event | None = None) -> None:
     """Serve on already-bound sockets until a stop signal arrives."""
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
+    # SCEP GET carries the whole PKIMessage in the query string: allow long request lines.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30,
+                           max_line_size=MAX_REQUEST_LINE, max_field_size=16384)
     await runner.setup()
     ctx = server_context(config) if any(b.tls for b in bound) else None
     try:
