@@ -84,7 +84,7 @@ def test_long_get_pkioperation_is_accepted(scep_server: RunningServer) -> None:
 def test_very_long_get_url_reaches_the_scep_handler(scep_server: RunningServer) -> None:
     """A 12 KB request line must reach SCEP (then 400 for the junk), not aiohttp's 8190-byte limit.
 
-    Needs ``web.Application(handler_args={"max_line_size": 65536})`` in enroll/app.py create_app().
+    enroll/server.py raises aiohttp's max_line_size (MAX_REQUEST_LINE) for this.
     """
     import asyncio
     import base64
@@ -96,5 +96,5 @@ def test_very_long_get_url_reaches_the_scep_handler(scep_server: RunningServer) 
     if b"Got more than" in resp.body:
         import pytest
 
-        pytest.xfail("aiohttp max_line_size is still 8190: create_app must pass handler_args (lead)")
+        pytest.xfail("aiohttp max_line_size is still 8190: enroll/server.py must raise max_line_size")
     assert resp.status == 400 and b"malformed" in resp.body.lower()
