@@ -8,6 +8,7 @@ request bytes are built before the clock starts; answers are kept raw and judged
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import statistics
 import time
@@ -229,7 +230,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list (0 if empty)."""
     if not sorted_values:
         return 0.0
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
