@@ -142,7 +142,7 @@ def compare_cmd(count: int, concurrency: int, rounds: int, workers: int, our_cha
     ours = None
     results: dict[str, list[dict[str, Any]]] = {"micromdm": [], "ours": [], "ours-modern": []}
     try:
-        click.echo(f"openssl speed rsa2048 ({cores} cores) ...")
+        click.echo(f"openssl speed rsa2048 ({cores} cores) ...", err=True)
         speed = openssl_speed(cores)
         mdm.start()
         ours = bench_server.spawn(ca_key="rsa-2048", workers=workers, ledger_url=ledger_url, base=work / "ours")
@@ -153,12 +153,12 @@ def compare_cmd(count: int, concurrency: int, rounds: int, workers: int, our_cha
                     else ["--challenge", ours.init.scep_challenge, "--ledger", ours.ledger_url])
         budget = 120 + count * 0.5
         for r in range(rounds):
-            click.echo(f"round {r + 1}/{rounds}: micromdm ...")
+            click.echo(f"round {r + 1}/{rounds}: micromdm ...", err=True)
             results["micromdm"].append(_generator(
                 ["ip", "netns", "exec", mdm.ns],
                 [mdm.url, "--server-pid", str(mdm.pid), "--challenge", mdm.challenge, "--cipher", "des",
                  "--digest", "sha1", *common], budget))
-            click.echo(f"round {r + 1}/{rounds}: ours ...")
+            click.echo(f"round {r + 1}/{rounds}: ours ...", err=True)
             results["ours"].append(_generator(
                 [], [our_url, "--server-pid", str(ours.pid), "--cipher", "des", "--digest", "sha1", *our_auth,
                      *common], budget))
