@@ -39,7 +39,7 @@ log = logging.getLogger("enroll.admin")
 
 API = "/admin/api/v1"
 PAGE_DIR = Path(__file__).resolve().parent / "admin_page"
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 MAX_LIMIT = 500
 
 Handler = Callable[[web.Request, Requester], Awaitable[Any]]
@@ -510,7 +510,7 @@ def mount(app: web.Application, config: Config, issuer: Issuer) -> None:
     app.router.add_route("*", API + "/{tail:.*}", api_not_found)
     app.router.add_get("/admin", redirect)
     app.router.add_get("/admin/", page)
-    app.router.add_get("/admin/{file:[a-z]+\\.(?:js|css)}", page)
+    app.router.add_get("/admin/{file:[a-z]+\\.(?:js|css|svg)}", page)
 
 
 # --- OpenAPI -------------------------------------------------------------------------------------
