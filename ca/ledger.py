@@ -592,7 +592,7 @@ class Ledger:
     async def counts_by_profile(self, now: float, horizons: Sequence[float] = ()) -> dict[str, dict[str, int]]:
         """Per profile: ``valid``, ``revoked``, and ``expiring_<i>`` (valid, not_after <= horizons[i])."""
         c = certificates.c
-        cols = [c.profile,
+        cols: list[Any] = [c.profile,
                 sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now), 1), else_=0)),
                 sa.func.sum(sa.case((c.revoked_at.is_not(None), 1), else_=0))]
         for h in horizons:
@@ -601,10 +601,11 @@ class Ledger:
         rows = await self._read(sa.select(*cols).where(c.status == "issued").group_by(c.profile))
         out: dict[str, dict[str, int]] = {}
         for r in rows:
-            d = {"valid": int(r[1] or 0), "revoked": int(r[2] or 0)}
+            values = tuple(r)
+            d = {"valid": int(values[1] or 0), "revoked": int(values[2] or 0)}
             for i in range(len(horizons)):
-                d[f"expiring_{i}"] = int(r[3 + i] or 0)
-            out[str(r[0])] = d
+                d[f"expiring_{i}"] = int(values[3 + i] or 0)
+            out[str(values[0])] = d
         return out
 
     # --- devices ----------------------------------------------------------------------------

@@ -193,10 +193,10 @@ def _sign(builder: ocsp.OCSPResponseBuilder, responder: Responder) -> bytes:
     algorithm = default_hash(signer.public_key())
     if isinstance(signer, FileKey):
         builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder.cert)
-        return builder.sign(signer.key, algorithm).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
+        return builder.sign(signer.key, algorithm).public_bytes(serialization.Encoding.DER)
     placeholder = _placeholder_for(signer.public_key())
     builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, _stand_in_certificate(placeholder))
-    draft = builder.sign(placeholder, algorithm)  # type: ignore[arg-type]
+    draft = builder.sign(placeholder, algorithm)
     outer = aocsp.OCSPResponse.load(draft.public_bytes(serialization.Encoding.DER))
     basic = outer["response_bytes"]["response"].parsed
     tbs = basic["tbs_response_data"]

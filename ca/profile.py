@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from ca.api import CertificateTemplate
 from ca.errors import AlgorithmError, ConfigError, ParseError, PolicyError, PopError
@@ -361,10 +361,10 @@ def build_template(
     exts.append((aki, False))
     access = []
     if profile.authority_info_access and ocsp_url:
-        access.append(x509.AccessDescription(x509.AuthorityInformationAccessOID.OCSP,
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
                                              x509.UniformResourceIdentifier(ocsp_url)))
     if profile.authority_info_access and ca_issuers_url:
-        access.append(x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS,
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
                                              x509.UniformResourceIdentifier(ca_issuers_url)))
     if access:
         exts.append((x509.AuthorityInformationAccess(access), False))

@@ -85,7 +85,7 @@ def cert_detail_json(r: CertRecord) -> dict[str, Any]:
         out.update({
             "sans": sans_of(cert.extensions),
             "issuer": cert.issuer.rfc4514_string(),
-            "key_type": key_type_of(cert.public_key()),  # type: ignore[arg-type]
+            "key_type": key_type_of(cert.public_key()),
             "sha256": hashlib.sha256(r.der).hexdigest(),
             "extensions": [{"oid": e.oid.dotted_string, "name": getattr(e.oid, "_name", e.oid.dotted_string),
                             "critical": e.critical} for e in cert.extensions],
