@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+from cryptography.hazmat.primitives import serialization
 
 COLUMNS = ("issuer", "serial", "status", "profile", "channel", "requester", "auth_method", "csr_sha256",
            "spki_sha256", "subject", "not_before", "not_after", "created_at", "issued_at", "revoked_at",
@@ -179,8 +180,7 @@ async def measure(url: str, config_path: Path | None, sample: list[int], *, issu
             crl = await iss.crl_for_ca(issuer, force=True)
             crl_times.append(time.perf_counter() - t)
             entries = len(crl)
-            size = len(crl.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
-                                                   fromlist=["Encoding"]).Encoding.DER))
+            size = len(crl.public_bytes(serialization.Encoding.DER))
         out["crl"] = {"entries": entries, "der_bytes": size, "seconds": [round(x, 2) for x in crl_times],
                       "median_s": round(statistics.median(crl_times), 2)}
 
