@@ -187,6 +187,32 @@ class Issuer:
             return None
         return rec
 
+    async def renewable(self, cert: x509.Certificate, profile_name: str) -> CertRecord | None:
+        """The ledger row of a certificate that may renew itself under ``profile_name`` now.
+
+        None when we did not issue exactly this certificate or it is outside its validity (it then
+        authenticates nothing); :class:`AuthorizationError` when it is ours but revoked, retired,
+        from another profile, or not yet inside the profile's renewal window (RFC 7030 §4.2.2,
+        RFC 8894 §3.3.1.2).
+        """
+        profile = self.profile(profile_name)
+        record = await self.certificate_status(cert)
+        now = _now()
+        if record is None or not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+            return None
+        if record.revoked:
+            raise AuthorizationError(f"certificate {serial_hex(record.serial)} is revoked")
+        if record.retired:
+            raise AuthorizationError(f"certificate {serial_hex(record.serial)} belongs to a retired device")
+        if record.profile != profile.name:
+            raise AuthorizationError(f"certificate was issued under profile {record.profile!r}, "
+                                     f"not {profile.name!r}")
+        window = profile.renewal_window_days
+        if window is not None and now < cert.not_valid_after_utc - dt.timedelta(days=window):
+            raise AuthorizationError(f"too early to renew: profile {profile.name!r} renews within "
+                                     f"{window} days of expiry")
+        return record
+
     async def find_certificate(self, issuer_name: x509.Name, serial: int) -> x509.Certificate | None:
         """An issued certificate by issuer name and serial (SCEP GetCert, RFC 8894 §3.3.4)."""
         for ca in self.cas.values():

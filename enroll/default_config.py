@@ -91,7 +91,6 @@ validity_days = 825
 key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 key_usage = ["digital_signature", "key_encipherment"]
 extended_key_usage = ["server_auth", "client_auth"]
-renewal_window_days = 90
 [profiles.gateway.subject]
 allow = ["CN", "O", "OU", "serialNumber"]
 require = ["CN"]
@@ -143,7 +142,6 @@ key_types = ["rsa-2048", "rsa-3072", "rsa-4096"]
 key_usage = ["digital_signature", "key_encipherment"]
 extended_key_usage = ["client_auth", "ipsec_ike"]
 allow_legacy_digests = true
-renewal_window_days = 60
 [profiles.router.subject]
 allow = ["CN", "O", "OU", "C", "ST", "L", "serialNumber", "unstructuredName"]
 require = ["CN"]
@@ -164,7 +162,7 @@ validity_days = 397
 key_types = ["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256"]
 key_usage = ["digital_signature", "key_encipherment"]
 extended_key_usage = ["client_auth"]
-renewal_window_days = 30
+renewal_window_days = 30        # renewals (SCEP or EST reenroll) only in the last 30 days
 [profiles.mdm.subject]
 allow = ["CN", "O", "OU", "UID"]
 require = ["CN"]

@@ -327,6 +327,7 @@ class IssuerLike(Protocol):
     async def ca_chain(self, profile_name: str) -> Any: ...
     async def issue(self, request: IssueRequest) -> Any: ...
     async def certificate_status(self, cert: x509.Certificate) -> Any: ...
+    async def renewable(self, cert: x509.Certificate, profile_name: str) -> Any: ...
     async def verify_password(self, user: str, password: str) -> bool: ...
     def verify_client_chain(self, leaf: x509.Certificate, trust: Sequence[str],
                             intermediates: Sequence[x509.Certificate] = ()) -> bool: ...
@@ -584,19 +585,13 @@ class EstService:
             if cert is None:
                 raise Forbidden("re-enrollment requires the TLS client certificate being renewed "
                                 "(RFC 7030 §4.2.2)")
-            record = await self.issuer.certificate_status(cert)
+            try:
+                record = await self.issuer.renewable(cert, rule.profile)
+            except CAError as exc:
+                raise Forbidden(f"the TLS client certificate may not renew: {exc.detail}") from None
             if record is None:
-                raise Forbidden("the TLS client certificate was not issued by this server")
-            if record.revoked:
-                raise Forbidden("the TLS client certificate is revoked")
-            if record.retired:
-                raise Forbidden("the TLS client certificate belongs to a retired device")
-            now = dt.datetime.now(dt.timezone.utc)
-            if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
-                raise Forbidden("the TLS client certificate is outside its validity period")
-            if record.profile != rule.profile:
-                raise Forbidden(f"the TLS client certificate was issued under profile {record.profile!r}, "
-                                f"not {rule.profile!r}")
+                raise Forbidden("the TLS client certificate was not issued by this server "
+                                "or is outside its validity period")
             requester = Requester(AuthMethod.TLS_CLIENT_CERT, cert.subject.rfc4514_string(), cert, tls.remote)
             csr = self._csr(body)
             self.check_names(rule, csr, cert)

@@ -303,23 +303,16 @@ class ScepService:
                 return None  # self-signed: proves nothing (RFC 8894 §2.3)
             except Exception:  # noqa: BLE001
                 pass
-        record = await self.issuer.certificate_status(signer)
-        if record is None:
-            return None
-        now = _now()
-        if record.revoked or record.retired:
-            raise BadRequestError(f"signer serial {record.serial:x} is revoked or retired",
-                                  public_text="signer certificate revoked")
-        if now > signer.not_valid_after_utc or now < signer.not_valid_before_utc:
-            return None  # an expired certificate of ours authenticates nothing: enrol afresh
         if not profile.renewal:
-            raise BadRequestError("renewal disabled for this profile", public_text="renewal not allowed")
-        if record.profile != profile.name:
-            raise BadRequestError(f"signer was issued under profile {record.profile}",
-                                  public_text="signer certificate belongs to another profile")
-        window = self.issuer.profile(profile.name).renewal_window_days
-        if window is not None and now < signer.not_valid_after_utc - dt.timedelta(days=window):
-            raise BadRequestError("outside the renewal window", public_text="too early to renew")
+            if await self.issuer.certificate_status(signer) is not None:
+                raise BadRequestError("renewal disabled for this profile", public_text="renewal not allowed")
+            return None
+        try:
+            record = await self.issuer.renewable(signer, profile.name)
+        except CAError as exc:
+            raise BadRequestError(exc.detail, public_text=exc.detail) from None
+        if record is None:
+            return None  # not ours, or expired: authenticates nothing; enrol afresh
         if csr.subject != signer.subject:
             raise BadRequestError("renewal changes the subject", public_text="renewal must keep the subject")
         return signer

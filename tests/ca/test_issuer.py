@@ -251,3 +251,23 @@ async def test_client_chain_per_trust_store(issuer: Issuer, dev_pki) -> None:  #
     assert issuer.verify_client_chain(dev_pki.idevid.cert, ["manufacturer"])
     assert not issuer.verify_client_chain(dev_pki.idevid.cert, ["enroll"])
     assert not issuer.verify_client_chain(dev_pki.idevid.cert, ["nonexistent"])
+
+
+async def test_renewable_only_for_our_valid_certificate_in_its_profile_and_window(issuer: Issuer, dev_pki) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from ca.errors import AuthorizationError
+
+    out = await issuer.issue(request(make_csr("renew-me")[0]))
+    assert isinstance(out, Issued)
+    assert (await issuer.renewable(out.certificate, "gateway")) is not None
+    assert await issuer.renewable(dev_pki.client.cert, "gateway") is None  # not in the ledger
+    with pytest.raises(AuthorizationError, match="profile"):
+        await issuer.renewable(out.certificate, "sensor")
+    mdm = await issuer.issue(request(make_csr("phone", rsa_key())[0], "mdm"))
+    assert isinstance(mdm, Issued)
+    with pytest.raises(AuthorizationError, match="too early"):
+        await issuer.renewable(mdm.certificate, "mdm")  # 30-day window of a 397-day certificate
+    await issuer.revoke(out.serial, "superseded")
+    with pytest.raises(AuthorizationError, match="revoked"):
+        await issuer.renewable(out.certificate, "gateway")

@@ -24,7 +24,7 @@ def pki() -> TestPki:
 
 
 #: Profiles added to the embedded default for SCEP tests: renewal at any time (no window), legacy
-#: algorithms, and a strict modern profile. Both reuse the router's static challenge hash.
+#: algorithms, a profile with a renewal window, and a strict modern profile. Both reuse the router's static challenge hash.
 EXTRA_PROFILES = """
 [profiles.anytime]
 ca = "issuing"
@@ -40,6 +40,19 @@ require = ["CN"]
 auth = ["challenge"]
 challenge_hash = "{hash}"
 allow_legacy = true
+
+[profiles.windowed]
+ca = "issuing"
+validity_days = 365
+renewal_window_days = 60
+key_types = ["rsa-2048", "rsa-3072", "rsa-4096"]
+key_usage = ["digital_signature", "key_encipherment"]
+extended_key_usage = ["client_auth"]
+[profiles.windowed.subject]
+allow = ["CN"]
+[profiles.windowed.scep]
+auth = ["challenge"]
+challenge_hash = "{hash}"
 
 [profiles.modern]
 ca = "issuing"

@@ -116,13 +116,14 @@ async def test_renewal_signed_by_our_certificate(scep: Scep) -> None:
 
 
 async def test_renewal_before_the_window_is_refused(scep: Scep) -> None:
-    """router: renewal_window_days = 60 of 365: a fresh certificate may not renew yet."""
+    """windowed: renewal_window_days = 60 of 365: a fresh certificate may not renew yet."""
     key = rsa_key(10)
-    c = scep.client("router")
+    c = scep.client("windowed")
     old = (await c.enroll(simple_csr(key, "router-w", scep.challenge), key)).certificates[0]
     before = await scep.issued_count()
     res = await c.renew(simple_csr(rsa_key(11), "router-w"), old, key)
-    assert (res.status, res.fail_info, res.fail_info_text) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST, "too early to renew")
+    assert (res.status, res.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
+    assert res.fail_info_text is not None and res.fail_info_text.startswith("too early to renew")
     assert await scep.issued_count() == before
 
 
