@@ -31,6 +31,8 @@ def _load_options(f: Any) -> Any:
                      help="Simulated devices (concurrent connections)."),
         click.option("--server-pid", type=int, default=None,
                      help="PID of the server (its live children are counted too) for CPU and RSS."),
+        click.option("--db-pid", type=int, default=None,
+                     help="PID of the database server (PostgreSQL postmaster): its CPU is reported apart."),
         click.option("--ledger", "ledger_url", default=None,
                      help="Ledger URL: check every returned serial is recorded; with --spawn, the server's ledger."),
         click.option("--spawn", is_flag=True, help="Start a throwaway `enroll serve` for the run (and stop it)."),
@@ -65,7 +67,8 @@ def bench() -> None:
 @click.option("--basic", default=None, metavar="USER:PASS")
 @click.option("--ca-key", type=click.Choice(["ec-p256", "rsa-2048"]), default="ec-p256", show_default=True,
               help="With --spawn: the issuing CA's key type.")
-def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | None, ledger_url: str | None,
+def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | None, db_pid: int | None,
+            ledger_url: str | None,
             spawn: bool, workers: int, timeout: float, max_seconds: float, json_out: str | None, mode: str,
             auth: str, fresh: bool, label: str | None, ca_bundle: str | None, client_cert: str | None,
             client_key: str | None, basic: str | None, ca_key: str) -> None:
@@ -88,7 +91,7 @@ def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | Non
             target = EstTarget(url, Path(ca_bundle), label, Path(client_cert) if client_cert else None,
                                Path(client_key) if client_key else None, (user, pw) if basic else None)
         opts = runner.EstOptions(target, mode, auth, fresh, count, concurrency, server_pid, ledger_url, timeout,
-                                 max_seconds)
+                                 max_seconds, db_pid)
         report = asyncio.run(runner.run_est(opts))
         if srv is not None:
             report["spawned"] = {"workers": workers, "ca_key": ca_key, "ledger": _scheme(srv.ledger_url)}
@@ -117,7 +120,8 @@ def _scheme(url: str) -> str:
 @click.option("--digest", type=click.Choice(["sha256", "sha1", "sha512"]), default="sha256", show_default=True)
 @click.option("--keys", default=32, show_default=True, type=click.IntRange(1, 100_000),
               help="RSA-2048 device keys in the pool (each request has its own CSR and transaction).")
-def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | None, ledger_url: str | None,
+def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | None, db_pid: int | None,
+             ledger_url: str | None,
              spawn: bool, workers: int, timeout: float, max_seconds: float, json_out: str | None,
              challenge: str | None, one_time: bool, one_time_file: str | None, profile: str | None, cipher: str,
              digest: str, keys: int) -> None:
@@ -145,7 +149,7 @@ def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | No
                 raise click.UsageError("--one-time needs --ledger (or --spawn)")
             otc = asyncio.run(runner.add_one_time_challenges(ledger_url, profile or "benchscep", count))
         opts = runner.ScepOptions(url, challenge, otc, cipher, digest, keys, count, concurrency, server_pid,
-                                  ledger_url, timeout, max_seconds)
+                                  ledger_url, timeout, max_seconds, db_pid)
         report = asyncio.run(runner.run_scep(opts))
         if srv is not None:
             report["spawned"] = {"workers": workers, "ca_key": "rsa-2048", "profile": profile,

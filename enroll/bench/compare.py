@@ -177,7 +177,7 @@ def compare_cmd(count: int, concurrency: int, rounds: int, workers: int, our_cha
                 for r in results[name]]
         return float(statistics.median(vals)) if vals else 0.0
 
-    summary: dict[str, Any] = {"machine": results["ours"][0]["machine"] if results["ours"] else {},
+    summary: dict[str, Any] = {"host": results["ours"][0]["host"] if results["ours"] else {},
                                "count": count, "concurrency": concurrency, "rounds": rounds,
                                "our_workers": workers, "our_challenge": our_challenge, "openssl": speed}
     for name in results:

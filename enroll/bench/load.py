@@ -155,10 +155,13 @@ class RunStats:
     server_pids: list[int] = field(default_factory=list)
     generator_cpu: float = 0.0
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    db_cpu: float | None = None
+    machine_busy: float | None = None
 
 
 async def run(jobs: list[Job], *, endpoints: Callable[[int], Endpoint], concurrency: int, fresh: bool = False,
-              server_pid: int | None = None, timeout: float = 60.0, deadline: float | None = None) -> RunStats:
+              server_pid: int | None = None, timeout: float = 60.0, deadline: float | None = None,
+              db_pid: int | None = None) -> RunStats:
     """Send every job once with ``concurrency`` devices; device ``i`` connects to ``endpoints(i)``.
 
     Jobs pinned to a device (``Job.device``) are sent by that device only. Stops early at
@@ -210,20 +213,27 @@ async def run(jobs: list[Job], *, endpoints: Callable[[int], Endpoint], concurre
             await asyncio.sleep(0.25)
 
     rss_start = procstat.rss_bytes(pids) if pids else None
+    db_pids = procstat.process_tree(db_pid) if db_pid else []
+    db0 = procstat.cpu_seconds(db_pids) if db_pids else None
     cpu0 = procstat.cpu_seconds(pids) if pids else None
     own0 = procstat.own_cpu_seconds()
+    busy0 = procstat.machine_busy_seconds()
     t0 = time.perf_counter()
     sample_task = asyncio.create_task(sampler()) if pids else None
     await asyncio.gather(*(device(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - t0
     own = procstat.own_cpu_seconds() - own0
+    busy = procstat.machine_busy_seconds() - busy0
     cpu = procstat.cpu_seconds(pids) - cpu0 if cpu0 is not None else None
+    # the database's connection processes come and go: count the tree as it is at the end too
+    db_cpu = (procstat.cpu_seconds(sorted(set(db_pids) | set(procstat.process_tree(db_pid))))  # type: ignore[arg-type]
+              - db0) if db0 is not None else None
     if sample_task is not None:
         sample_task.cancel()
     rss_end = procstat.rss_bytes(pids) if pids else None
     if rss_end:
         rss_peak = max(rss_peak, rss_end)
-    return RunStats(answers, elapsed, cpu, rss_start, rss_peak or None, rss_end, pids, own, rss_samples)
+    return RunStats(answers, elapsed, cpu, rss_start, rss_peak or None, rss_end, pids, own, rss_samples, db_cpu, busy)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -271,5 +281,13 @@ def summarize(stats: RunStats, *, ok: list[bool], serials: list[int], errors: di
             "rss_peak_mb": round((stats.server_rss_peak or 0) / 2**20, 1),
             "rss_end_mb": round((stats.server_rss_end or 0) / 2**20, 1),
         }
+    if stats.db_cpu is not None:
+        report["database"] = {"cpu_s": round(stats.db_cpu, 3),
+                              "cpu_ms_per_enrollment": round(stats.db_cpu * 1000 / n_ok, 3) if n_ok else None,
+                              "core_share": round(stats.db_cpu / stats.elapsed, 3) if stats.elapsed else 0.0}
+    if stats.machine_busy is not None and stats.elapsed:
+        others = stats.machine_busy - (stats.server_cpu or 0) - (stats.db_cpu or 0) - stats.generator_cpu
+        report["machine"] = {"busy_cores": round(stats.machine_busy / stats.elapsed, 3),
+                             "other_processes_cores": round(max(0.0, others) / stats.elapsed, 3)}
     report.update(extra or {})
     return report

@@ -26,7 +26,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[0]}
 
 
 async def recorded_in_ledger(ledger_url: str, serials: list[int]) -> dict[str, int]:
@@ -84,6 +84,7 @@ class EstOptions:
     ledger_url: str | None = None
     timeout: float = 60.0
     max_seconds: float | None = None
+    db_pid: int | None = None
 
 
 async def run_est(o: EstOptions) -> dict[str, Any]:
@@ -123,10 +124,10 @@ async def run_est(o: EstOptions) -> dict[str, Any]:
         kind = "est-simpleenroll"
     extra["prepare_s"] = round(time.perf_counter() - prep0, 2)
     stats = await load.run(jobs, endpoints=endpoints, concurrency=o.concurrency, fresh=o.fresh,
-                           server_pid=o.server_pid, timeout=o.timeout, deadline=o.max_seconds)
+                           server_pid=o.server_pid, timeout=o.timeout, deadline=o.max_seconds, db_pid=o.db_pid)
     ok, serials, errors, _ = est_load.judge(stats.answers)
     extra.update({"connections": "fresh" if o.fresh else "reused", "auth": o.auth, "url": t.url,
-                  "label": t.label, "machine": machine()})
+                  "label": t.label, "host": machine()})
     if o.ledger_url:
         extra["ledger"] = await recorded_in_ledger(o.ledger_url, serials)
     report = load.summarize(stats, ok=ok, serials=serials, errors=errors, kind=kind, concurrency=o.concurrency,
@@ -159,6 +160,7 @@ class ScepOptions:
     ledger_url: str | None = None
     timeout: float = 60.0
     max_seconds: float | None = None
+    db_pid: int | None = None
 
 
 async def run_scep(o: ScepOptions) -> dict[str, Any]:
@@ -186,12 +188,12 @@ async def run_scep(o: ScepOptions) -> dict[str, Any]:
     prepare = time.perf_counter() - prep0
     ep = load.Endpoint(target.host, target.port, None)
     stats = await load.run(jobs, endpoints=lambda i: ep, concurrency=o.concurrency, server_pid=o.server_pid,
-                           timeout=o.timeout, deadline=o.max_seconds)
+                           timeout=o.timeout, deadline=o.max_seconds, db_pid=o.db_pid)
     ok, serials, errors = scep_load.judge(stats.answers)
     extra: dict[str, Any] = {"url": o.url, "cipher": o.cipher, "digest": o.digest, "prepare_s": round(prepare, 2),
                              "challenge": "one-time" if o.one_time is not None else ("static" if o.challenge else "none"),
                              "server_caps": sorted(caps), "recipient": recipient.subject.rfc4514_string(),
-                             **scep_load.pool_info(keys), "connections": "reused", "machine": machine()}
+                             **scep_load.pool_info(keys), "connections": "reused", "host": machine()}
     if o.ledger_url:
         extra["ledger"] = await recorded_in_ledger(o.ledger_url, serials)
     report = load.summarize(stats, ok=ok, serials=serials, errors=errors, kind="scep-pkcsreq",
@@ -218,6 +220,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  server CPU {srv['cpu_ms_per_enrollment']} ms/enrollment ({srv['core_share']} cores busy), "
                      f"RSS start {srv['rss_start_mb']} MB, peak {srv['rss_peak_mb']} MB, end {srv['rss_end_mb']} MB "
                      f"({len(srv['pids'])} processes)")
+    db = report.get("database")
+    if db:
+        lines.append(f"  database CPU {db['cpu_ms_per_enrollment']} ms/enrollment ({db['core_share']} cores busy)")
+    m = report.get("machine")
+    if m:
+        lines.append(f"  machine: {m['busy_cores']} cores busy in all, {m['other_processes_cores']} by other processes")
     lines.append(f"  generator CPU {report['generator_cpu_s']} s = {report['generator_cpu_ms_per_request']} ms/request "
                  f"({report['generator_core_share']} cores busy)")
     return "\n".join(lines)
