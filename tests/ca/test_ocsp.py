@@ -23,6 +23,8 @@ from ca.issuer import Issuer
 from ca.keys import FileKey
 from ca.ledger import Ledger
 from ca.profile import device_key_of_certificate
+from enroll.app import build_issuer
+from enroll.config import Config
 from enroll.pki import DevPKI, Pair, make_cert
 from tests.conftest import make_csr, request
 
@@ -300,16 +302,20 @@ async def test_audit_filters_by_serial_device_time_and_event(issuer: Issuer) -> 
     assert [r.serial for r in await issuer.ledger.audit_records(event="revoke")] == [format(a.serial, "x")]
 
 
-async def test_migration_2_adds_devices_to_a_version_1_ledger(issuer: Issuer) -> None:
-    a = await issue(issuer, "legacy")
-    if not issuer.ledger.is_sqlite:
-        pytest.skip("the downgrade below uses SQLite's DROP COLUMN")
-    async with issuer.ledger.engine.begin() as conn:  # back to the version-1 shape
-        await conn.execute(sa.text("DROP INDEX ix_certificates_device"))
-        await conn.execute(sa.text("ALTER TABLE certificates DROP COLUMN device"))
-        await conn.execute(sa.text("DROP TABLE devices"))
-        await conn.execute(sa.text("DELETE FROM schema_version WHERE version = 2"))
-    again = Ledger(issuer.ledger.url.replace("sqlite+aiosqlite:", "sqlite:"))
+async def test_migration_2_adds_devices_to_a_version_1_ledger(config: Config) -> None:
+    """On SQLite (its DROP COLUMN takes the ledger back to the version-1 shape)."""
+    issuer = build_issuer(config)
+    await issuer.ledger.migrate()
+    try:
+        a = await issue(issuer, "legacy")
+        async with issuer.ledger.engine.begin() as conn:  # back to the version-1 shape
+            await conn.execute(sa.text("DROP INDEX ix_certificates_device"))
+            await conn.execute(sa.text("ALTER TABLE certificates DROP COLUMN device"))
+            await conn.execute(sa.text("DROP TABLE devices"))
+            await conn.execute(sa.text("DELETE FROM schema_version WHERE version = 2"))
+    finally:
+        await issuer.ledger.close()
+    again = Ledger(config.ledger_url)
     try:
         assert await again.migrate() == 2
         rec = await again.find_by_serial("issuing", a.serial)
