@@ -196,6 +196,9 @@ class AdminAuth:
         self.cfg = cfg
         self.issuer = issuer
         self._known: dict[str, str] = {}  # sha256(token) -> token name, after one scrypt check
+        # Wrong tokens cost one scrypt per configured token: bound how many run at once, so a
+        # flood of bad tokens cannot take every executor thread.
+        self._checks = asyncio.Semaphore(2)
 
     async def token_name(self, token: str) -> str | None:
         """The name of the configured token ``token`` matches, or None."""
@@ -205,11 +208,12 @@ class AdminAuth:
         if key in self._known:
             return self._known[key]
         loop = asyncio.get_running_loop()
-        for name, stored in self.cfg.tokens.items():
-            # scrypt takes tens of milliseconds: keep it off the event loop.
-            if await loop.run_in_executor(None, verify_secret, token, stored):
-                self._known[key] = name
-                return name
+        async with self._checks:
+            for name, stored in self.cfg.tokens.items():
+                # scrypt takes tens of milliseconds: keep it off the event loop.
+                if await loop.run_in_executor(None, verify_secret, token, stored):
+                    self._known[key] = name
+                    return name
         return None
 
     async def authenticate(self, request: web.Request) -> Requester:

@@ -224,25 +224,28 @@ async function pending() {
     el("td", {}, p.channel + " / " + p.requester), el("td", {}, when(p.created_at)),
     el("td", {},
       el("button", { type: "button", class: "approve", "data-id": p.id, onclick: () => decide(p, "approve") }, "Approve"), " ",
-      el("button", { type: "button", class: "reject danger", "data-id": p.id, onclick: () => decide(p, "reject") }, "Reject"))));
+      el("button", { type: "button", class: "reject danger", "data-id": p.id, onclick: (e) => askRejectReason(p, e.currentTarget) }, "Reject…"))));
   setView(el("h2", {}, "Pending approvals"), rows.length ? el("table", { id: "pending" },
     el("thead", {}, el("tr", {}, ["#", "Subject", "SANs", "Profile", "Requested via / by", "Since", ""].map(h => el("th", {}, h)))),
     el("tbody", {}, rows)) : el("p", { id: "no-pending" }, "Nothing is waiting."));
 }
 
-async function decide(p, action) {
-  let body = {};
-  if (action === "reject") {
-    const reason = prompt("Reason for rejecting request " + p.id + " (" + (p.subject || "") + ")?", "");
-    if (reason === null) return;
-    body = { reason };
-  }
+async function decide(p, action, reason) {
   try {
-    const r = await api("POST", "/pending/" + p.id + "/" + action, body);
+    const r = await api("POST", "/pending/" + p.id + "/" + action, action === "reject" ? { reason: reason || "" } : {});
     say("Request " + r.id + " " + r.status + ".");
   } catch (e) { say(e.message, true); }
   await refreshPendingCount();
   route();
+}
+
+function askRejectReason(p, button) {
+  const input = el("input", { id: "reject-reason-" + p.id, placeholder: "reason (optional)", size: 24 });
+  const form = el("form", { class: "reject-form", onsubmit: (e) => { e.preventDefault(); decide(p, "reject", input.value.trim()); } },
+    input, " ", el("button", { type: "submit", class: "danger", id: "reject-confirm-" + p.id }, "Confirm reject"), " ",
+    el("button", { type: "button", class: "secondary", onclick: () => form.replaceWith(button) }, "Cancel"));
+  button.replaceWith(form);
+  input.focus();
 }
 
 async function audit(params) {

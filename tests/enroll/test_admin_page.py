@@ -178,6 +178,8 @@ def _est_cert(body: bytes) -> x509.Certificate:
 async def test_sign_in_approve_and_revoke_in_chromium(browser: Browser, srv: AdminServer, dev_pki: DevPKI) -> None:
     waiting_csr, _ = make_csr("waiting-laptop")
     assert srv.est_enroll("manual", waiting_csr)[0] == 202
+    unwanted_csr, _ = make_csr("unwanted-laptop")
+    assert srv.est_enroll("manual", unwanted_csr)[0] == 202
     status, body = srv.est_enroll("gateway", make_csr("doomed-gateway")[0])
     assert status == 200
     doomed = _est_cert(body)
@@ -193,20 +195,32 @@ async def test_sign_in_approve_and_revoke_in_chromium(browser: Browser, srv: Adm
     await browser.click("#login-btn")
     await browser.wait_for("!document.getElementById('nav').hidden && document.getElementById('total-valid')")
     assert "token:ops" in await browser.eval("document.getElementById('who').textContent")
-    assert await browser.eval("document.getElementById('pending-count').textContent") == "1"
+    assert await browser.eval("document.getElementById('pending-count').textContent") == "2"
 
     # approve the pending request
     await browser.click("nav a[href='#/pending']")
-    await browser.wait_for("document.querySelector('#pending button.approve')")
-    assert "waiting-laptop" in await browser.eval("document.getElementById('pending').innerText")
-    await browser.click("#pending button.approve")
+    await browser.wait_for("document.querySelectorAll('#pending tbody tr').length === 2")
+    status, page = srv.api("GET", "/pending")
+    ids = {p["subject"]: p["id"] for p in page["items"]}
+    waiting, unwanted = ids["CN=waiting-laptop"], ids["CN=unwanted-laptop"]
+    await browser.click(f"#pending tr[data-id='{waiting}'] button.approve")
     await browser.wait_for("document.getElementById('message').textContent.includes('approved')")
-    await browser.wait_for("document.getElementById('no-pending')")
+    await browser.wait_for("document.querySelectorAll('#pending tbody tr').length === 1")
     status, page = srv.api("GET", "/pending?status=all")
-    [req] = [p for p in page["items"] if p["subject"] == "CN=waiting-laptop"]
+    [req] = [p for p in page["items"] if p["id"] == waiting]
     assert req["status"] == "approved" and req["decided_by"] == "operator:token:ops"
     status, body = srv.est_enroll("manual", waiting_csr)  # the device's next poll gets its certificate
     assert status == 200 and _est_cert(body).subject == waiting_csr.subject
+
+    # reject the other one with a reason
+    await browser.click(f"#pending tr[data-id='{unwanted}'] button.reject")
+    await browser.type(f"#reject-reason-{unwanted}", "not one of ours")
+    await browser.click(f"#reject-confirm-{unwanted}")
+    await browser.wait_for("document.getElementById('no-pending')")
+    status, page = srv.api("GET", "/pending?status=rejected")
+    [req] = [p for p in page["items"] if p["id"] == unwanted]
+    assert req["reason"] == "not one of ours" and req["decided_by"] == "operator:token:ops"
+    assert srv.est_enroll("manual", unwanted_csr)[0] == 403  # and nothing was issued to it
 
     # find the certificate, revoke it with a reason and a confirmation
     await browser.click("nav a[href='#/certs']")
