@@ -133,16 +133,16 @@ def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
     if edit is not None:
         init.config_path.write_text(edit(init, init.config_path.read_text()))
     admin_ca, admin_pair = make_admin_ca(dev_pki)
+    text = init.config_path.read_text()
+    if "\n[admin]\n" in text:  # drop the [admin] block the template may enable
+        head, _, rest = text.partition("\n[admin]\n")
+        rest = rest.split("\n# ----", 1)[1] if "\n# ----" in rest else ""
+        text = head + "\n# ----" + rest
     if admin:
         (init.certs_dir / "admin-ca.pem").write_bytes(admin_ca.cert.public_bytes(serialization.Encoding.PEM))
-        text = init.config_path.read_text()
         text = text.replace('client_trust = ["enroll", "manufacturer"]', 'client_trust = ["enroll", "manufacturer", "admin"]')
-        # drop any [admin] block the template may enable, then append ours
-        if "\n[admin]\n" in text:
-            head, _, rest = text.partition("\n[admin]\n")
-            rest = rest.split("\n# ----", 1)[1] if "\n# ----" in rest else ""
-            text = head + "\n# ----" + rest
-        init.config_path.write_text(text + ADMIN_TOML.format(hash=hash_secret(TOKEN)))
+        text += ADMIN_TOML.format(hash=hash_secret(TOKEN))
+    init.config_path.write_text(text)
     log = base / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
