@@ -118,6 +118,8 @@ def init(directory: str, https_port: int, http_port: int, force: bool) -> None:
     click.echo(f"wrote {cfg}")
     click.echo(f"wrote development PKI in {base / 'certs'} (trust anchor: certs/root-ca.pem)")
     click.echo(f"EST user 'estuser', password and SCEP challenge in {secrets_file}")
+    if getattr(res, "admin_token", ""):
+        click.echo(f"admin page https://127.0.0.1:{https_port}/admin/ (ADMIN_TOKEN in {secrets_file})")
     click.echo(f"next: enroll -c {cfg} serve   (HTTPS {https_port}: EST+SCEP, HTTP {http_port}: SCEP)")
 
 
