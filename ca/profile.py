@@ -44,6 +44,13 @@ SUBJECT_ATTRIBUTES: dict[str, x509.ObjectIdentifier] = {
 }
 _ATTRIBUTE_NAMES = {oid: name for name, oid in SUBJECT_ATTRIBUTES.items()}
 
+#: Upper bounds of attribute values (RFC 5280 Appendix A.1 ub-* values, in characters); a value
+#: over its bound would make a certificate that linters (pkilint) and strict parsers refuse.
+SUBJECT_UPPER_BOUNDS: dict[str, int] = {"C": 2, "ST": 128, "L": 128, "emailAddress": 255, "DC": 63}
+#: No device subject needs more attributes than this; a CSR with thousands is an attack on
+#: the parser, the ledger and every relying party's name matching.
+MAX_SUBJECT_ATTRIBUTES = 16
+
 #: Key usages a profile may grant; keyCertSign and cRLSign are never granted to end entities.
 KEY_USAGES = (
     "digital_signature",
@@ -218,6 +225,9 @@ def requested_subject(csr: x509.CertificateSigningRequest, profile: Profile) -> 
     forced = dict(profile.subject_force)
     rdns: list[x509.RelativeDistinguishedName] = []
     seen: set[str] = set()
+    count = sum(len(rdn) for rdn in csr.subject.rdns)
+    if count > MAX_SUBJECT_ATTRIBUTES:
+        raise PolicyError(f"subject has {count} attributes; at most {MAX_SUBJECT_ATTRIBUTES} are accepted")
     for rdn in csr.subject.rdns:
         attrs = []
         for attr in rdn:
@@ -230,6 +240,9 @@ def requested_subject(csr: x509.CertificateSigningRequest, profile: Profile) -> 
                 )
             value = attr.value if isinstance(attr.value, str) else attr.value.decode("latin-1")
             _clean_text(value, f"subject {name}")
+            if not value or len(value) > SUBJECT_UPPER_BOUNDS.get(name, 64):
+                raise PolicyError(f"subject {name} is empty or longer than RFC 5280 allows "
+                                  f"({SUBJECT_UPPER_BOUNDS.get(name, 64)} characters)")
             if name in forced:
                 continue
             seen.add(name)
