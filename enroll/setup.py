@@ -22,6 +22,7 @@ class InitResult:
     est_user: str
     est_password: str
     scep_challenge: str
+    admin_token: str = ""
 
 
 def init_directory(base: Path, *, https_port: int = 8443, http_port: int = 8080,
@@ -33,10 +34,11 @@ def init_directory(base: Path, *, https_port: int = 8443, http_port: int = 8080,
     write_dev_pki(pki or make_dev_pki(), certs_dir)
     password = new_challenge(16)
     challenge = new_challenge(16)
+    admin_token = new_challenge(32)
     cfg = base / CONFIG_NAME
     cfg.write_text(render(https_port=https_port, http_port=http_port, est_password_hash=hash_secret(password),
-                          scep_challenge_hash=hash_secret(challenge)))
+                          scep_challenge_hash=hash_secret(challenge), admin_token_hash=hash_secret(admin_token)))
     fd = os.open(certs_dir / "dev-secrets.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"EST_USER=estuser\nEST_PASSWORD={password}\nSCEP_CHALLENGE={challenge}\n")
-    return InitResult(cfg, certs_dir, "estuser", password, challenge)
+        f.write(f"EST_USER=estuser\nEST_PASSWORD={password}\nSCEP_CHALLENGE={challenge}\nADMIN_TOKEN={admin_token}\n")
+    return InitResult(cfg, certs_dir, "estuser", password, challenge, admin_token)
