@@ -142,6 +142,19 @@ async def _metrics_middleware(request: web.Request,
         metrics.latency.labels(group).observe(time.perf_counter() - started)
 
 
+@web.middleware
+async def _refuse_content_encoding(request: web.Request,
+                                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                   ) -> web.StreamResponse:
+    """Request bodies are never inflated (a zip bomb costs us nothing): 415 for any
+    Content-Encoding but identity (RFC 9110 §15.5.16), before a handler reads a byte."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        return web.Response(status=415, text="compressed request bodies are not accepted\n",
+                            content_type="text/plain")
+    return await handler(request)
+
+
 async def _health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -252,7 +265,8 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
     """The application: EST, SCEP, CRLs, health and metrics, over one issuance core."""
     metrics = metrics or Metrics()
     issuer = issuer or build_issuer(config, metrics)
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_metrics_middleware])
+    app = web.Application(client_max_size=config.server.max_body_bytes,
+                          middlewares=[_metrics_middleware, _refuse_content_encoding])
     app[CONFIG] = config
     app[ISSUER] = issuer
     app[METRICS] = metrics

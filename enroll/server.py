@@ -17,6 +17,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+import aiohttp.web_response
 from aiohttp import web
 
 from enroll.app import create_app, validate
@@ -27,6 +28,125 @@ log = logging.getLogger("enroll.server")
 
 #: Longest request line accepted (a GET PKIOperation with a 4096-bit key and chain fits easily).
 MAX_REQUEST_LINE = 64 * 1024
+
+#: Exposure limits of every listener (research/security.md §3 G). aiohttp has no deadline for a
+#: request head (slowloris) and keeps idle connections for an hour by default.
+HEADER_TIMEOUT = 10.0  # seconds from connection (after the TLS handshake) to a complete request head
+IDLE_TIMEOUT = 15.0  # keep-alive: an idle connection, or one dripping its next request head, closes
+TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 1024  # open connections per worker process; more are dropped at accept
+
+# No version disclosure: aiohttp would answer "Server: Python/3.x aiohttp/3.x" on every response,
+# including the parser's own 400s, which never reach the application's signals.
+aiohttp.web_response.SERVER_SOFTWARE = "enroll"  # type: ignore[attr-defined]
+
+
+@dataclass
+class ConnectionStats:
+    """Per-process connection accounting (exposed for tests and logs)."""
+
+    open: int = 0
+    refused: int = 0
+    expired: int = 0
+
+
+STATS = ConnectionStats()
+
+#: Connections still waiting for their first request head, oldest first: at the cap, the oldest
+#: of these is evicted to make room (a slowloris fills the cap with exactly these).
+_WAITING: dict[int, "GuardedProtocol"] = {}
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol: a connection cap, and a deadline for the first
+    request head (later heads are bounded by aiohttp's keep-alive timeout, which closes a
+    connection that has not completed its next request in time)."""
+
+    def __init__(self, inner: asyncio.Protocol, header_timeout: float, max_connections: int) -> None:
+        self.inner = inner
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.transport: asyncio.BaseTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.tail = b""
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if STATS.open >= self.max_connections:
+            if not _WAITING:
+                STATS.refused += 1
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            oldest = _WAITING[next(iter(_WAITING))]
+            oldest._expire()  # a connection that never sent a request head yields its place
+            oldest.connection_lost(None)  # account for it now; asyncio's later call is a no-op
+        STATS.open += 1
+        self.counted = True
+        self.timer = asyncio.get_running_loop().call_later(self.header_timeout, self._expire)
+        _WAITING[id(self)] = self
+        self.inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._head_done()
+        STATS.expired += 1
+        if self.transport is not None:
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def _head_done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        _WAITING.pop(id(self), None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer is not None:
+            seen = self.tail + data
+            if b"\r\n\r\n" in seen or b"\n\n" in seen:
+                self._head_done()
+                self.tail = b""
+            else:
+                self.tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.counted else None
+
+    def pause_writing(self) -> None:
+        if self.counted:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.counted:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        if self.counted:
+            self.counted = False
+            STATS.open -= 1
+            self.inner.connection_lost(exc)
+
+
+class GuardedSite(web.SockSite):
+    """A SockSite whose connections go through :class:`GuardedProtocol`."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, *, ssl_context: object | None,
+                 header_timeout: float = HEADER_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=1024)  # type: ignore[arg-type]
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        tls = self._ssl_context is not None
+        self._server = await loop.create_server(
+            lambda: GuardedProtocol(server(), self.header_timeout, self.max_connections),
+            sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
 
 
 @dataclass(frozen=True)
@@ -55,13 +175,16 @@ async def serve_sockets(config: Config, bound: list[Bound], ready: asyncio.Event
     """Serve on already-bound sockets until a stop signal arrives."""
     app = create_app(config)
     # SCEP GET carries the whole PKIMessage in the query string: allow long request lines.
+    # auto_decompress=False: a Content-Encoding body is never inflated (no zip bombs); the
+    # application refuses it with 415 (enroll.app).
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30,
-                           max_line_size=MAX_REQUEST_LINE, max_field_size=16384)
+                           max_line_size=MAX_REQUEST_LINE, max_field_size=16384, max_headers=64,
+                           keepalive_timeout=IDLE_TIMEOUT, auto_decompress=False)
     await runner.setup()
     ctx = server_context(config) if any(b.tls for b in bound) else None
     try:
         for b in bound:
-            await web.SockSite(runner, b.sock, ssl_context=ctx if b.tls else None).start()
+            await GuardedSite(runner, b.sock, ssl_context=ctx if b.tls else None).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
