@@ -19,11 +19,17 @@ from ca.keys import check_key_file_mode
 from enroll.config import Config, load_certs
 
 
+#: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305, ECDSA or RSA certificates.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!kRSA:!SHA1"
+
+
 def server_context(config: Config) -> ssl.SSLContext:
     """The SSLContext for the HTTPS listeners."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if config.tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    # TLS 1.2: forward-secret AEAD suites only (RFC 9325 §4.2); TLS 1.3 suites are all AEAD.
+    ctx.set_ciphers(TLS12_CIPHERS)
     check_key_file_mode(config.tls.key, "tls.key")
     try:
         ctx.load_cert_chain(str(config.tls.cert), str(config.tls.key))
