@@ -90,10 +90,19 @@ class NotImplementedOperation(EstError):
     status = 501
 
 
+#: Seconds a client is told to wait after a 503 (RFC 7030 §4.2.3, RFC 9110 §10.2.3).
+RETRY_AFTER_UNAVAILABLE = 30
+
+
 class Unavailable(EstError):
-    """Storage or CA backend unavailable; nothing was issued."""
+    """Storage or CA backend unavailable; nothing was issued. Always carries Retry-After
+    (RFC 7030 §4.2.3: a 503 SHOULD say when to retry)."""
 
     status = 503
+
+    def __init__(self, detail: str, *, retry_after: int = RETRY_AFTER_UNAVAILABLE) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+        self.cause = detail
 
 
 class ProtocolError(EstError):
@@ -127,7 +136,11 @@ def from_reject(reason: RejectReason, detail: str, *, realm: str = "enroll") -> 
     if status == 401:
         return Unauthorized(detail, realm=realm)
     if status == 503:
-        return Unavailable(detail)
+        # The cause (a database message) goes to the log via http.py, not to the client.
+        err = Unavailable("the server cannot record certificates right now; nothing was issued; "
+                          "retry after the Retry-After delay")
+        err.cause = detail
+        return err
     return EstError(detail, status=status)
 
 

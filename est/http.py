@@ -133,10 +133,13 @@ def make_handler(service: EstService, *, require_tls: bool = True
             return render(await service.serverkeygen(label, body, tls, creds))
         except EstError as err:
             if err.status >= 500 and err.status != 501:
-                log.error("est %s %s: %s", op, label or "-", err.detail)
+                log.error("est %s %s: %s", op, label or "-", getattr(err, "cause", err.detail))
             return render_error(err)
         except CAError as err:
-            return render_error(from_ca_error(err, realm=service.settings.realm))
+            mapped = from_ca_error(err, realm=service.settings.realm)
+            if mapped.status >= 500:
+                log.error("est %s %s: %s", op, label or "-", err.detail)
+            return render_error(mapped)
 
     return handle
 
