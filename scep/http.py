@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from scep.cms import MAX_MESSAGE_BYTES
 from scep.errors import ScepDecodeError
 from scep.quirks import decode_get_message, raw_query_param
 from scep.service import Reply, ScepService, UnknownProfile
@@ -93,6 +94,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _reply(nxt)
         if operation == "pkioperation":
             if request.method == "POST":
+                # 413 on the declared length, before waiting for (or buffering) any of the body;
+                # a body without a length is still capped by the application's client_max_size.
+                if request.content_length is not None and request.content_length > MAX_MESSAGE_BYTES:
+                    return _text(413, f"request body larger than {MAX_MESSAGE_BYTES} bytes")
                 der = await request.read()
                 if not der:
                     # PyScep posts with an (empty) message= in the query as well: body wins
