@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,18 +237,19 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     raise RuntimeError(f"enroll serve did not answer on {port}: {log.read_text()}")
 
 
-@pytest.fixture
-def running_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
-    """`enroll init` + `enroll serve` in a temp dir on free ports; stopped after the test."""
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    log = tmp_path / "serve.log"
+@contextmanager
+def enroll_serve(config_path: Path, http_port: int, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`enroll -c CONFIG serve ARGS` in a subprocess: started, waited for (/health), stopped.
+
+    On exit the log tail is printed (pytest shows it for failed tests) and every certificate the
+    server issued is linted with pkilint.
+    """
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(config_path), "serve", *args],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
     try:
         _wait_listening(http_port, proc, log)
-        yield RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -255,4 +257,23 @@ def running_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-    assert_ledger_lints_clean(load_config(init.config_path))
+        print("--- enroll serve log (tail) ---\n" + "\n".join(log.read_text().splitlines()[-40:]))
+    assert_ledger_lints_clean(load_config(config_path))
+
+
+def start_server(tmp_path: Path, dev_pki: DevPKI,
+                 edit: Callable[[InitResult], None] | None = None) -> Iterator[RunningServer]:
+    """`enroll init` in ``tmp_path/srv`` (``edit`` may change its config), then `enroll serve`."""
+    https_port, http_port = free_port(), free_port()
+    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
+    if edit is not None:
+        edit(init)
+    log = tmp_path / "serve.log"
+    with enroll_serve(init.config_path, http_port, log) as proc:
+        yield RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
+
+
+@pytest.fixture
+def running_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
+    """`enroll init` + `enroll serve` in a temp dir on free ports; stopped after the test."""
+    yield from start_server(tmp_path, dev_pki)

@@ -24,7 +24,7 @@ from ca.authz import hash_secret
 from enroll.config import Config, load_config
 from enroll.pki import DevPKI, Pair, make_cert
 from enroll.setup import InitResult, init_directory
-from tests.conftest import _wait_listening, assert_ledger_lints_clean, free_port
+from tests.conftest import enroll_serve, free_port
 
 TOKEN = "admin-token-for-tests-0123456789abcdef"
 
@@ -144,17 +144,5 @@ def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
         text += ADMIN_TOML.format(hash=hash_secret(TOKEN))
     init.config_path.write_text(text)
     log = base / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=base)
-    try:
-        _wait_listening(http_port, proc, log)
+    with enroll_serve(init.config_path, http_port, log) as proc:
         yield AdminServer(init, load_config(init.config_path), https_port, http_port, proc, log, admin_pair, admin_ca)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert_ledger_lints_clean(load_config(init.config_path))

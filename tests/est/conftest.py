@@ -4,8 +4,6 @@ EST profiles) served over TLS on 127.0.0.1, and the project's own async EST clie
 from __future__ import annotations
 
 import os
-import re
-import ssl
 import subprocess
 import sys
 import time
@@ -20,10 +18,10 @@ from ca.issuer import Issuer
 from enroll.app import ISSUER, create_app
 from enroll.config import Config, load_config
 from enroll.pki import DevPKI
-from enroll.setup import InitResult, init_directory
+from enroll.setup import InitResult
 from enroll.tls import server_context
 from est.client import EstClient
-from tests.conftest import free_port
+from tests.conftest import free_port, start_server
 
 #: Extra profiles appended to the embedded default's config for EST tests.
 EXTRA_PROFILES = """
@@ -178,46 +176,17 @@ class Serve:
         return len([line for line in out.splitlines()[1:] if line.strip()])
 
 
-def _wait_up(http_port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the plain-HTTP listener answers /health (app up, ledger migrated); bounded."""
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"enroll serve exited: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=2) as resp:  # noqa: S310
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"enroll serve did not answer: {log.read_text()}")
-
-
 def _serve(tmp_path: Path, dev_pki: DevPKI, default_profile: str) -> Iterator[Serve]:
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    text = init.config_path.read_text()
-    text = text.replace('default_profile = "gateway"      # /.well-known/est/<op> without a label',
-                        f'default_profile = "{default_profile}"')
-    init.config_path.write_text(text)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        _wait_up(http_port, proc, log)
+    def edit(init: InitResult) -> None:
+        text = init.config_path.read_text()
+        text = text.replace('default_profile = "gateway"      # /.well-known/est/<op> without a label',
+                            f'default_profile = "{default_profile}"')
+        init.config_path.write_text(text)
+
+    for srv in start_server(tmp_path, dev_pki, edit):
         work = tmp_path / "work"
         work.mkdir()
-        yield Serve(init, https_port, http_port, proc, log, work)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        yield Serve(srv.init, srv.https_port, srv.http_port, srv.process, srv.log_path, work)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +10,8 @@ import pytest
 
 from enroll.config import Config, load_config
 from enroll.pki import DevPKI
-from enroll.setup import InitResult, init_directory
-from tests.conftest import RunningServer, _wait_listening, free_port
+from enroll.setup import InitResult
+from tests.conftest import RunningServer, start_server
 from tests.scep.scep_testpki import TestPki, build_pki
 
 
@@ -87,22 +85,4 @@ def config(embedded: InitResult) -> Config:
 @pytest.fixture
 def scep_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
     """`enroll init` + the SCEP test profiles + `enroll serve` on free loopback ports."""
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    add_scep_test_profiles(init.config_path)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        _wait_listening(http_port, proc, log)
-        yield RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        # shown by pytest only when the test failed
-        print("--- enroll serve log (tail) ---\n" + "\n".join(log.read_text().splitlines()[-40:]))
+    yield from start_server(tmp_path, dev_pki, lambda init: add_scep_test_profiles(init.config_path))
