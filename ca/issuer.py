@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.api import (
+    REASONS,
     AuthMethod,
     CABackend,
     CAChain,
@@ -60,18 +61,6 @@ from ca.profile import (
 
 log = logging.getLogger("enroll.audit")
 
-#: RFC 5280 §5.3.1 reason codes by the names the CLI accepts.
-REASONS: dict[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key_compromise": x509.ReasonFlags.key_compromise,
-    "ca_compromise": x509.ReasonFlags.ca_compromise,
-    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-    "certificate_hold": x509.ReasonFlags.certificate_hold,
-    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
-    "aa_compromise": x509.ReasonFlags.aa_compromise,
-}
 
 _DUMMY_HASH = hash_secret("no such user")
 

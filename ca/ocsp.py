@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from ca.api import REASONS
 from ca.errors import ParseError
 from ca.keys import FileKey, Signer, _placeholder_for, default_hash
 
@@ -124,17 +125,6 @@ def error_response(status: ocsp.OCSPResponseStatus) -> bytes:
     return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
 
 
-_REASONS = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key_compromise": x509.ReasonFlags.key_compromise,
-    "ca_compromise": x509.ReasonFlags.ca_compromise,
-    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-    "certificate_hold": x509.ReasonFlags.certificate_hold,
-    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
-    "aa_compromise": x509.ReasonFlags.aa_compromise,
-}
 
 
 def build_response(
@@ -155,7 +145,7 @@ def build_response(
     """
     cert_status = {Status.GOOD: ocsp.OCSPCertStatus.GOOD, Status.REVOKED: ocsp.OCSPCertStatus.REVOKED,
                    Status.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN}[status]
-    flag = _REASONS.get(reason or "unspecified") if status is Status.REVOKED else None
+    flag = REASONS.get(reason or "unspecified") if status is Status.REVOKED else None
     b = ocsp.OCSPResponseBuilder().add_response_by_hash(
         issuer_name_hash=query.issuer_name_hash,
         issuer_key_hash=query.issuer_key_hash,
