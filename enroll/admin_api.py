@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from ca.api import AuthMethod, Requester
 from ca.authz import verify_secret
 from ca.errors import CAError, NotFoundError
-from ca.issuer import REASONS, Issuer
+from ca.api import REASONS
+from ca.issuer import Issuer
 from ca.ledger import AuditRecord, CertificateQuery, CertRecord, DeviceRecord, PendingRecord, serial_hex
 from ca.profile import key_type_of, sans_of
 from enroll.config import AdminConfig, Config, parse_duration

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.authz import hash_secret
 from ca.errors import CAError, ConfigError
-from ca.issuer import REASONS, Issuer
+from ca.api import REASONS
+from ca.issuer import Issuer
 from ca.ledger import CertificateQuery, serial_hex
 from enroll.config import Config, load_config, parse_duration
 
