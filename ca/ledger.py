@@ -37,7 +37,7 @@ certificates = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("issuer", sa.String(200), nullable=False),
     sa.Column("serial", sa.String(48), nullable=False),  # lower-case hex, no leading zeros
-    sa.Column("status", sa.String(16), nullable=False),  # reserved | issued
+    sa.Column("status", sa.String(16), nullable=False),  # reserved | issued | abandoned
     sa.Column("profile", sa.String(200), nullable=False),
     sa.Column("channel", sa.String(16), nullable=False),
     sa.Column("requester", sa.Text, nullable=False),
@@ -507,6 +507,34 @@ class Ledger:
         if status:
             q = q.where(certificates.c.status == status)
         return [_cert(r) for r in await self._read(q)]
+
+    async def abandon_stale_reservations(self, created_before: float) -> list[tuple[str, str]]:
+        """Mark ``reserved`` rows created before ``created_before`` as ``abandoned``.
+
+        A reservation is committed before the CA key signs (DESIGN.md, issuance contract step 5);
+        one that never became ``issued`` belongs to a request that crashed or failed between
+        reservation and storage. The row stays, so ``UNIQUE(issuer, serial)`` keeps the serial
+        from ever being used again; the status says nobody holds it. Returns (issuer, serial hex)
+        of each row changed, in one transaction with its audit record.
+        """
+
+        async def run(conn: AsyncConnection) -> list[tuple[str, str]]:
+            c = certificates.c
+            stale = (await conn.execute(sa.select(c.id, c.issuer, c.serial)
+                                        .where(c.status == "reserved", c.created_at < created_before))).fetchall()
+            if not stale:
+                return []
+            await conn.execute(certificates.update()
+                               .where(c.id.in_([r.id for r in stale]), c.status == "reserved")
+                               .values(status="abandoned"))
+            for r in stale:
+                await conn.execute(_audit_insert(event="abandon-reservation", ok=True, channel=None, profile=None,
+                                                 requester=None, reason="reserved but never issued",
+                                                 csr_sha256=None, serial=int(r.serial, 16),
+                                                 detail={"issuer": r.issuer}))
+            return [(r.issuer, r.serial) for r in stale]
+
+        return list(await self._write(run))
 
     async def count_certificates(self, status: str = "issued") -> int:
         """How many rows have this status."""

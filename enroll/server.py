@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp.web_response
 from aiohttp import web
@@ -23,6 +24,9 @@ from aiohttp import web
 from enroll.app import create_app, validate
 from enroll.config import Config, Listen
 from enroll.tls import server_context
+
+if TYPE_CHECKING:
+    from ca.ledger import Ledger
 
 log = logging.getLogger("enroll.server")
 
@@ -35,6 +39,12 @@ HEADER_TIMEOUT = 10.0  # seconds from connection (after the TLS handshake) to a 
 IDLE_TIMEOUT = 15.0  # keep-alive: an idle connection, or one dripping its next request head, closes
 TLS_HANDSHAKE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 1024  # open connections per worker process; more are dropped at accept
+
+#: A serial reserved this long ago and still not issued belongs to a request that crashed or
+#: failed (signing takes milliseconds): it becomes ``abandoned`` (never reused). Swept at start
+#: and every SWEEP_EVERY seconds; ``ENROLL_RESERVATION_TIMEOUT`` overrides (tests use 0).
+RESERVATION_TIMEOUT = float(os.environ.get("ENROLL_RESERVATION_TIMEOUT", "300"))
+SWEEP_EVERY = 60.0
 
 # No version disclosure: aiohttp would answer "Server: Python/3.x aiohttp/3.x" on every response,
 # including the parser's own 400s, which never reach the application's signals.
@@ -194,7 +204,11 @@ async def serve_sockets(config: Config, bound: list[Bound], ready: asyncio.Event
                              "http": [str(b.listen) for b in bound if not b.tls]}))
         if ready is not None:
             ready.set()
+        from enroll.app import ISSUER
+
+        sweeper = asyncio.create_task(_sweep_forever(app[ISSUER].ledger))
         await stop.wait()
+        sweeper.cancel()
     finally:
         await runner.cleanup()
 
@@ -205,8 +219,31 @@ async def _migrate(config: Config) -> None:
     ledger = Ledger(config.ledger_url)
     try:
         await ledger.migrate()
+        await sweep_reservations(ledger)
     finally:
         await ledger.close()
+
+
+async def sweep_reservations(ledger: "Ledger") -> None:
+    """Mark stale reservations abandoned (see RESERVATION_TIMEOUT) and say so in the log."""
+    import time
+
+    from ca.errors import LedgerError
+
+    try:
+        done = await ledger.abandon_stale_reservations(time.time() - RESERVATION_TIMEOUT)
+    except LedgerError as exc:
+        log.warning(json.dumps({"event": "reservation-sweep-failed", "error": str(exc)}))
+        return
+    if done:
+        log.warning(json.dumps({"event": "reservations-abandoned", "count": len(done),
+                                "serials": [f"{issuer}:{serial}" for issuer, serial in done[:20]]}))
+
+
+async def _sweep_forever(ledger: "Ledger") -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY)
+        await sweep_reservations(ledger)
 
 
 def run(config: Config, workers: int | None = None) -> None:
