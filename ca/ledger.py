@@ -145,6 +145,18 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text),
 )
 
+#: Migration 3: failed authentication attempts, for the throttle in ca/ratelimit.py. In the
+#: ledger (not in process memory) so that every node of a scale-out deployment sees them.
+auth_failures = sa.Table(
+    "auth_failures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(16), nullable=False),  # "client" (address) | "identity"
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_auth_failures_key", "scope", "key", "at"),
+)
+
 _MIGRATION_2_INDEXES = (
     sa.Index("ix_certificates_device", certificates.c.device),
     sa.Index("ix_certificates_not_after", certificates.c.status, certificates.c.not_after),
@@ -188,7 +200,13 @@ def _migration_2(conn: sa.Connection) -> None:
 
 
 #: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+def _migration_3(conn: sa.Connection) -> None:
+    """The ``auth_failures`` table (failed challenges and passwords, per client and identity)."""
+    auth_failures.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
+    (1, _migration_1), (2, _migration_2), (3, _migration_3)]
 
 
 @dataclass(frozen=True)
@@ -535,6 +553,23 @@ class Ledger:
             return [(r.issuer, r.serial) for r in stale]
 
         return list(await self._write(run))
+
+    async def record_auth_failure(self, keys: Sequence[tuple[str, str]], at: float) -> None:
+        """Remember one failed authentication under each (scope, key)."""
+        if keys:
+            await self._write(lambda conn: conn.execute(auth_failures.insert(), [
+                {"scope": scope, "key": key[:200], "at": at} for scope, key in keys]))
+
+    async def count_auth_failures(self, scope: str, key: str, since: float) -> int:
+        """Failed authentications under (scope, key) at or after ``since``."""
+        f = auth_failures.c
+        rows = await self._read(sa.select(sa.func.count()).select_from(auth_failures)
+                                .where(f.scope == scope, f.key == key[:200], f.at >= since))
+        return int(rows[0][0])
+
+    async def prune_auth_failures(self, before: float) -> None:
+        """Forget failures older than every throttle window."""
+        await self._write(lambda conn: conn.execute(auth_failures.delete().where(auth_failures.c.at < before)))
 
     async def count_certificates(self, status: str = "issued") -> int:
         """How many rows have this status."""

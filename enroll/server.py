@@ -231,6 +231,7 @@ async def sweep_reservations(ledger: "Ledger") -> None:
     from ca.errors import LedgerError
 
     try:
+        await ledger.prune_auth_failures(time.time() - 86400)  # older than any throttle window
         done = await ledger.abandon_stale_reservations(time.time() - RESERVATION_TIMEOUT)
     except LedgerError as exc:
         log.warning(json.dumps({"event": "reservation-sweep-failed", "error": str(exc)}))

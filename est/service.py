@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, ConfigError
+from ca.ratelimit import Throttle
 from est import asn1, wire
 from est.errors import (
     BadRequest,
@@ -482,7 +483,14 @@ class EstService:
             cert_ok = self.issuer.verify_client_chain(cert, rule.client_trust)
         basic_ok = False
         if creds is not None and not creds.malformed:
+            ledger = getattr(self.issuer, "ledger", None)
+            throttle = Throttle(ledger) if ledger is not None else None
+            if throttle is not None and await throttle.blocked(tls.remote, creds.user, "est"):
+                raise EstError("too many failed authentication attempts from this client or for this user; "
+                               "retry later", status=429, headers={"Retry-After": str(int(throttle.window))})
             basic_ok = await self.issuer.verify_password(creds.user, creds.password)
+            if not basic_ok and throttle is not None:
+                await throttle.failed(tls.remote, creds.user, "est")
         for entry in rule.auth:
             if ("client-cert" in entry and not cert_ok) or ("basic" in entry and not basic_ok):
                 continue

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, RejectReason
 from ca.issuer import Issuer
+from ca.ratelimit import Throttle
 from scep import cms
 from scep.asn1 import Capability, FailInfo, MessageType, PkiStatus
 from scep.errors import (
@@ -341,7 +342,13 @@ class ScepService:
     async def _authorize(
         self, profile: ScepProfile, msg: PkiMessage, csr: x509.CertificateSigningRequest, remote: str | None
     ) -> Requester:
-        """Challenge, one-time challenge or webhook, in that order; fail closed."""
+        """Challenge, one-time challenge or webhook, in that order; fail closed. Failed attempts
+        are throttled per client address and per requested subject (ca/ratelimit.py)."""
+        throttle = Throttle(self.issuer.ledger)
+        identity, scope = csr.subject.rfc4514_string(), f"scep:{profile.name}"
+        if await throttle.blocked(remote, identity, scope):
+            raise BadRequestError("too many failed authentication attempts from this client or for this subject",
+                                  public_text="too many failed attempts; retry later")
         challenge = challenge_password(csr)
         if challenge:
             if "challenge" in profile.auth and await self.issuer.check_static_challenge(profile.name, challenge):
@@ -359,6 +366,7 @@ class ScepService:
             token = self.secrets.get(profile.name)
             if await self.webhook(profile.webhook_url, payload, profile.webhook_timeout, token):
                 return Requester(AuthMethod.WEBHOOK, profile.webhook_url, None, remote)
+        await throttle.failed(remote, identity, scope)
         raise BadRequestError("challenge missing or wrong", public_text="not authorized")
 
     def _outcome(
