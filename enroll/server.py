@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import aiohttp.http_exceptions
 import aiohttp.web_response
 from aiohttp import web
 
@@ -49,6 +50,25 @@ SWEEP_EVERY = 60.0
 # No version disclosure: aiohttp would answer "Server: Python/3.x aiohttp/3.x" on every response,
 # including the parser's own 400s, which never reach the application's signals.
 aiohttp.web_response.SERVER_SOFTWARE = "enroll"  # type: ignore[attr-defined]
+
+
+class _ClientErrorFilter(logging.Filter):
+    """aiohttp logs every malformed request (line too long, bad header...) as an ERROR with a
+    traceback and the first 100 bytes of the offending line, which may be a credential header.
+    A client's bad request is not our error: one line at INFO, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, aiohttp.http_exceptions.HttpProcessingError):
+            record.msg = json.dumps({"event": "http-bad-request", "status": exc.code, "error": type(exc).__name__})
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_ClientErrorFilter())
 
 
 @dataclass
