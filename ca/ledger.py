@@ -331,7 +331,7 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: SQLAlchemyError | OSError) -> str:
     orig = getattr(exc, "orig", None) or exc
     return f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"[:200]
 
@@ -425,7 +425,7 @@ class Ledger:
                     await conn.run_sync(step)
                     await conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
                 return max([v for v, _ in MIGRATIONS])
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"ledger migration failed: {exc}") from exc
 
     async def _write(self, fn: Callable[[AsyncConnection], Any]) -> Any:
@@ -434,7 +434,7 @@ class Ledger:
                 return await fn(conn)
         except IntegrityError:
             raise
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # OSError: asyncpg cannot connect (database down)
             raise LedgerError(f"ledger write failed: {_reason(exc)}") from exc
 
     async def _read(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
@@ -442,7 +442,7 @@ class Ledger:
             async with self.engine.connect() as conn:
                 await conn.execution_options(ledger_read=True)
                 return list((await conn.execute(stmt)).fetchall())
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"ledger read failed: {_reason(exc)}") from exc
 
     # --- certificates -----------------------------------------------------------------------

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import serialization
 
 from enroll.config import Config
 from enroll.setup import InitResult
-from est.errors import EstError
+from ca.errors import CAError
+from est.errors import EstError, from_ca_error
 from scep import cms
 from scep.asn1 import FailInfo, PkiStatus
 from scep.message import CertRep
@@ -121,6 +122,8 @@ def _est(h: Harness, cn: str) -> EstError | int:
         return h.run(h.est.simpleenroll("", body, h.tls, h.creds)).status
     except EstError as err:
         return err
+    except CAError as err:  # what est/http.py renders for a core error
+        return from_ca_error(err)
 
 
 def _scep_status(h: Harness, cn: str, key_index: int) -> tuple[PkiStatus, FailInfo | None]:
