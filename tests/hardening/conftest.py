@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -28,9 +29,15 @@ settings.register_profile("hardening-ci", max_examples=60, deadline=None, derand
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                  HealthCheck.data_too_large])
 #: The long run (scripts/fuzz-long.sh): many more random examples.
-settings.register_profile("hardening-long", max_examples=20_000, deadline=None, derandomize=False, database=None,
+settings.register_profile("hardening-long", max_examples=int(os.environ.get("ENROLL_FUZZ_EXAMPLES", "20000")), deadline=None, derandomize=False, database=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                  HealthCheck.data_too_large])
+
+
+#: The settings every fuzz test in this folder uses (a decorator): the CI profile unless
+#: ENROLL_FUZZ_PROFILE names another (scripts/fuzz-long.sh sets "hardening-long"). Applied per
+#: test, never loaded globally, so other folders' Hypothesis tests keep their own settings.
+FUZZ = settings(settings.get_profile(os.environ.get("ENROLL_FUZZ_PROFILE", "hardening-ci")))
 
 
 class Harness:

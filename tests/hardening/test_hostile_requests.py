@@ -19,7 +19,7 @@ import pytest
 from asn1crypto import cms as acms
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from hypothesis import given, settings
+from hypothesis import given
 
 from ca.api import Issued
 from est.errors import EstError
@@ -27,12 +27,10 @@ from scep.asn1 import PkiStatus
 from scep.errors import ScepDecodeError
 from tests.conftest import RunningServer, request
 from tests.hardening.asn1gen import csr_with, est_seeds, mutated, scep_seeds, structural_cases
-from tests.hardening.conftest import Harness
+from tests.hardening.conftest import FUZZ, Harness
 from tests.hardening.helpers import est_post, http_raw, issued_count, rows
 from tests.hardening.scepmsg import pkcsreq, reply
 from tests.scep.scep_testpki import build_pki, make_cert, rsa_key
-
-settings.load_profile("hardening-ci")
 
 EST_SEEDS = est_seeds()
 SCEP_SEEDS = scep_seeds()
@@ -45,6 +43,7 @@ def _est_status(h: Harness, body: bytes) -> int:
         return err.status
 
 
+@FUZZ
 @given(body=mutated(EST_SEEDS).map(base64.b64encode))
 def test_mutated_est_bodies(harness: Harness, body: bytes) -> None:
     before_rows, before_audit = harness.rows(), harness.audit_count()
@@ -71,6 +70,7 @@ def _scep(h: Harness, der: bytes, profile: str = "router") -> PkiStatus | None:
     return reply(body).status
 
 
+@FUZZ
 @given(der=mutated(SCEP_SEEDS))
 def test_mutated_scep_captures(harness: Harness, der: bytes) -> None:
     before_audit = harness.audit_count()
@@ -80,6 +80,7 @@ def test_mutated_scep_captures(harness: Harness, der: bytes) -> None:
     assert harness.audit_count() == before_audit + (0 if status is None else 1)
 
 
+@FUZZ
 @given(data=mutated([b"\x00"]))  # placeholder seed; the real seed is built per run below
 def test_mutated_valid_scep_messages(harness: Harness, data: bytes) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ca.errors import CAError, ParseError
@@ -27,9 +27,8 @@ from est.wire import csr_signature_valid, decode_base64_body, decode_certs_only,
 from scep.errors import ScepError
 from scep.message import IssuerAndSerial, IssuerAndSubject, PkiMessage, decode_csr
 from scep.quirks import decode_get_message
+from tests.hardening.conftest import FUZZ
 from tests.hardening.asn1gen import csr_with, est_seeds, mutated, scep_seeds, structural_cases
-
-settings.load_profile("hardening-ci")
 
 EST_SEEDS = est_seeds()
 SCEP_SEEDS = scep_seeds()
@@ -70,6 +69,7 @@ def test_trailing_garbage_after_a_real_message_is_refused(gate: str) -> None:
     assert _gate(gate, seed + b"\x00\x00garbage") is None
 
 
+@FUZZ
 @given(mutated(EST_SEEDS))
 def test_mutated_csrs_only_ever_raise_bad_request(data: bytes) -> None:
     csr = _gate("est.parse_csr", data)
@@ -78,6 +78,7 @@ def test_mutated_csrs_only_ever_raise_bad_request(data: bytes) -> None:
         _policy_never_crashes(csr)
 
 
+@FUZZ
 @given(mutated(SCEP_SEEDS))
 def test_mutated_pkimessages_only_ever_raise_decode_errors(data: bytes) -> None:
     msg = _gate("scep.PkiMessage.parse", data)
@@ -88,12 +89,14 @@ def test_mutated_pkimessages_only_ever_raise_decode_errors(data: bytes) -> None:
             pass
 
 
+@FUZZ
 @given(st.one_of(st.binary(max_size=512), mutated(EST_SEEDS + SCEP_SEEDS)))
 def test_every_gate_on_random_bytes(data: bytes) -> None:
     for gate in GATES:
         _gate(gate, data)
 
 
+@FUZZ
 @given(st.one_of(st.binary(max_size=256),
                  mutated(EST_SEEDS).map(base64.b64encode),
                  mutated(EST_SEEDS).map(lambda d: b"-----BEGIN CERTIFICATE REQUEST-----\r\n"
@@ -107,6 +110,7 @@ def test_est_body_decoding_only_raises_bad_request(body: bytes) -> None:
     _gate("est.parse_csr", der)
 
 
+@FUZZ
 @given(st.text(max_size=300), st.binary(max_size=300))
 def test_scep_get_message_decoding(query: str, raw: bytes) -> None:
     for q in (query, "operation=PKIOperation&message=" + query,
