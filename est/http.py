@@ -4,6 +4,7 @@ Every rule lives in ``est/service.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -71,18 +72,30 @@ def basic_credentials(request: web.Request) -> Credentials | None:
     return Credentials(user, password)
 
 
-async def read_body(request: web.Request, cap: int) -> bytes:
-    """Read at most ``cap`` bytes; larger bodies are 413 before any parsing."""
+#: Seconds a client has to send its whole body once the head is in (a slow-POST attack holds a
+#: connection and a handler for as long as the body trickles).
+BODY_TIMEOUT = 30.0
+
+
+async def read_body(request: web.Request, cap: int, timeout: float | None = None) -> bytes:
+    """Read at most ``cap`` bytes within ``timeout`` seconds; larger bodies are 413 before any
+    parsing, slower ones 408."""
     if request.content_length is not None and request.content_length > cap:
         raise PayloadTooLarge(f"request body larger than {cap} bytes")
+    timeout = BODY_TIMEOUT if timeout is None else timeout
     chunks = bytearray()
-    while True:
-        chunk = await request.content.read(min(65536, cap + 1 - len(chunks)))
-        if not chunk:
-            break
-        chunks += chunk
-        if len(chunks) > cap:
-            raise PayloadTooLarge(f"request body larger than {cap} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.read(min(65536, cap + 1 - len(chunks)))
+                if not chunk:
+                    break
+                chunks += chunk
+                if len(chunks) > cap:
+                    raise PayloadTooLarge(f"request body larger than {cap} bytes")
+    except TimeoutError:
+        raise EstError(f"request body not received within {timeout:g} seconds", status=408,
+                       headers={"Connection": "close"}) from None
     return bytes(chunks)
 
 

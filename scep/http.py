@@ -12,6 +12,7 @@ the profile does not offer (GetNextCACert without a rollover CA).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -26,6 +27,9 @@ from scep.quirks import decode_get_message, raw_query_param
 from scep.service import Reply, ScepService, UnknownProfile
 
 log = logging.getLogger("enroll.scep")
+
+#: Seconds a client has to send a POST body once the head is in (slow-POST attacks).
+BODY_TIMEOUT = 30.0
 
 SERVICE = web.AppKey("scep_service", ScepService)
 
@@ -98,7 +102,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 # a body without a length is still capped by the application's client_max_size.
                 if request.content_length is not None and request.content_length > MAX_MESSAGE_BYTES:
                     return _text(413, f"request body larger than {MAX_MESSAGE_BYTES} bytes")
-                der = await request.read()
+                try:
+                    der = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+                except asyncio.TimeoutError:
+                    return _text(408, f"request body not received within {BODY_TIMEOUT:g} seconds")
                 if not der:
                     # PyScep posts with an (empty) message= in the query as well: body wins
                     der = decode_get_message(raw_query) or b""
