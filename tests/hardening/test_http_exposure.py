@@ -166,10 +166,10 @@ async def test_connection_cap_evicts_the_oldest_silent_connection(guarded: int) 
 
 @pytest.mark.interop
 def test_slowloris_does_not_stop_enrollments(running_server: RunningServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """slowhttptest (Debian) holds 600 slow-header connections on each listener for 20 s while
+    """slowhttptest (Debian) holds 600 slow-header connections on each listener for 14 s while
     EST and SCEP enrollments go on; the head deadline keeps recycling the attackers."""
     tool = require_tool("slowhttptest")
-    procs = [subprocess.Popen([tool, "-H", "-c", "600", "-r", "200", "-i", "5", "-l", "20", "-x", "24",
+    procs = [subprocess.Popen([tool, "-H", "-c", "600", "-r", "200", "-i", "5", "-l", "14", "-x", "24",
                                "-p", "3", "-u", url, "-o", str(tmp_path / f"slow{i}")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
              for i, url in enumerate([f"http://127.0.0.1:{running_server.http_port}/health",

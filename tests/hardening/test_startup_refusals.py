@@ -6,7 +6,6 @@ checks are in tests/enroll/test_config.py; these drive the real process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,18 +83,3 @@ def test_serve_refuses_to_start_with_a_bad_ca_key(embedded: InitResult, case: st
     assert "cas.issuing.key" in out, out
     assert "Traceback" not in out, out
     assert "not-the-passphrase" not in out and "the-real-one" not in out
-
-
-def test_no_listener_was_opened(embedded: InitResult) -> None:
-    """With a bad key, the configured ports stay free (binding happens after validation)."""
-    from enroll.config import load_config
-
-    cfg = load_config(embedded.config_path)
-    _mode(0o644)(embedded)
-    subprocess.run([sys.executable, "-m", "enroll", "-c", str(embedded.config_path), "serve"],
-                   capture_output=True, timeout=60, cwd=embedded.config_path.parent)
-    for listen in cfg.server.https:
-        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-        with socket.socket(family) as s:
-            s.bind((listen.host, listen.port))  # would fail if the server still held it
-
