@@ -531,11 +531,10 @@ class Issuer:
             raise CAError(f"CA {ca_name!r} cannot sign CRLs", reason=RejectReason.UNAVAILABLE)
         number = await self.ledger.crl_next_number(ca_name)
         entries = []
-        for rec in await self.ledger.revoked(ca_name):
-            assert rec.revoked_at is not None
-            b = (x509.RevokedCertificateBuilder().serial_number(rec.serial)
-                 .revocation_date(dt.datetime.fromtimestamp(int(rec.revoked_at), dt.timezone.utc)))
-            flag = REASONS.get(rec.revocation_reason or "unspecified", x509.ReasonFlags.unspecified)
+        for serial, revoked_at, reason in await self.ledger.revoked_entries(ca_name):
+            b = (x509.RevokedCertificateBuilder().serial_number(serial)
+                 .revocation_date(dt.datetime.fromtimestamp(int(revoked_at), dt.timezone.utc)))
+            flag = REASONS.get(reason or "unspecified", x509.ReasonFlags.unspecified)
             if flag is not x509.ReasonFlags.unspecified:
                 b = b.add_extension(x509.CRLReason(flag), False)
             entries.append(b.build())

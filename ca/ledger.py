@@ -752,14 +752,14 @@ class Ledger:
 
         return bool(await self._write(run))
 
-    async def revoked(self, issuer: str) -> list[CertRecord]:
-        """Revoked rows of one CA, oldest revocation first."""
+    async def revoked_entries(self, issuer: str) -> list[tuple[int, float, str | None]]:
+        """(serial, revoked_at, reason) of one CA's revoked certificates: what a CRL lists."""
         rows = await self._read(
-            sa.select(certificates)
+            sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
             .where(certificates.c.issuer == issuer, certificates.c.revoked_at.is_not(None))
             .order_by(certificates.c.revoked_at)
         )
-        return [_cert(r) for r in rows]
+        return [(int(r.serial, 16), float(r.revoked_at), r.revocation_reason) for r in rows]
 
     # --- CRLs ------------------------------------------------------------------------------
     async def crl_current(self, issuer: str) -> tuple[int, float, float, bytes] | None:

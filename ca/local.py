@@ -51,8 +51,9 @@ class LocalCA:
     ) -> x509.CertificateRevocationList:
         """Sign a CRL with CRL number and AKI (RFC 5280 §5.2.1, §5.2.3)."""
         issuer = self._chain.issuer
+        # The builder copies its entry list on every add: hand it the whole list at once (O(n)).
         b = (
-            x509.CertificateRevocationListBuilder()
+            x509.CertificateRevocationListBuilder(revoked_certificates=list(revoked))
             .issuer_name(issuer.subject)
             .last_update(this_update)
             .next_update(next_update)
@@ -63,6 +64,4 @@ class LocalCA:
             b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
         except x509.ExtensionNotFound:
             pass
-        for r in revoked:
-            b = b.add_revoked_certificate(r)
         return sign_crl(b, self._signer, self._hash)

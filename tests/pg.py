@@ -78,6 +78,9 @@ class Cluster:
 
     def stop(self) -> None:
         if self.proc is not None:
+            # runuser does not forward SIGTERM to postgres: ask the postmaster itself to stop.
+            subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
+                                     "-w", "-t", "20", "stop"), capture_output=True, timeout=60)
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)
