@@ -199,14 +199,29 @@ def _migration_2(conn: sa.Connection) -> None:
                                                  first_seen=r.issued_at or time.time()))
 
 
-#: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
 def _migration_3(conn: sa.Connection) -> None:
     """The ``auth_failures`` table (failed challenges and passwords, per client and identity)."""
     auth_failures.create(conn, checkfirst=True)
 
 
+_REVOKED = certificates.c.revoked_at.is_not(None)
+_MIGRATION_4_INDEXES = (
+    sa.Index("ix_certificates_serial", certificates.c.serial),  # admin lookups name no CA
+    sa.Index("ix_certificates_subject", certificates.c.subject),
+    sa.Index("ix_certificates_revoked", certificates.c.issuer, certificates.c.revoked_at,
+             sqlite_where=_REVOKED, postgresql_where=_REVOKED),  # what a CRL lists
+)
+
+
+def _migration_4(conn: sa.Connection) -> None:
+    """Indexes for lookups by serial alone, by subject, and for CRL generation."""
+    for index in _MIGRATION_4_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
+#: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _migration_1), (2, _migration_2), (3, _migration_3)]
+    (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4)]
 
 
 @dataclass(frozen=True)
