@@ -601,7 +601,8 @@ def sign_signed_data(
             "signer_infos": [signer_info],
         }
     )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": sd}).dump(force=True))
+    # No force=True here: the certificates keep their own DER instead of a parse/re-encode round trip.
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": sd}).dump())
 
 
 def rsa_signer(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> Sign:
