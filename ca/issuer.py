@@ -243,11 +243,11 @@ class Issuer:
             # Dry run of the policy before anything is stored or reserved.
             draft = build_template(csr, profile, chain.issuer, 1, _now(), **ca.template_urls())
             device = device_key(profile.name, draft.subject, sans_of(draft.extensions))
-            if await self.ledger.device_retired(device):
-                raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
             if profile.manual and req.requester.method is not AuthMethod.OPERATOR:
+                if await self.ledger.device_retired(device):
+                    raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
                 return await self._pending_flow(req, profile, csr_sha, spki)
-            return await self._issue_now(req, profile, ca, chain, csr_sha, spki)
+            return await self._issue_now(req, profile, ca, chain, csr_sha, spki, device=device)
         except CAError as exc:
             await self.audit("issue", ok=False, channel=req.channel, profile=req.profile,
                              requester=req.requester, reason=f"{exc.reason.value}: {exc.detail}",
@@ -305,7 +305,8 @@ class Issuer:
             raise
 
     async def _issue_now(self, req: IssueRequest, profile: Profile, ca: IssuingCA, chain: CAChain,
-                         csr_sha: str, spki: str, pending_id: int | None = None) -> Issued:
+                         csr_sha: str, spki: str, pending_id: int | None = None,
+                         device: str | None = None) -> Issued:
         row_id = serial = None
         for _ in range(8):
             serial = secrets.randbits(159)
@@ -315,7 +316,8 @@ class Issuer:
                 issuer=ca.name, serial=serial, profile=profile.name, channel=req.channel.value,
                 requester=_describe(req.requester) or "", auth_method=req.requester.method.value,
                 csr_sha256=csr_sha, spki_sha256=spki, transaction_id=req.transaction_id,
-                renews_serial=req.renewal_of.serial_number if req.renewal_of is not None else None)
+                renews_serial=req.renewal_of.serial_number if req.renewal_of is not None else None,
+                refuse_retired=device)
             if row_id is not None:
                 break
         if row_id is None or serial is None:

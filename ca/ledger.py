@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ca.errors import LedgerError
+from ca.errors import AuthorizationError, LedgerError
 
 metadata = sa.MetaData()
 
@@ -461,13 +461,22 @@ class Ledger:
             raise LedgerError(f"ledger read failed: {_reason(exc)}") from exc
 
     # --- certificates -----------------------------------------------------------------------
-    async def reserve_serial(self, **values: Any) -> int | None:
-        """Insert a ``reserved`` row; None when (issuer, serial) already exists."""
+    async def reserve_serial(self, *, refuse_retired: str | None = None, **values: Any) -> int | None:
+        """Insert a ``reserved`` row; None when (issuer, serial) already exists.
+
+        With ``refuse_retired`` (a device key), the same transaction first checks that the device
+        is not retired, so a retirement can never slip between the check and the reservation.
+        """
         values = dict(values, serial=serial_hex(values["serial"]), status="reserved", created_at=time.time())
         if values.get("renews_serial") is not None:
             values["renews_serial"] = serial_hex(values["renews_serial"])
 
         async def run(conn: AsyncConnection) -> int:
+            if refuse_retired is not None:
+                retired = (await conn.execute(sa.select(devices.c.retired_at)
+                                              .where(devices.c.device == refuse_retired))).first()
+                if retired is not None and retired[0] is not None:
+                    raise AuthorizationError(f"device {refuse_retired} is retired; it may not enroll or renew")
             res = await conn.execute(certificates.insert().values(**values))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
