@@ -132,12 +132,18 @@ def _load_certificate(value: cms.CertificateChoices) -> x509.Certificate | None:
     return x509.load_der_x509_certificate(value.chosen.dump())
 
 
+def _same_name(a: ax509.Name, b: ax509.Name) -> bool:
+    """RFC 5280 §7.1 name matching; byte-equal DER first (the usual case: the peer copied our
+    issuer), asn1crypto's string-prepared comparison (slow) only when the bytes differ."""
+    return bool(a.dump() == b.dump() or a == b)
+
+
 def _sid_matches(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
     """RFC 5652 §5.3: issuerAndSerialNumber or subjectKeyIdentifier."""
     acert = ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
-        return bool(ias["serial_number"].native == cert.serial_number and ias["issuer"] == acert.issuer)
+        return bool(ias["serial_number"].native == cert.serial_number and _same_name(ias["issuer"], acert.issuer))
     if sid.name == "subject_key_identifier":
         ski = acert.key_identifier
         return ski is not None and hmac.compare_digest(ski, sid.chosen.native)
@@ -317,7 +323,7 @@ def _recipient_matches(rid: cms.RecipientIdentifier, acert: ax509.Certificate) -
     if rid.name == "issuer_and_serial_number":
         ias = rid.chosen
         return bool(
-            ias["serial_number"].native == acert.serial_number and ias["issuer"] == acert.issuer
+            ias["serial_number"].native == acert.serial_number and _same_name(ias["issuer"], acert.issuer)
         )
     if rid.name == "subject_key_identifier":
         ski = acert.key_identifier
