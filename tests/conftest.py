@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from ca.api import AuthMethod, Channel, IssueRequest, Requester
 from ca.issuer import Issuer
 from enroll.app import build_issuer
+from enroll.bench.server import free_port  # noqa: F401 - re-exported for the test packages
 from enroll.config import Config, load_config
 from enroll.pki import DevPKI, make_dev_pki
 from enroll.setup import InitResult, init_directory
@@ -59,21 +59,6 @@ def require_tool(name: str) -> str:
 def dev_pki() -> DevPKI:
     """One development PKI for the whole session (key generation is the slow part)."""
     return make_dev_pki()
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 and ::1 right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket(socket.AF_INET6) as s6:
-                s6.bind(("::1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture
