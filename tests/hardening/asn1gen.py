@@ -1,6 +1,6 @@
 """Hostile ASN.1 and CSR builders for the hardening campaign (no fixtures here).
 
-Each builder makes one shape from the attack checklist (/work/shared/research/security.md §3 A):
+Each builder makes one shape from the hostile-input list (README, Security model):
 deep nesting, indefinite-length BER, truncated/overlong lengths, huge OIDs and INTEGERs,
 10k SANs/RDNs, trailing garbage; plus a byte-level mutator seeded with real client captures.
 """

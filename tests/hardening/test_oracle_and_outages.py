@@ -1,11 +1,11 @@
 """No decryption oracle, and safe degradation when the ledger is gone.
 
-SCEP (research/security.md E4/E5): an envelope for another recipient, one whose CBC padding is
+SCEP (README, Security model: no oracle): an envelope for another recipient, one whose CBC padding is
 wrong, one whose encryptedKey is corrupt and one whose signature is broken all get the same
 CertRep: same HTTP status, same failInfo and text, same length and the same attributes; only
 the nonces and the signature differ.
 
-Ledger outages (I1/I2): a full disk (SQLite max_page_count) or an unreachable PostgreSQL make
+Ledger outages: a full disk (SQLite max_page_count) or an unreachable PostgreSQL make
 EST answer 503 with Retry-After and SCEP a FAILURE, the CA key signs nothing, and enrollments
 work again once the fault clears.
 """

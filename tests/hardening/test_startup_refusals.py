@@ -1,6 +1,6 @@
 """`enroll serve` refuses to start, with a message naming the key, when the CA key is missing,
 unreadable, not a key, encrypted with another passphrase or readable by others; it never falls
-back to another key and never opens a listener (research/security.md I3/I4). The config-level
+back to another key and never opens a listener (README, Security model: failures are safe). The config-level
 checks are in tests/enroll/test_config.py; these drive the real process."""
 
 from __future__ import annotations
