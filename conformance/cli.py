@@ -109,10 +109,13 @@ def scep_cmd(url: str, challenge: str | None, ca_bundle: str | None, json_path: 
 @click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), help="TLS client certificate (PEM).")
 @click.option("--client-key", type=click.Path(exists=True, dir_okay=False), help="Its private key (PEM).")
 @click.option("--pending-label", metavar="LABEL", help="A label whose profile answers 202 (manual approval).")
+@click.option("--pop-label", metavar="LABEL",
+              help="A label that requires PoP linking (RFC 7030 §3.5 tls-unique); by default the checked label is "
+                   "used when its /csrattrs asks for challengePassword.")
 @common
 def est_cmd(url: str, label: str | None, ca_bundle: str | None, basic: str | None, client_cert: str | None,
-            client_key: str | None, pending_label: str | None, json_path: str | None, junit_path: str | None,
-            only: str | None, timeout: float, verbose: bool) -> None:
+            client_key: str | None, pending_label: str | None, pop_label: str | None, json_path: str | None,
+            junit_path: str | None, only: str | None, timeout: float, verbose: bool) -> None:
     """Check the EST server at URL (https://host:port)."""
     from conformance import est_suite
 
@@ -121,7 +124,7 @@ def est_cmd(url: str, label: str | None, ca_bundle: str | None, basic: str | Non
         raise click.BadParameter("expected USER:PASS", param_hint="--basic")
     opts = est_suite.EstOptions(url=url.rstrip("/"), label=label, ca_bundle=ca_bundle, basic=basic,
                                 client_cert=client_cert, client_key=client_key, pending_label=pending_label,
-                                timeout=timeout)
+                                pop_label=pop_label, timeout=timeout)
     plan = est_suite.plan(opts)
     click.echo(f"EST conformance run against {url}. Enrollments this run will request:", err=err)
     for p in plan:

@@ -20,9 +20,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conformance import scepmsg as sm
 from conformance.asn1dump import asn1parse
-from conformance.model import Fail, Level, Skip, Suite
+from conformance.model import Fail, Interop, Level, Skip, Suite
 from conformance.runner import BaseContext
-from conformance.transport import Exchange, Http
+from conformance.transport import Exchange, Http, exchange_on_stream
 
 suite = Suite("est")
 R = "RFC 7030"
@@ -41,6 +41,7 @@ class EstOptions:
     client_cert: str | None = None
     client_key: str | None = None
     pending_label: str | None = None
+    pop_label: str | None = None
     timeout: float = 30.0
 
 
@@ -67,6 +68,9 @@ def plan(o: EstOptions) -> list[str]:
            "serverkeygen if offered -> 1 (the key comes back over TLS)"]
     if o.pending_label:
         out.append(f"simpleenroll under label {o.pending_label!r} -> stays pending (202), twice")
+    pop = o.pop_label or o.label
+    out.append(f"PoP linking on TLS 1.2 under {'label ' + repr(pop) if pop else 'the default label'} if it asks "
+               "for it (or --pop-label): a CSR bound to another session -> must be refused; the right one -> 1")
     out.append("negative cases (no auth, wrong password, bad base64, bad CSR signature, changed subject) "
                "-> must not issue")
     return out
@@ -299,22 +303,53 @@ async def cacerts_chain(ctx: EstContext) -> str:
     return f"{len(certs)} certificates, root {roots[0].subject.rfc4514_string()}"
 
 
-@suite.check("est.cacerts.cte", "Responses carry Content-Transfer-Encoding: base64", R, "4.1.3", Level.INTEROP,
-             "libest's client rejects base64 bodies without the header (RFC 8951 lets clients ignore it)")
-async def cacerts_cte(ctx: EstContext) -> str:
-    ex, _ = await ctx.cacerts()
-    if (ex.header("Content-Transfer-Encoding") or "").lower() != "base64":
-        raise Fail(f"Content-Transfer-Encoding {ex.header('Content-Transfer-Encoding')!r}", ex.lines(body=False))
+# Client framing quirks (RFC 8951 §3 allows both framings; these name who breaks on which).
+LIBEST = "libest estclient 3.2.0"
+STRONGSWAN = "strongSwan 5.9.8 pki --est"
+#: OpenSSL's base64 BIO in line mode (what libest's client decodes with) returns nothing or a
+#: prefix for a line of this many characters or more (`openssl base64 -d` shows the same).
+BIO_LINE_LIMIT = 1024
+
+
+def check_cte(ex: Exchange) -> str:
+    """RFC 8951 §3: clients ignore Content-Transfer-Encoding; libest's client still requires it."""
+    cte = ex.header("Content-Transfer-Encoding")
+    if (cte or "").lower() != "base64":
+        raise Interop(f"Content-Transfer-Encoding {cte!r} (RFC 8951 §3 lets clients ignore it)",
+                      breaks=[f"{LIBEST} (requires the header)"], works=[STRONGSWAN, "curl"],
+                      evidence=ex.lines(body=False))
     return "base64"
 
 
-@suite.check("est.cacerts.unwrapped", "base64 is sent without line breaks", R8951, "3", Level.INTEROP,
-             "strongSwan pki 5.9.8 fails on a /cacerts body wrapped at 64 columns")
-async def cacerts_unwrapped(ctx: EstContext) -> str:
+def check_framing(body: bytes, ex: Exchange) -> str:
+    """RFC 8951 §3 allows base64 with or without line breaks; the two deployed clients each
+    read only one of them, so either choice is an interop warning, never a failure."""
+    lines = [ln for ln in body.replace(b"\r\n", b"\n").strip().split(b"\n") if ln.strip()]
+    longest = max((len(ln.strip()) for ln in lines), default=0)
+    if len(lines) > 1:
+        raise Interop(f"base64 wrapped in {len(lines)} lines of up to {longest} characters",
+                      breaks=[f"{STRONGSWAN} (fails on any line break)"],
+                      works=[f"{LIBEST} (OpenSSL BIO line mode)"], evidence=ex.lines())
+    if longest >= BIO_LINE_LIMIT:
+        raise Interop(f"base64 sent as one line of {longest} characters",
+                      breaks=[f"{LIBEST} (OpenSSL BIO line mode reads no line of {BIO_LINE_LIMIT}+ "
+                              "characters)"], works=[STRONGSWAN], evidence=ex.lines(body=False))
+    return f"one line of {longest} characters: readable by {LIBEST} and {STRONGSWAN}"
+
+
+@suite.check("est.cacerts.cte", "/cacerts carries Content-Transfer-Encoding: base64", R8951, "3", Level.INTEROP,
+             "RFC 8951 lets clients ignore the header; libest's client rejects a base64 body without it")
+async def cacerts_cte(ctx: EstContext) -> str:
     ex, _ = await ctx.cacerts()
-    if b"\n" in ex.body.rstrip(b"\r\n"):
-        raise Fail("the base64 body has line breaks", ex.lines())
-    return "one line"
+    return check_cte(ex)
+
+
+@suite.check("est.cacerts.framing", "/cacerts base64 framing suits deployed clients", R8951, "3", Level.INTEROP,
+             "base64 may be sent with or without line breaks; strongSwan 5.9.8 pki fails on any line break, "
+             "libest's client (OpenSSL BIO line mode) on one line of 1024+ characters")
+async def cacerts_framing(ctx: EstContext) -> str:
+    ex, _ = await ctx.cacerts()
+    return check_framing(ex.body, ex)
 
 
 # ================================================================== paths and labels
@@ -392,8 +427,9 @@ async def enroll_ct(ctx: EstContext) -> str:
     params = {p.split("=")[0].strip().lower(): p.split("=", 1)[-1].strip().strip('"').lower()
               for p in ct.split(";")[1:]}
     if e.exchange.media_type() == "application/pkcs7-mime" and params.get("smime-type") == "certs-only":
-        raise Fail(f"Content-Type {ct!r} is right in substance but not the exact form {CERTS_ONLY!r} "
-                   "that libest requires", e.exchange.lines(body=False))
+        raise Interop(f"Content-Type {ct!r} is right (RFC 7030 §4.2.3) but not the exact form {CERTS_ONLY!r}",
+                      breaks=[f"{LIBEST} (compares the string byte for byte, with one space)"],
+                      works=[STRONGSWAN, "curl"], evidence=e.exchange.lines(body=False))
     raise Fail(f"Content-Type {ct!r}", e.exchange.lines(body=False))
 
 
@@ -410,14 +446,19 @@ async def enroll_shape(ctx: EstContext) -> str:
     return f"{len(co.certificates)} certificate(s), issued first"
 
 
-@suite.check("est.simpleenroll.cte", "Enrollment reply carries Content-Transfer-Encoding: base64", R, "4.2.3",
-             Level.INTEROP, "libest's client requires the header")
+@suite.check("est.simpleenroll.cte", "Enrollment reply carries Content-Transfer-Encoding: base64", R8951, "3",
+             Level.INTEROP, "RFC 8951 lets clients ignore the header; libest's client requires it")
 async def enroll_cte(ctx: EstContext) -> str:
     e = await ctx.main()
-    if (e.exchange.header("Content-Transfer-Encoding") or "").lower() != "base64":
-        raise Fail(f"Content-Transfer-Encoding {e.exchange.header('Content-Transfer-Encoding')!r}",
-                   e.exchange.lines(body=False))
-    return "base64"
+    return check_cte(e.exchange)
+
+
+@suite.check("est.simpleenroll.framing", "Enrollment reply base64 framing suits deployed clients", R8951, "3",
+             Level.INTEROP, "base64 may be sent with or without line breaks; strongSwan 5.9.8 pki fails on any "
+             "line break, libest's client on one line of 1024+ characters")
+async def enroll_framing(ctx: EstContext) -> str:
+    e = await ctx.main()
+    return check_framing(e.exchange.body, e.exchange)
 
 
 def _variant(cid: str, title: str, rfc: str, section: str, level: Level, text: str, body_fn: Any,
@@ -470,6 +511,97 @@ async def bad_pop(ctx: EstContext) -> str:
     if ex.media_type() not in ("text/plain", ""):
         raise Fail(f"error Content-Type {ex.content_type!r}", ex.lines())
     return str(status)
+
+
+# ================================================================== PoP linking
+#: challengePassword (RFC 2985 §5.4.1) as a DER OBJECT IDENTIFIER: the /csrattrs entry by which a
+#: server asks for PoP linking (RFC 7030 §3.5).
+CHALLENGE_PASSWORD_TLV = bytes.fromhex("06092a864886f70d010907")
+TLS13_POP = ("tls-unique exists only up to TLS 1.2 (RFC 5929 §3, RFC 9266 §1); on TLS 1.3 PoP linking would "
+             "need tls-exporter, which this suite (Python's ssl) cannot export")
+
+
+async def tls12_stream(ctx: EstContext) -> tuple[Any, Any, bytes]:
+    """A TLS 1.2 connection to the server (with --client-cert when given) and its tls-unique."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    u = urlsplit(ctx.o.url)
+    sslctx = ctx.ssl_context(ctx.o.client_cert, ctx.o.client_key)
+    sslctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            u.hostname, u.port or 443, ssl=sslctx, server_hostname=u.hostname), ctx.o.timeout)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        raise Skip(f"the server refused a TLS 1.2 handshake ({type(exc).__name__}: {exc}): {TLS13_POP}") from None
+    sslobj = writer.get_extra_info("ssl_object")
+    binding = sslobj.get_channel_binding("tls-unique") if sslobj is not None else None
+    if sslobj is None or sslobj.version() != "TLSv1.2" or not binding:
+        version = sslobj.version() if sslobj is not None else None
+        writer.close()
+        raise Skip(f"the connection is {version}: {TLS13_POP}")
+    return reader, writer, bytes(binding)
+
+
+def pop_csr(key: Any, cn: str, challenge: bytes) -> x509.CertificateSigningRequest:
+    """A CSR whose challengePassword is ``challenge`` (RFC 7030 §3.5: base64 of tls-unique)."""
+    from cryptography.x509.oid import AttributeOID
+
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    return b.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge).sign(key, hashes.SHA256())
+
+
+async def post_on(ctx: EstContext, stream: tuple[Any, Any, bytes], label: str | None,
+                  csr: x509.CertificateSigningRequest) -> Exchange:
+    """POST /simpleenroll on the TLS session ``stream`` (whose tls-unique the caller knows)."""
+    from urllib.parse import urlsplit
+
+    reader, writer, _ = stream
+    url = ctx.path("simpleenroll", label)
+    u = urlsplit(url)
+    headers = {"Content-Type": "application/pkcs10", **ctx.auth_headers()}
+    ex = await exchange_on_stream(reader, writer, "POST", url, u.netloc, u.path, headers=headers,
+                                  body=base64.b64encode(der(csr)), timeout=ctx.o.timeout)
+    return ex
+
+
+@suite.check("est.pop.tls-unique", "PoP linking: tls-unique of another session is refused, this one's accepted", R,
+             "3.5", Level.MUST, "with PoP linking, the server verifies that the CSR's challengePassword is the "
+             "base64 tls-unique of the TLS session that carries it")
+async def pop_tls_unique(ctx: EstContext) -> str:
+    if not ctx.has_credentials:
+        raise Skip("no --basic or --client-cert given")
+    label = ctx.o.pop_label if ctx.o.pop_label else "default"
+    shown = repr(ctx.o.pop_label or ctx.o.label or "(default)")
+    attrs = await ctx.get("csrattrs", label=label)
+    try:
+        asks = attrs.status == 200 and CHALLENGE_PASSWORD_TLV in strict_b64(attrs.body)
+    except Fail:
+        asks = False
+    if not asks and not ctx.o.pop_label:
+        raise Skip(f"label {shown} does not ask for PoP linking (its /csrattrs answered {attrs.status} without "
+                   "challengePassword, RFC 7030 §3.5); name a label that requires it with --pop-label")
+    # A CSR bound to session A, sent on session B.
+    other = await tls12_stream(ctx)
+    other[1].close()
+    key = new_key()
+    wrong = pop_csr(key, f"conformance-{ctx.run_id}-pop-wrong", base64.b64encode(other[2]))
+    ex = await post_on(ctx, await tls12_stream(ctx), label, wrong)
+    if ex.status in (200, 202) and not asks:
+        raise Skip(f"label {shown} does not require PoP linking: it answered {ex.status} to a CSR bound to "
+                   "another TLS session (and its /csrattrs lists no challengePassword)")
+    refused = require_refused(ex, "a CSR carrying the tls-unique of another TLS session", (400, 401, 403))
+    # The same request built on the session that carries it.
+    key = new_key()
+    stream = await tls12_stream(ctx)
+    right = pop_csr(key, f"conformance-{ctx.run_id}-pop", base64.b64encode(stream[2]))
+    ok = await post_on(ctx, stream, label, right)
+    if ok.status != 200:
+        raise Fail(f"a CSR carrying this session's tls-unique answered {ok.error or ok.status}", ok.lines())
+    co = ctx.read_certs_only(ok)
+    if not any(sm.public_key_der(c) == sm.public_key_der(key) for c in co.certificates):
+        raise Fail("no certificate in the reply has the CSR's public key", ok.lines(body=False))
+    return f"label {shown}: another session's tls-unique refused ({refused}); this session's accepted (200)"
 
 
 # ================================================================== simplereenroll

@@ -1,8 +1,10 @@
 """The vocabulary of the suite: requirements, verdicts, results and the check registry.
 
 A *check* is one RFC requirement judged on the wire. It passes (returns a short detail), fails
-(raises :class:`Fail` with evidence: status, headers, the offending bytes) or is skipped (raises
-:class:`Skip` saying why: the server does not offer it, or no credentials were given).
+(raises :class:`Fail` with evidence: status, headers, the offending bytes), is skipped (raises
+:class:`Skip` saying why: the server does not offer it, or no credentials were given) or warns
+(raises :class:`Interop`: the RFC allows what the server does, but a named deployed client breaks
+on it, and the other choice breaks another client).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Verdict(str, enum.Enum):
     PASS = "pass"
     FAIL = "fail"
     SKIP = "skip"
+    INTEROP = "interop"  # allowed by the RFCs, but a named client breaks on it: a warning, not a failure
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,20 @@ class Fail(Exception):
         self.evidence = list(evidence or [])
 
 
+class Interop(Exception):
+    """The server's choice is allowed, but ``breaks`` (deployed clients, with version) cannot read
+    it, while ``works`` can: an integrator's warning, never a failure."""
+
+    def __init__(self, detail: str, *, breaks: list[str], works: list[str] | None = None,
+                 evidence: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.breaks = list(breaks)
+        self.works = list(works or [])
+        self.detail = detail + " -- breaks " + ", ".join(self.breaks) + (
+            "; fine for " + ", ".join(self.works) if self.works else "")
+        self.evidence = list(evidence or [])
+
+
 class Skip(Exception):
     """The check could not be judged: not offered by the server, or no credentials given."""
 
@@ -73,14 +90,19 @@ class Result:
     detail: str
     evidence: list[str] = field(default_factory=list)
     duration_ms: int = 0
+    breaks: list[str] = field(default_factory=list)  # INTEROP: the clients that cannot read the reply
+    works: list[str] = field(default_factory=list)  # INTEROP: the clients that can
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id, "title": self.title, "verdict": self.verdict.value,
             "rfc": self.requirement.rfc, "section": self.requirement.section,
             "level": self.requirement.level.value, "requirement": self.requirement.text,
             "detail": self.detail, "evidence": self.evidence, "duration_ms": self.duration_ms,
         }
+        if self.verdict is Verdict.INTEROP:
+            out |= {"breaks": self.breaks, "works": self.works}
+        return out
 
 
 CheckFn = Callable[[Any], Awaitable[str | None]]

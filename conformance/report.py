@@ -18,15 +18,16 @@ def counts(results: list[Result]) -> dict[str, int]:
 
 def progress_line(i: int, n: int, r: Result) -> str:
     """One line per judged check, printed as the run goes."""
-    mark = {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL", Verdict.SKIP: "skip"}[r.verdict]
+    mark = {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL", Verdict.SKIP: "skip", Verdict.INTEROP: "WARN"}[r.verdict]
     return f"[{i:>2}/{n}] {mark}  {r.id:<40} {r.requirement.cite():<26} {r.detail[:90]}"
 
 
 def text_report(target: str, protocol: str, results: list[Result], *, verbose: bool = False) -> str:
-    """The summary table, failures first with their evidence."""
+    """The summary table, then failures with their evidence, then interop warnings naming the
+    clients on each side."""
     c = counts(results)
     lines = [f"{protocol.upper()} conformance of {target}",
-             f"{c['pass']} pass, {c['fail']} fail, {c['skip']} skip", ""]
+             f"{c['pass']} pass, {c['fail']} fail, {c['skip']} skip, {c['interop']} interop warning(s)", ""]
     w = max((len(r.id) for r in results), default=10)
     lines.append(f"{'verdict':<7} {'check':<{w}} {'requirement':<26} detail")
     for r in results:
@@ -38,6 +39,14 @@ def text_report(target: str, protocol: str, results: list[Result], *, verbose: b
             lines.append(f"- {r.id}: {r.title} ({r.requirement.cite()}: {r.requirement.text})")
             lines.append(f"    {r.detail}")
             for e in (r.evidence if verbose else r.evidence[:12]):
+                lines.append(f"    | {e}")
+    warns = [r for r in results if r.verdict is Verdict.INTEROP]
+    if warns:
+        lines += ["", "Interop warnings (allowed by the RFCs; no single choice suits every client):"]
+        for r in warns:
+            lines.append(f"- {r.id}: {r.title} ({r.requirement.cite()})")
+            lines.append(f"    {r.detail}")
+            for e in (r.evidence if verbose else r.evidence[:6]):
                 lines.append(f"    | {e}")
     return "\n".join(lines)
 
@@ -70,4 +79,7 @@ def junit_report(target: str, protocol: str, results: list[Result]) -> str:
             f.text = "\n".join([r.requirement.text, *r.evidence])
         elif r.verdict is Verdict.SKIP:
             ET.SubElement(tc, "skipped", message=r.detail)
+        elif r.verdict is Verdict.INTEROP:
+            # A warning, not a failure: JUnit has no such state, so it rides in system-out.
+            ET.SubElement(tc, "system-out").text = f"INTEROP WARNING: {r.detail}"
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conformance.model import Fail, Result, Skip, Suite, Verdict
+from conformance.model import Fail, Interop, Result, Skip, Suite, Verdict
 
 Progress = Callable[[int, int, Result], None]
 
@@ -55,6 +55,9 @@ async def run_suite(suite: Suite, ctx: Any, progress: Progress | None = None,
             res = Result(chk.id, chk.title, chk.requirement, Verdict.FAIL, exc.detail, exc.evidence)
         except Skip as exc:
             res = Result(chk.id, chk.title, chk.requirement, Verdict.SKIP, exc.reason)
+        except Interop as exc:
+            res = Result(chk.id, chk.title, chk.requirement, Verdict.INTEROP, exc.detail, exc.evidence,
+                         breaks=exc.breaks, works=exc.works)
         except TimeoutError:
             res = Result(chk.id, chk.title, chk.requirement, Verdict.FAIL,
                          f"no answer within {check_timeout:.0f} s")

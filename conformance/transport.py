@@ -116,3 +116,59 @@ class Http:
             ex.error = f"{type(exc).__name__}: {exc}"
         self.exchanges.append(ex)
         return ex
+
+
+async def exchange_on_stream(reader: Any, writer: Any, method: str, url: str, host: str, path: str, *,
+                             headers: dict[str, str] | None = None, body: bytes = b"",
+                             timeout: float = 30.0, limit: int = 1 << 20) -> Exchange:
+    """One HTTP/1.1 request on an already open (TLS) stream, for checks that must know which TLS
+    session carries the request (RFC 7030 §3.5 tls-unique). ``Connection: close``: the reply is
+    read to EOF (at most ``limit`` bytes), a chunked body is de-chunked."""
+    import asyncio
+
+    hdrs = {"Host": host, "Content-Length": str(len(body)), "Connection": "close", **(headers or {})}
+    ex = Exchange(method, url, hdrs, body)
+    sslobj = writer.get_extra_info("ssl_object")
+    ex.tls_version = sslobj.version() if sslobj is not None else None
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    try:
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(_read_to_eof(reader, limit), timeout)
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        ex.error = f"{type(exc).__name__}: {exc}"
+        return ex
+    finally:
+        writer.close()
+    top, _, rest = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = top.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        ex.error = f"not an HTTP reply: {raw[:80]!r}"
+        return ex
+    ex.status, ex.reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
+    ex.headers = [(k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in header_lines) if k]
+    ex.body = _dechunk(rest) if (ex.header("Transfer-Encoding") or "").lower() == "chunked" else rest
+    return ex
+
+
+async def _read_to_eof(reader: Any, limit: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await reader.read(min(65536, limit - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2:]
+    return bytes(out)

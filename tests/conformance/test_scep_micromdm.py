@@ -138,7 +138,8 @@ def test_scep_suite_reports_micromdm_deviations(micromdm: tuple[str, str], tmp_p
     assert "issued a certificate" in by_id["scep.reject.unknown-message-type"]["detail"]
     assert report["summary"] == {"pass": list(EXPECTED.values()).count("pass"),
                                  "fail": list(EXPECTED.values()).count("fail"),
-                                 "skip": list(EXPECTED.values()).count("skip")}
+                                 "skip": list(EXPECTED.values()).count("skip"),
+                                 "interop": list(EXPECTED.values()).count("interop")}
     # The terminal report went to stderr with progress lines and the plan.
     assert "Enrollments this run will request" in run.stderr
     assert "FAIL  scep.certrep.sender-nonce" in run.stderr
