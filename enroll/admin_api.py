@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.api import AuthMethod, Requester
 from ca.authz import verify_secret
-from ca.errors import CAError, NotFoundError
+from ca.errors import CAError, ConfigError, NotFoundError
 from ca.api import REASONS
 from ca.issuer import Issuer
 from ca.ledger import AuditRecord, CertificateQuery, CertRecord, DeviceRecord, PendingRecord, serial_hex
 from ca.profile import key_type_of, sans_of
-from enroll.config import AdminConfig, Config, parse_duration
+from enroll.body import BodyError, read_body
+from enroll.config import AdminConfig, Config, fingerprint, load_certs, load_crl, parse_duration
 
 log = logging.getLogger("enroll.admin")
 
@@ -42,6 +43,7 @@ API = "/admin/api/v1"
 PAGE_DIR = Path(__file__).resolve().parent / "admin_page"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 MAX_LIMIT = 500
+MAX_BODY = 64 * 1024  # admin requests are small JSON objects
 
 Handler = Callable[[web.Request, Requester], Awaitable[Any]]
 
@@ -173,8 +175,9 @@ def _when(request: web.Request, name: str) -> float | None:
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    raw = await read_body(request, MAX_BODY)  # BodyError: answered by _endpoint
     try:
-        data = await request.json()
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise json_error(400, "the body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -190,12 +193,66 @@ def _reason(body: dict[str, Any], default: str) -> str:
 
 
 # --- authentication ------------------------------------------------------------------------------
+class AdminCRL:
+    """``[admin] crl``: the admin CA's CRL, re-read when the file changes. Fail closed: an
+    unreadable CRL, one not signed by an admin trust anchor, or one past its nextUpdate
+    (RFC 5280 §5.1.2.5) refuses every admin client certificate."""
+
+    def __init__(self, path: Path, anchors: list[x509.Certificate]) -> None:
+        self.path = path
+        self.anchors = anchors
+        self._stamp: tuple[int, int] | None = None
+        self._crl: x509.CertificateRevocationList | None = None
+        self._problem = "not loaded"
+
+    def _load(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            self._stamp, self._crl, self._problem = None, None, f"admin CRL unreadable: {exc.strerror}"
+            return
+        if self._stamp == (st.st_mtime_ns, st.st_size):
+            return
+        self._stamp, self._crl = (st.st_mtime_ns, st.st_size), None
+        try:
+            crl = load_crl(self.path, "admin.crl")
+        except ConfigError as exc:
+            self._problem = exc.problem
+            return
+        if not any(a.subject == crl.issuer and crl.is_signature_valid(a.public_key())  # type: ignore[arg-type]
+                   for a in self.anchors):
+            self._problem = "admin CRL is not signed by an admin trust anchor"
+            return
+        self._crl, self._problem = crl, ""
+
+    def load_problem(self) -> str:
+        """Why the CRL file cannot be used ("" when it can)."""
+        self._load()
+        return "" if self._crl is not None else self._problem
+
+    def refusal(self, cert: x509.Certificate, now: float | None = None) -> str | None:
+        """Why ``cert`` may not authenticate, or None when the CRL clears it."""
+        self._load()
+        crl = self._crl
+        if crl is None:
+            return self._problem
+        now = time.time() if now is None else now
+        if crl.next_update_utc is None or crl.next_update_utc.timestamp() <= now:
+            return "admin CRL is past its nextUpdate: publish a fresh one"
+        if cert.issuer != crl.issuer:
+            return "admin CRL does not cover this certificate's issuer"
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            return "admin certificate is revoked"
+        return None
+
+
 class AdminAuth:
     """Bearer tokens (scrypt hashes from the config) and admin client certificates."""
 
-    def __init__(self, cfg: AdminConfig, issuer: Issuer) -> None:
+    def __init__(self, cfg: AdminConfig, issuer: Issuer, anchors: list[x509.Certificate] | None = None) -> None:
         self.cfg = cfg
         self.issuer = issuer
+        self.crl = AdminCRL(cfg.crl, anchors or []) if cfg.crl is not None else None
         self._known: dict[str, str] = {}  # sha256(token) -> token name, after one scrypt check
         # Wrong tokens cost one scrypt per configured token: bound how many run at once, so a
         # flood of bad tokens cannot take every executor thread.
@@ -233,13 +290,29 @@ class AdminAuth:
         der = ssl_object.getpeercert(binary_form=True)
         if der and self.cfg.client_trust:
             cert = x509.load_der_x509_certificate(der)
-            if self.issuer.verify_client_chain(cert, self.cfg.client_trust):
+            refusal = self.certificate_refusal(cert)
+            if refusal is None:
                 return Requester(AuthMethod.TLS_CLIENT_CERT, f"cert:{cert.subject.rfc4514_string()}", certificate=cert,
                                  remote=request.remote)
             log.warning(json.dumps({"event": "admin-auth-failed", "method": "client-cert", "remote": request.remote,
-                                    "subject": cert.subject.rfc4514_string()}))
+                                    "subject": cert.subject.rfc4514_string(), "reason": refusal}))
+            raise json_error(401, f"admin client certificate not accepted: {refusal}",
+                             {"WWW-Authenticate": 'Bearer realm="enroll-admin"'})
         raise json_error(401, "admin credentials required: a bearer token or an admin client certificate",
                          {"WWW-Authenticate": 'Bearer realm="enroll-admin"'})
+
+
+    def certificate_refusal(self, cert: x509.Certificate) -> str | None:
+        """Why an admin client certificate does not authenticate (None: it does): it must chain
+        to ``[admin] client_trust``, be on ``allowed_fingerprints`` when that is set, and not be
+        revoked by ``[admin] crl`` when that is set."""
+        if not self.issuer.verify_client_chain(cert, self.cfg.client_trust):
+            return "does not chain to an admin trust store"
+        if self.cfg.allowed_fingerprints and fingerprint(cert) not in self.cfg.allowed_fingerprints:
+            return "not in admin.allowed_fingerprints"
+        if self.crl is not None:
+            return self.crl.refusal(cert)
+        return None
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -442,6 +515,8 @@ def _endpoint(auth: AdminAuth, fn: Handler, mutating: bool) -> Callable[[web.Req
                 raise json_error(403, "cross-origin admin requests are refused")
         try:
             result = await fn(request, who)
+        except BodyError as exc:
+            return await exc.respond(request, web.json_response({"error": exc.detail}, status=exc.status))
         except NotFoundError as exc:
             raise json_error(404, exc.detail) from None
         except CAError as exc:
@@ -464,17 +539,43 @@ def _security_headers(resp: web.StreamResponse) -> None:
     resp.headers["Cache-Control"] = "no-store"
 
 
+#: RFC 6797 §6.1: one year, sent only over HTTPS (§7.2: never on plain HTTP).
+HSTS = "max-age=31536000"
+
+
+async def _admin_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every /admin response (API, page, errors): no MIME sniffing; HSTS on HTTPS."""
+    if request.path != "/admin" and not request.path.startswith("/admin/"):
+        return
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.transport is not None and request.transport.get_extra_info("ssl_object") is not None:
+        response.headers["Strict-Transport-Security"] = HSTS
+
+
 def validate(config: Config) -> None:
     """``enroll config check``: the [admin] table was checked when the config loaded; the page
-    files must be installed."""
-    if config.admin is not None and not (PAGE_DIR / "index.html").is_file():
-        from ca.errors import ConfigError
-
+    files must be installed and ``[admin] crl`` must be signed by an admin trust anchor."""
+    if config.admin is None:
+        return
+    if not (PAGE_DIR / "index.html").is_file():
         raise ConfigError("admin", f"the admin page is missing from the installation ({PAGE_DIR})")
+    if config.admin.crl is not None:
+        crl = AdminCRL(config.admin.crl, _anchors(config))
+        problem = crl.load_problem()
+        if problem:
+            raise ConfigError("admin.crl", problem)
+
+
+def _anchors(config: Config) -> list[x509.Certificate]:
+    """The certificates of the admin trust stores."""
+    assert config.admin is not None
+    return [c for name in config.admin.client_trust for p in config.trust.get(name, ())
+            for c in load_certs(p, f"trust.{name}.certs")]
 
 
 def mount(app: web.Application, config: Config, issuer: Issuer) -> None:
     """Add ``/admin/api/v1/...`` and ``/admin/`` (or 404 everywhere when not configured)."""
+    app.on_response_prepare.append(_admin_headers)
     if config.admin is None:
         async def not_configured(request: web.Request) -> web.Response:
             return web.Response(status=404, text="the admin interface is not configured: add an [admin] table "
@@ -483,7 +584,7 @@ def mount(app: web.Application, config: Config, issuer: Issuer) -> None:
         app.router.add_route("*", "/admin", not_configured)
         app.router.add_route("*", "/admin/{tail:.*}", not_configured)
         return
-    auth = AdminAuth(config.admin, issuer)
+    auth = AdminAuth(config.admin, issuer, _anchors(config))
     api = AdminAPI(issuer)
     for method, path, name, mutating in ROUTES:
         app.router.add_route(method, API + path, _endpoint(auth, getattr(api, name), mutating))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import importlib
 import json
 import logging
@@ -30,6 +31,7 @@ from ca.local import LocalCA
 from cryptography import x509
 
 from enroll.config import CAConfig, Config, load_certs
+from enroll.body import BodyError, read_body
 from enroll.metrics import Metrics
 
 log = logging.getLogger("enroll.server")
@@ -38,6 +40,7 @@ CONFIG = web.AppKey("config", Config)
 ISSUER = web.AppKey("issuer", Issuer)
 METRICS = web.AppKey("metrics", Metrics)
 
+METRICS_TOKEN = web.AppKey("metrics_token", str)
 #: Protocol packages plug in through these modules: ``validate(config)`` and ``mount(app, config, issuer)``.
 PROTOCOL_MOUNTS = ("enroll.est_mount", "enroll.scep_mount")
 
@@ -112,6 +115,7 @@ def validate(config: Config) -> None:
     admin_api.validate(config)
 
 
+    metrics_token(config)
 def _route_group(path: str) -> str:
     if path.startswith("/.well-known/est"):
         return "est"
@@ -121,6 +125,24 @@ def _route_group(path: str) -> str:
         if path.startswith(prefix):
             return group
     return "scep"
+
+def config_warnings(config: Config) -> list[str]:
+    """Risky but valid choices ``enroll config check`` (and start-up) point out; never fatal."""
+    out: list[str] = []
+    try:
+        from scep.settings import parse_global, scep_profiles
+    except ModuleNotFoundError:
+        return out
+    settings = parse_global(config.scep)
+    profiles = scep_profiles(config.profiles)
+    if profiles and not settings.ra_cert:
+        for ca in sorted({config.profiles[p].ca for p in profiles}):
+            users = ", ".join(sorted(p for p in profiles if config.profiles[p].ca == ca))
+            out.append(f"cas.{ca}: the CA key itself decrypts SCEP requests (profiles {users}; no [scep] "
+                       "ra_cert/ra_key): every SCEP request is an RSA decryption with the CA key. Configure "
+                       "a separate RA certificate and key (RFC 8894 §2.1) to keep the CA key to signing.")
+    return out
+
 
 
 @web.middleware
@@ -169,7 +191,41 @@ async def _metrics(request: web.Request) -> web.Response:
         pass  # the ledger is down: the request counters still render
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
+def metrics_token(config: Config) -> str | None:
+    """The ``/metrics`` bearer token from the environment variable ``[server] metrics_token_env``
+    names (None when unset; a ConfigError when the variable is missing or too short to be a secret)."""
+    env = config.server.metrics_token_env
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise ConfigError("server.metrics_token_env", f"environment variable {env} is not set")
+    if len(value.strip()) < 16:
+        raise ConfigError("server.metrics_token_env", f"the token in {env} must be at least 16 characters")
+    return value.strip()
 
+
+def _metrics_allowed(request: web.Request) -> web.Response | None:
+    """None when this request may read /metrics; else the refusal. Plain HTTP only with
+    ``[server] metrics_on_http``; with a token, ``Authorization: Bearer`` (RFC 6750 §2.1) on
+    every listener, compared in constant time."""
+    config = request.app[CONFIG]
+    tls = request.transport is not None and request.transport.get_extra_info("ssl_object") is not None
+    if not tls and not config.server.metrics_on_http:
+        return web.Response(status=404, text="not found\n", content_type="text/plain")
+    token = request.app[METRICS_TOKEN]
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return web.Response(status=401, text="metrics need a bearer token\n", content_type="text/plain",
+                                headers={"WWW-Authenticate": 'Bearer realm="enroll-metrics"'})
+    return None
+
+
+
+    refusal = _metrics_allowed(request)
+    if refusal is not None:
+        return refusal
 def _http_date(ts: float) -> str:
     from email.utils import formatdate
 
@@ -235,8 +291,11 @@ async def _ocsp(request: web.Request) -> web.Response:
     issuer = request.app[ISSUER]
     metrics = request.app[METRICS]
     if request.method == "POST":
-        body = await request.content.read(ocsp.MAX_REQUEST_BYTES + 1)
-        der: bytes | None = body if len(body) <= ocsp.MAX_REQUEST_BYTES else None
+        try:
+            der: bytes | None = await read_body(request, ocsp.MAX_REQUEST_BYTES)
+        except BodyError as exc:
+            metrics.ocsp.labels("malformed").inc()
+            return await exc.respond(request)
     else:
         tail = request.raw_path.split("?", 1)[0][len("/ocsp/"):]
         der = decode_ocsp_get(tail) if len(tail) <= 2 * ocsp.MAX_REQUEST_BYTES else None
@@ -280,6 +339,7 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
             await refresher
         await issuer.ledger.close()
 
+    app[METRICS_TOKEN] = metrics_token(config) or ""
     app.cleanup_ctx.append(ledger_ctx)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)

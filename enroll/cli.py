@@ -152,13 +152,15 @@ def config() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the config file, its keys, certificates and protocol tables."""
-    from enroll.app import validate
+    from enroll.app import config_warnings, validate
 
     cfg = _config(ctx)
     try:
         validate(cfg)
     except ConfigError as exc:
         raise click.ClickException(f"config error: {exc}") from None
+    for warning in config_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{cfg.path}: ok ({len(cfg.profiles)} profiles, {len(cfg.cas)} CA)")
 
 

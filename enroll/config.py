@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from ca.errors import ConfigError
 from ca.profile import Profile, validate_profile
@@ -39,6 +40,8 @@ class ServerConfig:
     max_body_bytes: int = 256 * 1024
     workers: int = 1
     base_url: str | None = None  # where relying parties reach /crl, /ocsp, /ca (plain HTTP)
+    metrics_on_http: bool = False  # /metrics also on the plain-HTTP listener (always on HTTPS)
+    metrics_token_env: str | None = None  # environment variable holding the /metrics bearer token
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ class AdminConfig:
 
     client_trust: tuple[str, ...] = ()  # trust stores admin client certificates chain to (mTLS)
     tokens: Mapping[str, str] = field(default_factory=dict)  # name -> scrypt hash of a bearer token
+    #: When not empty, only admin client certificates with these SHA-256 (of DER) fingerprints
+    #: authenticate: removing one revokes that admin.
+    allowed_fingerprints: frozenset[str] = frozenset()
+    crl: Path | None = None  # CRL of the admin CA: revoked admin certificates are refused
 
 
 @dataclass(frozen=True)
@@ -224,7 +231,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     _check_keys(raw, {"server", "tls", "ledger", "log", "cas", "users", "trust", "profiles", "est", "scep",
                       "admin"}, "")
     s = _table(raw, "server", "", required=True)
-    _check_keys(s, {"https", "http", "max_body_bytes", "workers", "base_url"}, "server")
+    _check_keys(s, {"https", "http", "max_body_bytes", "workers", "base_url", "metrics_on_http",
+                    "metrics_token_env"}, "server")
     base_url = _get(s, "base_url", str, "server", None)
     if base_url is not None:
         base_url = base_url.rstrip("/")
@@ -244,6 +252,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     if not server.https and not server.http:
         raise ConfigError("server", "listens nowhere: set https and/or http")
 
+        metrics_on_http=_get(s, "metrics_on_http", bool, "server", False),
+        metrics_token_env=_get(s, "metrics_token_env", str, "server", None) or None,
     t = _table(raw, "tls", "", required=bool(server.https))
     _check_keys(t, {"cert", "key", "client_trust", "min_version"}, "tls")
     tls = TLSConfig(
@@ -343,16 +353,16 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("log.level", "must be debug, info, warning or error")
     return Config(path=path, base_dir=base, server=server, tls=tls, ledger_url=ledger_url, cas=cas, users=users,
                   trust=trust, profiles=profiles, est=_table(raw, "est", ""), scep=_table(raw, "scep", ""),
-                  log_level=level, admin=_admin(raw, tls, trust, profiles), raw=raw)
+                  log_level=level, admin=_admin(raw, base, tls, trust, profiles, cas), raw=raw)
 
 
-def _admin(raw: Mapping[str, Any], tls: TLSConfig, trust: Mapping[str, tuple[Path, ...]],
-           profiles: Mapping[str, Profile]) -> AdminConfig | None:
+def _admin(raw: Mapping[str, Any], base: Path, tls: TLSConfig, trust: Mapping[str, tuple[Path, ...]],
+           profiles: Mapping[str, Profile], cas: Mapping[str, CAConfig]) -> AdminConfig | None:
     """``[admin]``: absent means no admin API and no admin page (fail closed)."""
     if "admin" not in raw:
         return None
     a = _table(raw, "admin", "")
-    _check_keys(a, {"client_trust", "tokens"}, "admin")
+    _check_keys(a, {"client_trust", "tokens", "allowed_fingerprints", "crl"}, "admin")
     client_trust = _str_list(a, "client_trust", "admin")
     in_handshake = tls.client_trust or tuple(trust)
     for n in client_trust:
@@ -376,7 +386,76 @@ def _admin(raw: Mapping[str, Any], tls: TLSConfig, trust: Mapping[str, tuple[Pat
         if not is_secret_hash(h):
             raise ConfigError(f"{p}.hash", "must be a hash from `enroll admin token` or `enroll hash-secret`")
         tokens[name] = h
-    return AdminConfig(client_trust=client_trust, tokens=tokens)
+    _check_admin_anchors_separate(raw, base, client_trust, trust, profiles, cas)
+    fingerprints = set()
+    for fp in _str_list(a, "allowed_fingerprints", "admin"):
+        norm = fp.replace(":", "").strip().lower()
+        if len(norm) != 64 or any(ch not in "0123456789abcdef" for ch in norm):
+            raise ConfigError("admin.allowed_fingerprints",
+                              f"{fp!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
+        fingerprints.add(norm)
+    crl_text = _get(a, "crl", str, "admin", None)
+    crl = resolve(base, crl_text) if crl_text else None
+    if (fingerprints or crl is not None) and not client_trust:
+        raise ConfigError("admin.allowed_fingerprints" if fingerprints else "admin.crl",
+                          "only applies to admin client certificates: set admin.client_trust")
+    if crl is not None:
+        load_crl(crl, "admin.crl")
+    return AdminConfig(client_trust=client_trust, tokens=tokens, allowed_fingerprints=frozenset(fingerprints),
+                       crl=crl)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, lowercase hex (what ``openssl x509 -fingerprint -sha256``
+    prints, without colons)."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _check_admin_anchors_separate(raw: Mapping[str, Any], base: Path, client_trust: tuple[str, ...],
+                                  trust: Mapping[str, tuple[Path, ...]], profiles: Mapping[str, Profile],
+                                  cas: Mapping[str, CAConfig]) -> None:
+    """No certificate that anchors admin client authentication may also be a CA we issue from or
+    an anchor that authenticates devices (EST client_trust, SCEP's RA), compared by certificate
+    (SHA-256 of DER), not by store name: otherwise a device certificate would open the admin API."""
+    if not client_trust:
+        return
+    device: dict[str, str] = {}
+    for name, c in cas.items():
+        for path, key in [(c.cert, f"cas.{name}.cert"), *((p, f"cas.{name}.chain") for p in c.chain)]:
+            for cert in load_certs(path, key):
+                device.setdefault(fingerprint(cert), f"[cas.{name}] ({path.name})")
+    for prof in profiles.values():
+        for store in prof.est.get("client_trust") or ():
+            for path in trust.get(store, ()):
+                for cert in load_certs(path, f"trust.{store}.certs"):
+                    device.setdefault(fingerprint(cert), f"trust store {store!r} "
+                                      f"(profiles.{prof.name}.est.client_trust)")
+    scep = raw.get("scep")
+    ra_cert = scep.get("ra_cert") if isinstance(scep, dict) else None
+    if isinstance(ra_cert, str):
+        for cert in load_certs(resolve(base, ra_cert), "scep.ra_cert"):
+            device.setdefault(fingerprint(cert), "scep.ra_cert")
+    for store in client_trust:
+        for path in trust[store]:
+            for cert in load_certs(path, f"trust.{store}.certs"):
+                where = device.get(fingerprint(cert))
+                if where is not None:
+                    raise ConfigError("admin.client_trust", (
+                        f"trust store {store!r} holds {cert.subject.rfc4514_string()} ({path.name}), which is "
+                        f"also in {where}: device certificates would authenticate as admins; give admins "
+                        "a CA of their own"))
+
+
+def load_crl(path: Path, key: str) -> x509.CertificateRevocationList:
+    """A CRL from a PEM or DER file (RFC 5280 §5)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return (x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data))
+    except ValueError as exc:
+        raise ConfigError(key, f"{path} holds no readable CRL: {exc}") from None
 
 
 def load_certs(path: Path, key: str) -> list[x509.Certificate]:

@@ -22,7 +22,7 @@ import aiohttp.http_exceptions
 import aiohttp.web_response
 from aiohttp import web
 
-from enroll.app import create_app, validate
+from enroll.app import config_warnings, create_app, validate
 from enroll.config import Config, Listen
 from enroll.tls import server_context
 
@@ -270,6 +270,8 @@ async def _sweep_forever(ledger: "Ledger") -> None:
 def run(config: Config, workers: int | None = None) -> None:
     """Validate, bind, and serve with ``workers`` processes (default: ``[server] workers``)."""
     validate(config)
+    for warning in config_warnings(config):
+        log.warning(json.dumps({"event": "config-warning", "warning": warning}))
     asyncio.run(_migrate(config))
     n = workers or config.server.workers
     bound = bind_all(config)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from cryptography import x509
@@ -45,13 +45,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def missing_peer(what: str) -> NoReturn:
+    """Skip a test whose peer (a Debian tool, PostgreSQL, root) is missing; fail it under CI
+    (ENROLL_REQUIRE_INTEROP=1), where every peer must be there (`./dev test` installs them)."""
+    if os.environ.get("ENROLL_REQUIRE_INTEROP") == "1":
+        pytest.fail(f"{what} is required (ENROLL_REQUIRE_INTEROP=1) but missing")
+    pytest.skip(f"{what} missing")
+
+
 def require_tool(name: str) -> str:
     """The path of a Debian tool an interop test drives; skip (or fail under CI) if missing."""
-    path = shutil.which(name) or (name if os.path.exists(name) else None)
+    path = shutil.which(name) or (name if os.access(name, os.X_OK) else None)
     if path is None:
-        if os.environ.get("ENROLL_REQUIRE_INTEROP") == "1":
-            pytest.fail(f"{name} is required (ENROLL_REQUIRE_INTEROP=1) but not installed")
-        pytest.skip(f"{name} not installed")
+        missing_peer(name)
     return path
 
 
@@ -88,9 +94,7 @@ def ledger_url(request: pytest.FixtureRequest, embedded: InitResult) -> str:
         return load_config(embedded.config_path).ledger_url
     pg = request.getfixturevalue("pg_cluster")
     if pg is None:
-        if os.environ.get("ENROLL_REQUIRE_INTEROP") == "1":
-            pytest.fail("PostgreSQL is required (ENROLL_REQUIRE_INTEROP=1) but not installed")
-        pytest.skip("PostgreSQL not installed")
+        missing_peer("PostgreSQL (Debian postgresql)")
     return str(pg.new_database())
 
 

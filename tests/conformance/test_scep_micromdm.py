@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT, missing_peer, require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -84,9 +84,7 @@ def micromdm(tmp_path: Path) -> Iterator[tuple[str, str]]:
     server = require_tool("scepserver")
     require_tool("ip")
     if os.geteuid() != 0:
-        if os.environ.get("ENROLL_REQUIRE_INTEROP") == "1":
-            pytest.fail("a network namespace needs root (ENROLL_REQUIRE_INTEROP=1)")
-        pytest.skip("a network namespace needs root")
+        missing_peer("root (for a network namespace)")
     ns = f"enroll-conf-{uuid.uuid4().hex[:8]}"
     depot = tmp_path / "depot"
     subprocess.run([server, "ca", "-init", "-depot", str(depot), "-keySize", "2048", "-organization", "conformance",

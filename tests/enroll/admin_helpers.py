@@ -123,15 +123,11 @@ certs = ["certs/admin-ca.pem"]
 """
 
 
-@contextmanager
-def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
-                 edit: Callable[[InitResult, str], str] | None = None) -> Iterator[AdminServer]:
-    """Start `enroll serve` on free ports with [admin] (or without, for the fail-closed tests);
-    ``edit`` may change the config text before the server starts."""
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(base / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    if edit is not None:
-        init.config_path.write_text(edit(init, init.config_path.read_text()))
+def write_admin_config(init: InitResult, dev_pki: DevPKI, *, admin: bool = True,
+                       extra: str = "") -> tuple[Pair, Pair]:
+    """Replace the template's [admin] block by ``ADMIN_TOML`` (a separate admin CA, file
+    ``certs/admin-ca.pem``, plus ``extra`` lines inside [admin]), or drop it (``admin=False``).
+    Returns (admin CA, one admin's client certificate)."""
     admin_ca, admin_pair = make_admin_ca(dev_pki)
     text = init.config_path.read_text()
     if "\n[admin]\n" in text:  # drop the [admin] block the template may enable
@@ -141,8 +137,22 @@ def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
     if admin:
         (init.certs_dir / "admin-ca.pem").write_bytes(admin_ca.cert.public_bytes(serialization.Encoding.PEM))
         text = text.replace('client_trust = ["enroll", "manufacturer"]', 'client_trust = ["enroll", "manufacturer", "admin"]')
-        text += ADMIN_TOML.format(hash=hash_secret(TOKEN))
+        text += ADMIN_TOML.format(hash=hash_secret(TOKEN)).replace('client_trust = ["admin"]\n',
+                                                                   'client_trust = ["admin"]\n' + extra)
     init.config_path.write_text(text)
+    return admin_ca, admin_pair
+
+
+@contextmanager
+def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
+                 edit: Callable[[InitResult, str], str] | None = None) -> Iterator[AdminServer]:
+    """Start `enroll serve` on free ports with [admin] (or without, for the fail-closed tests);
+    ``edit`` may change the config text before the server starts."""
+    https_port, http_port = free_port(), free_port()
+    init = init_directory(base / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
+    if edit is not None:
+        init.config_path.write_text(edit(init, init.config_path.read_text()))
+    admin_ca, admin_pair = write_admin_config(init, dev_pki, admin=admin)
     log = base / "serve.log"
     with enroll_serve(init.config_path, http_port, log) as proc:
         yield AdminServer(init, load_config(init.config_path), https_port, http_port, proc, log, admin_pair, admin_ca)

@@ -94,11 +94,11 @@ def test_percentiles_and_proc_tree() -> None:
 @pytest.mark.slow
 @pytest.mark.interop
 def test_bench_compare_with_micromdm() -> None:
-    from tests.conftest import require_tool
+    from tests.conftest import missing_peer, require_tool
 
     require_tool("scepserver")
     if os.geteuid() != 0:
-        pytest.skip("needs root for a network namespace")
+        missing_peer("root (for a network namespace)")
     r = bench("compare", "--count", "60", "--rounds", "1", "-c", "4", "--keys", "4", timeout=600)
     assert r["ours"]["errors_total"] == 0 and r["ours"]["duplicate_serials_total"] == 0
     assert r["micromdm"]["enrollments_per_s_median"] > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from est import asn1, wire
 from est.errors import BadRequest, ProtocolError
+from tests.conftest import require_tool
 
 CAP = Path(__file__).parent / "captures"
 
@@ -157,13 +157,12 @@ def test_certs_only_round_trip() -> None:
     certs = (selfsigned(k1, "a"), selfsigned(k2, "b"))
     der = wire.encode_certs_only(certs)
     assert set(wire.decode_certs_only(der)) == set(certs)
-    openssl = shutil.which("openssl")
-    if openssl:
-        out = subprocess.run(
-            [openssl, "pkcs7", "-inform", "DER", "-print_certs", "-noout"],
-            input=der, capture_output=True, check=True,
-        ).stdout
-        assert b"subject=CN = a" in out and b"subject=CN = b" in out
+    openssl = require_tool("openssl")  # the cross-check with an independent CMS reader
+    out = subprocess.run(
+        [openssl, "pkcs7", "-inform", "DER", "-print_certs", "-noout"],
+        input=der, capture_output=True, check=True,
+    ).stdout
+    assert b"subject=CN = a" in out and b"subject=CN = b" in out
 
 
 def test_certs_only_rejects_garbage() -> None:
@@ -302,17 +301,16 @@ def test_server_generated_key_kek_round_trip_and_openssl() -> None:
     assert opened.pkcs8_der == p8 and opened.signer == signer
     with pytest.raises(ProtocolError):
         wire.open_server_generated_key(der, kek=wire.KekRecipient(b"device-kek-1", os.urandom(32)))
-    openssl = shutil.which("openssl")
-    if openssl:
-        sd = subprocess.run(
-            [openssl, "cms", "-decrypt", "-inform", "DER", "-secretkey", kek.kek.hex(),
-             "-secretkeyid", kek.key_id.hex(), "-binary"],
-            input=der, capture_output=True, check=True,
-        ).stdout
-        subprocess.run(
-            [openssl, "cms", "-verify", "-inform", "DER", "-noverify", "-binary"],
-            input=sd, capture_output=True, check=True,
-        )
+    openssl = require_tool("openssl")  # the cross-check with an independent CMS reader
+    sd = subprocess.run(
+        [openssl, "cms", "-decrypt", "-inform", "DER", "-secretkey", kek.kek.hex(),
+         "-secretkeyid", kek.key_id.hex(), "-binary"],
+        input=der, capture_output=True, check=True,
+    ).stdout
+    subprocess.run(
+        [openssl, "cms", "-verify", "-inform", "DER", "-noverify", "-binary"],
+        input=sd, capture_output=True, check=True,
+    )
 
 
 def test_server_generated_key_rsa_recipient_round_trip(tmp_path: Path) -> None:
@@ -322,16 +320,15 @@ def test_server_generated_key_rsa_recipient_round_trip(tmp_path: Path) -> None:
     recipient = wire.KeyTransRecipient(rc, wire.subject_key_identifier(rc))
     der = wire.build_server_generated_key(p8, signer_key=rk, signer_cert=rc, recipient=recipient)
     assert wire.open_server_generated_key(der, private_key=rk).pkcs8_der == p8
-    openssl = shutil.which("openssl")
-    if openssl:
-        keyfile = tmp_path / "rk.pem"
-        keyfile.write_bytes(rk.private_bytes(serialization.Encoding.PEM,
-                                             serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
-        subprocess.run(
-            [openssl, "cms", "-decrypt", "-inform", "DER", "-inkey", str(keyfile), "-binary"],
-            input=der, capture_output=True, check=True,
-        )
+    openssl = require_tool("openssl")  # the cross-check with an independent CMS reader
+    keyfile = tmp_path / "rk.pem"
+    keyfile.write_bytes(rk.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    subprocess.run(
+        [openssl, "cms", "-decrypt", "-inform", "DER", "-inkey", str(keyfile), "-binary"],
+        input=der, capture_output=True, check=True,
+    )
 
 
 def test_server_generated_key_refuses_ec_key_transport() -> None:
