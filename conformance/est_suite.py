@@ -565,10 +565,9 @@ async def post_on(ctx: EstContext, stream: tuple[Any, Any, bytes], label: str | 
     return ex
 
 
-@suite.check("est.pop.tls-unique", "PoP linking: tls-unique of another session is refused, this one's accepted", R,
-             "3.5", Level.MUST, "with PoP linking, the server verifies that the CSR's challengePassword is the "
-             "base64 tls-unique of the TLS session that carries it")
-async def pop_tls_unique(ctx: EstContext) -> str:
+async def _pop_probe(ctx: EstContext) -> tuple[str, Exchange, Exchange]:
+    """Made once: a CSR bound to another TLS session (must be refused), then one bound to the
+    session that carries it (must be issued). Returns (label shown, refused, accepted)."""
     if not ctx.has_credentials:
         raise Skip("no --basic or --client-cert given")
     label = ctx.o.pop_label if ctx.o.pop_label else "default"
@@ -581,27 +580,60 @@ async def pop_tls_unique(ctx: EstContext) -> str:
     if not asks and not ctx.o.pop_label:
         raise Skip(f"label {shown} does not ask for PoP linking (its /csrattrs answered {attrs.status} without "
                    "challengePassword, RFC 7030 §3.5); name a label that requires it with --pop-label")
-    # A CSR bound to session A, sent on session B.
     other = await tls12_stream(ctx)
     other[1].close()
-    key = new_key()
-    wrong = pop_csr(key, f"conformance-{ctx.run_id}-pop-wrong", base64.b64encode(other[2]))
-    ex = await post_on(ctx, await tls12_stream(ctx), label, wrong)
-    if ex.status in (200, 202) and not asks:
-        raise Skip(f"label {shown} does not require PoP linking: it answered {ex.status} to a CSR bound to "
+    wrong = pop_csr(new_key(), f"conformance-{ctx.run_id}-pop-wrong", base64.b64encode(other[2]))
+    refused = await post_on(ctx, await tls12_stream(ctx), label, wrong)
+    if refused.status in (200, 202) and not asks:
+        raise Skip(f"label {shown} does not require PoP linking: it answered {refused.status} to a CSR bound to "
                    "another TLS session (and its /csrattrs lists no challengePassword)")
-    refused = require_refused(ex, "a CSR carrying the tls-unique of another TLS session", (400, 401, 403))
-    # The same request built on the session that carries it.
     key = new_key()
     stream = await tls12_stream(ctx)
-    right = pop_csr(key, f"conformance-{ctx.run_id}-pop", base64.b64encode(stream[2]))
-    ok = await post_on(ctx, stream, label, right)
+    ok = await post_on(ctx, stream, label, pop_csr(key, f"conformance-{ctx.run_id}-pop", base64.b64encode(stream[2])))
+    if ok.status == 200:
+        co = ctx.read_certs_only(ok)
+        if not any(sm.public_key_der(c) == sm.public_key_der(key) for c in co.certificates):
+            raise Fail("no certificate in the reply has the CSR's public key", ok.lines(body=False))
+    return shown, refused, ok
+
+
+@suite.check("est.pop.tls-unique", "PoP linking: tls-unique of another session is refused, this one's accepted", R,
+             "3.5", Level.MUST, "with PoP linking, the server verifies that the CSR's challengePassword is the "
+             "base64 tls-unique of the TLS session that carries it")
+async def pop_tls_unique(ctx: EstContext) -> str:
+    shown, refused, ok = await ctx.step("pop", lambda: _pop_probe(ctx))
+    status = require_refused(refused, "a CSR carrying the tls-unique of another TLS session", (400, 401, 403))
     if ok.status != 200:
         raise Fail(f"a CSR carrying this session's tls-unique answered {ok.error or ok.status}", ok.lines())
-    co = ctx.read_certs_only(ok)
-    if not any(sm.public_key_der(c) == sm.public_key_der(key) for c in co.certificates):
-        raise Fail("no certificate in the reply has the CSR's public key", ok.lines(body=False))
-    return f"label {shown}: another session's tls-unique refused ({refused}); this session's accepted (200)"
+    return f"label {shown}: another session's tls-unique refused ({status}); this session's accepted (200)"
+
+
+@suite.check("est.pop.reject-message", "A PoP-linking refusal says that linking is required", R, "3.5", Level.SHOULD,
+             "a human-readable rejection includes an informative message that linking of identity and POP "
+             "information is required")
+async def pop_reject_message(ctx: EstContext) -> str:
+    _, refused, _ = await ctx.need("pop", lambda: _pop_probe(ctx))
+    if refused.status in (200, 202):
+        raise Skip("the CSR bound to another session was not refused (see est.pop.tls-unique)")
+    text = refused.body.decode("utf-8", "replace")
+    words = ("tls-unique", "linking", "proof of possession", "proof-of-possession", "pop", "channel binding")
+    if not any(w in text.lower() for w in words):
+        raise Fail("the refusal does not say that PoP linking (tls-unique) is required", refused.lines())
+    return repr(text.strip()[:100])
+
+
+@suite.check("est.pop.csrattrs-advertises", "A label that requires PoP linking lists challengePassword in /csrattrs",
+             R, "4.5.2", Level.MUST, "if an EST server requires linking of identity and POP information, it "
+             "includes the challengePassword OID in the CSR Attributes Response (also RFC 8951 §4)")
+async def pop_csrattrs(ctx: EstContext) -> str:
+    if not ctx.o.pop_label:
+        raise Skip("no --pop-label given (a label known to require PoP linking)")
+    ex = await ctx.get("csrattrs", label=ctx.o.pop_label)
+    if ex.status != 200:
+        raise Fail(f"/csrattrs of PoP label {ctx.o.pop_label!r} answered {ex.error or ex.status}", ex.lines())
+    if CHALLENGE_PASSWORD_TLV not in strict_b64(ex.body):
+        raise Fail("no challengePassword OID (1.2.840.113549.1.9.7) in /csrattrs", asn1parse(strict_b64(ex.body), 20))
+    return "challengePassword listed"
 
 
 # ================================================================== simplereenroll

@@ -88,6 +88,7 @@ def test_pop_linking_refuses_another_sessions_tls_unique_and_accepts_its_own(pop
     r = result(report, "est.pop.tls-unique")
     assert r["verdict"] == "pass", r
     assert "another session's tls-unique refused (400)" in r["detail"]
+    assert result(report, "est.pop.reject-message")["verdict"] == "pass"
     assert run.returncode == 0
     after = issued(pop_server)
     # Exactly one certificate: the CSR bound to this session; the one bound to another was not issued.
@@ -107,6 +108,15 @@ def test_pop_linking_is_skipped_when_the_label_does_not_ask_for_it(pop_server: R
 def test_pop_label_option_checks_a_label_other_than_the_main_one(pop_server: RunningServer) -> None:
     report, _ = run_suite(pop_server, "--label", "gateway", "--pop-label", "pop", "--only", r"^est\.pop\.")
     assert result(report, "est.pop.tls-unique")["verdict"] == "pass"
+    assert result(report, "est.pop.csrattrs-advertises")["verdict"] == "pass"
+
+
+def test_pop_label_without_challenge_password_in_csrattrs_fails(pop_server: RunningServer) -> None:
+    # "gateway" does not require PoP linking: named as a PoP label, its /csrattrs lacks challengePassword
+    # (RFC 7030 §4.5.2) and a CSR bound to another session is accepted, so the linking check is skipped.
+    report, _ = run_suite(pop_server, "--pop-label", "gateway", "--only", r"^est\.pop\.")
+    assert result(report, "est.pop.csrattrs-advertises")["verdict"] == "fail"
+    assert "does not require PoP linking" in result(report, "est.pop.tls-unique")["detail"]
 
 
 def test_pop_linking_is_skipped_on_a_tls13_only_server(pop_server_tls13: RunningServer) -> None:
