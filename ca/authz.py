@@ -7,14 +7,17 @@ peer holds the key of *some* certificate under the union of all anchors (DESIGN.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
 import hmac
+import os
 import secrets
 import string
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -48,20 +51,64 @@ _CACHE_KEY = secrets.token_bytes(32)
 
 
 def verify_secret(secret: str, stored: str) -> bool:
-    """Constant-time check of ``secret`` against a :func:`hash_secret` value."""
-    mark = hmac.new(_CACHE_KEY, secret.encode() + b"\0" + stored.encode(), hashlib.sha256).digest()
-    if mark in _VERIFIED:
-        try:
-            _VERIFIED.move_to_end(mark)
-        except KeyError:  # evicted by another thread (the admin API verifies in an executor)
-            pass
+    """Constant-time check of ``secret`` against a :func:`hash_secret` value (blocking: scrypt
+    runs on the calling thread; from a coroutine use :func:`verify_secret_async`)."""
+    mark = _mark(secret, stored)
+    if _remembered(mark):
         return True
     if not _scrypt_matches(secret, stored):
         return False
+    _remember(mark)
+    return True
+
+
+#: scrypt checks running at once per process: each holds 128*r*N bytes (16 MiB) and a core; more
+#: wait their turn in the queue, so a flood of guesses costs bounded memory and CPU.
+SCRYPT_THREADS = max(1, min(2, os.cpu_count() or 1))
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The scrypt thread pool of this process (a new one after fork: threads do not survive it)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=SCRYPT_THREADS, thread_name_prefix="scrypt"))
+    return _pool[1]
+
+
+async def verify_secret_async(secret: str, stored: str) -> bool:
+    """:func:`verify_secret` without blocking the event loop: a remembered success answers at
+    once, otherwise scrypt runs on the bounded pool (hashlib.scrypt releases the GIL)."""
+    mark = _mark(secret, stored)
+    if _remembered(mark):
+        return True
+    ok = await asyncio.get_running_loop().run_in_executor(_executor(), _scrypt_matches, secret, stored)
+    if ok:
+        _remember(mark)
+    return ok
+
+
+def _mark(secret: str, stored: str) -> bytes:
+    return hmac.new(_CACHE_KEY, secret.encode() + b"\0" + stored.encode(), hashlib.sha256).digest()
+
+
+def _remembered(mark: bytes) -> bool:
+    if mark not in _VERIFIED:
+        return False
+    try:
+        _VERIFIED.move_to_end(mark)
+    except KeyError:  # evicted by another thread (the admin API verifies in an executor)
+        pass
+    return True
+
+
+def _remember(mark: bytes) -> None:
     _VERIFIED[mark] = None
     if len(_VERIFIED) > _VERIFIED_MAX:
-        _VERIFIED.popitem(last=False)
-    return True
+        try:
+            _VERIFIED.popitem(last=False)
+        except KeyError:  # emptied by another thread meanwhile
+            pass
 
 
 def _scrypt_matches(secret: str, stored: str) -> bool:

@@ -36,7 +36,7 @@ from ca.api import (
     SupportsCRL,
 )
 from ca import ocsp
-from ca.authz import TrustStore, challenge_digest, hash_secret, new_challenge, verify_secret
+from ca.authz import TrustStore, challenge_digest, hash_secret, new_challenge, verify_secret_async
 from ca.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -48,6 +48,7 @@ from ca.errors import (
     RejectReason,
 )
 from ca.ledger import AuditRecord, CertificateQuery, CertRecord, DeviceRecord, Ledger, PendingRecord, serial_hex
+from ca.ratelimit import RefusalSampler
 from ca.profile import (
     Profile,
     build_template,
@@ -559,17 +560,19 @@ class Issuer:
 
     # --- authentication helpers ------------------------------------------------------------
     async def verify_password(self, user: str, password: str) -> bool:
-        """HTTP Basic (RFC 7617) against the configured scrypt hashes, constant-time."""
+        """HTTP Basic (RFC 7617) against the configured scrypt hashes, constant-time; scrypt runs
+        off the event loop (:func:`ca.authz.verify_secret_async`)."""
         stored = self.users.get(user)
-        ok = verify_secret(password, stored or _DUMMY_HASH)
+        ok = await verify_secret_async(password, stored or _DUMMY_HASH)
         return ok and stored is not None
 
     async def check_static_challenge(self, profile_name: str, challenge: str) -> bool:
-        """Compare a SCEP challengePassword with the profile's stored hash (fail closed)."""
+        """Compare a SCEP challengePassword (RFC 8894 §2.2) with the profile's stored hash (fail
+        closed); scrypt runs off the event loop."""
         stored = self.profile(profile_name).scep.get("challenge_hash")
         if not isinstance(stored, str) or not stored:
             return False
-        return verify_secret(challenge, stored)
+        return await verify_secret_async(challenge, stored)
 
     async def create_one_time_challenge(self, profile_name: str, ttl_seconds: int = 3600, *,
                                         by: Actor = None) -> str:
@@ -597,18 +600,50 @@ class Issuer:
         return await self.ledger.remember_nonce(scope, nonce.hex(), time.time())
 
     # --- audit -----------------------------------------------------------------------------
+    #: Samples refusals that authenticated nobody (ca/ratelimit.py); made on first use, or set
+    #: one (e.g. with its own clock) before serving.
+    refusals: RefusalSampler | None = None
+
+    def _refusal_sampler(self) -> RefusalSampler:
+        if self.refusals is None:
+            self.refusals = RefusalSampler()
+        return self.refusals
+
+    @property
+    def refusal_counts(self) -> Mapping[tuple[str, str], int]:
+        """Unauthenticated refusals since start, per (event, reason class), for metrics."""
+        return self._refusal_sampler().counts
+
     async def audit(self, event: str, *, ok: bool, channel: Channel, profile: str | None,
                     requester: Requester | None, reason: str = "", csr_sha256: str | None = None,
-                    serial: int | None = None, detail: dict[str, Any] | None = None) -> None:
-        """One structured record per decision, in the ledger and the log. Never pass secrets."""
-        values = dict(event=event, ok=ok, channel=channel.value, profile=profile, requester=_describe(requester),
-                      reason=reason, csr_sha256=csr_sha256, serial=serial,
-                      detail={k: v for k, v in (detail or {}).items() if v is not None} or None)
+                    serial: int | None = None, detail: dict[str, Any] | None = None,
+                    remote: str | None = None) -> None:
+        """One structured record per decision, in the ledger and the log. Never pass secrets.
+
+        Every acceptance and every refusal of an authenticated requester is written. A refusal
+        that authenticated nobody (``requester`` None or :attr:`AuthMethod.NONE`) is counted in
+        :attr:`refusal_counts` and written only as a sample, with a per-minute
+        ``refusals-suppressed`` summary of the rest (:class:`ca.ratelimit.RefusalSampler`), so
+        that anonymous requests cannot fill the disk. ``remote`` (the peer address, used only
+        for sampling) defaults to the requester's."""
+        sampler = self._refusal_sampler()
+        for summary in sampler.due_summaries():
+            await self._record(dict(event="refusals-suppressed", ok=False, channel=summary.pop("channel"),
+                                    profile=None, requester=None, reason="", csr_sha256=None, serial=None,
+                                    detail=summary))
+        if not ok and (requester is None or requester.method is AuthMethod.NONE):
+            if not sampler.admit(channel.value, event, reason, remote or (requester.remote if requester else None)):
+                return
+        await self._record(dict(event=event, ok=ok, channel=channel.value, profile=profile,
+                                requester=_describe(requester), reason=reason, csr_sha256=csr_sha256, serial=serial,
+                                detail={k: v for k, v in (detail or {}).items() if v is not None} or None))
+
+    async def _record(self, values: dict[str, Any]) -> None:
         self._log(values)
         try:
-            await self.ledger.audit(**values)  # type: ignore[arg-type]
+            await self.ledger.audit(**values)
         except LedgerError:
-            log.error(json.dumps({"event": "audit-write-failed", "audit": event}))
+            log.error(json.dumps({"event": "audit-write-failed", "audit": values["event"]}))
 
     @staticmethod
     def _log(values: Mapping[str, Any]) -> None:

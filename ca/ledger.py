@@ -591,6 +591,15 @@ class Ledger:
                                 .where(f.scope == scope, f.key == key[:200], f.at >= since))
         return int(rows[0][0])
 
+    async def auth_failure_stats(self, scope: str, key: str, since: float) -> tuple[int, float | None]:
+        """(how many, latest time) of the failed authentications under (scope, key) since ``since``."""
+        f = auth_failures.c
+        rows = await self._read(sa.select(sa.func.count().label("n"), sa.func.max(f.at).label("last"))
+                                .select_from(auth_failures)
+                                .where(f.scope == scope, f.key == key[:200], f.at >= since))
+        last = rows[0]._mapping["last"]
+        return int(rows[0]._mapping["n"]), None if last is None else float(last)
+
     async def prune_auth_failures(self, before: float) -> None:
         """Forget failures older than every throttle window."""
         await self._write(lambda conn: conn.execute(auth_failures.delete().where(auth_failures.c.at < before)))

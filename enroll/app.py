@@ -30,8 +30,8 @@ from ca.ledger import Ledger
 from ca.local import LocalCA
 from cryptography import x509
 
-from enroll.config import CAConfig, Config, load_certs
 from enroll.body import BodyError, read_body
+from enroll.config import CAConfig, Config, load_certs
 from enroll.metrics import Metrics
 
 log = logging.getLogger("enroll.server")
@@ -39,8 +39,8 @@ log = logging.getLogger("enroll.server")
 CONFIG = web.AppKey("config", Config)
 ISSUER = web.AppKey("issuer", Issuer)
 METRICS = web.AppKey("metrics", Metrics)
-
 METRICS_TOKEN = web.AppKey("metrics_token", str)
+
 #: Protocol packages plug in through these modules: ``validate(config)`` and ``mount(app, config, issuer)``.
 PROTOCOL_MOUNTS = ("enroll.est_mount", "enroll.scep_mount")
 
@@ -105,6 +105,7 @@ def build_issuer(config: Config, metrics: Metrics | None = None) -> Issuer:
 def validate(config: Config) -> None:
     """Everything ``enroll config check`` and start-up verify beyond the TOML itself."""
     build_cas(config)
+    metrics_token(config)
     for name, paths in config.trust.items():
         for p in paths:
             load_certs(Path(p), f"trust.{name}.certs")
@@ -114,17 +115,6 @@ def validate(config: Config) -> None:
 
     admin_api.validate(config)
 
-
-    metrics_token(config)
-def _route_group(path: str) -> str:
-    if path.startswith("/.well-known/est"):
-        return "est"
-    if path in ("/metrics", "/health"):
-        return path[1:]
-    for prefix, group in (("/crl/", "crl"), ("/ocsp", "ocsp"), ("/ca/", "ca"), ("/admin", "admin")):
-        if path.startswith(prefix):
-            return group
-    return "scep"
 
 def config_warnings(config: Config) -> list[str]:
     """Risky but valid choices ``enroll config check`` (and start-up) point out; never fatal."""
@@ -143,6 +133,16 @@ def config_warnings(config: Config) -> list[str]:
                        "a separate RA certificate and key (RFC 8894 §2.1) to keep the CA key to signing.")
     return out
 
+
+def _route_group(path: str) -> str:
+    if path.startswith("/.well-known/est"):
+        return "est"
+    if path in ("/metrics", "/health"):
+        return path[1:]
+    for prefix, group in (("/crl/", "crl"), ("/ocsp", "ocsp"), ("/ca/", "ca"), ("/admin", "admin")):
+        if path.startswith(prefix):
+            return group
+    return "scep"
 
 
 @web.middleware
@@ -181,16 +181,6 @@ async def _health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    m = request.app[METRICS]
-    issuer = request.app[ISSUER]
-    now = time.time()
-    try:
-        m.set_fleet(await issuer.ledger.counts_by_profile(now, [now + 7 * 86400, now + 30 * 86400]), issuer.profiles)
-    except CAError:
-        pass  # the ledger is down: the request counters still render
-    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
-
 def metrics_token(config: Config) -> str | None:
     """The ``/metrics`` bearer token from the environment variable ``[server] metrics_token_env``
     names (None when unset; a ConfigError when the variable is missing or too short to be a secret)."""
@@ -222,10 +212,20 @@ def _metrics_allowed(request: web.Request) -> web.Response | None:
     return None
 
 
-
+async def _metrics(request: web.Request) -> web.Response:
     refusal = _metrics_allowed(request)
     if refusal is not None:
         return refusal
+    m = request.app[METRICS]
+    issuer = request.app[ISSUER]
+    now = time.time()
+    try:
+        m.set_fleet(await issuer.ledger.counts_by_profile(now, [now + 7 * 86400, now + 30 * 86400]), issuer.profiles)
+    except CAError:
+        pass  # the ledger is down: the request counters still render
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
 def _http_date(ts: float) -> str:
     from email.utils import formatdate
 
@@ -329,6 +329,7 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
     app[CONFIG] = config
     app[ISSUER] = issuer
     app[METRICS] = metrics
+    app[METRICS_TOKEN] = metrics_token(config) or ""
 
     async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         await issuer.ledger.migrate()
@@ -339,7 +340,6 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
             await refresher
         await issuer.ledger.close()
 
-    app[METRICS_TOKEN] = metrics_token(config) or ""
     app.cleanup_ctx.append(ledger_ctx)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)

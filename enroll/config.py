@@ -244,6 +244,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         max_body_bytes=_get(s, "max_body_bytes", int, "server", 256 * 1024),
         workers=_get(s, "workers", int, "server", 1),
         base_url=base_url,
+        metrics_on_http=_get(s, "metrics_on_http", bool, "server", False),
+        metrics_token_env=_get(s, "metrics_token_env", str, "server", None) or None,
     )
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
@@ -252,8 +254,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     if not server.https and not server.http:
         raise ConfigError("server", "listens nowhere: set https and/or http")
 
-        metrics_on_http=_get(s, "metrics_on_http", bool, "server", False),
-        metrics_token_env=_get(s, "metrics_token_env", str, "server", None) or None,
     t = _table(raw, "tls", "", required=bool(server.https))
     _check_keys(t, {"cert", "key", "client_trust", "min_version"}, "tls")
     tls = TLSConfig(
