@@ -131,19 +131,21 @@ def make_handler(service: EstService, *, require_tls: bool = True
                 if require_tls:
                     raise Forbidden("EST is served over HTTPS only (RFC 7030 §3.2.1)")
                 tls = TlsInfo(remote=request.remote)
+            # the answer's base64 layout follows the client (est/quirks.py)
+            agent = request.headers.get("User-Agent")
             if op == "cacerts":
-                return render(await service.cacerts(label))
+                return render(await service.cacerts(label, agent))
             if op == "csrattrs":
-                return render(await service.csrattrs(label))
+                return render(await service.csrattrs(label, agent))
             body = await read_body(request, service.settings.max_body_bytes)
             if op == "fullcmc":
                 return render(await service.fullcmc(label))
             creds = basic_credentials(request)
             if op == "simpleenroll":
-                return render(await service.simpleenroll(label, body, tls, creds))
+                return render(await service.simpleenroll(label, body, tls, creds, agent))
             if op == "simplereenroll":
-                return render(await service.simplereenroll(label, body, tls, creds))
-            return render(await service.serverkeygen(label, body, tls, creds))
+                return render(await service.simplereenroll(label, body, tls, creds, agent))
+            return render(await service.serverkeygen(label, body, tls, creds, agent))
         except EstError as err:
             if err.status >= 500 and err.status != 501:
                 log.error("est %s %s: %s", op, label or "-", getattr(err, "cause", err.detail))

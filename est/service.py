@@ -12,7 +12,7 @@ import base64
 import datetime as dt
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, ConfigError
 from ca.ratelimit import Throttle
-from est import asn1, wire
+from est import asn1, quirks, wire
 from est.errors import (
     BadRequest,
     EstError,
@@ -123,7 +123,7 @@ class EstSettings:
 
     rules: Mapping[str, LabelRule]  # by label; "" is the default (no label)
     realm: str = "enroll"
-    line_length: int = 0
+    line_length: int | None = None  # [est] base64_line_length; None: per client (est/quirks.py)
     max_body_bytes: int = DEFAULT_MAX_BODY
     signer_cert: x509.Certificate | None = None
     signer_key: PrivateKeyTypes | None = field(default=None, repr=False)
@@ -292,8 +292,9 @@ def parse_settings(
     realm = est.get("realm", "enroll")
     if not isinstance(realm, str) or '"' in realm or "\\" in realm:
         raise ConfigError("est.realm", "must be a string without quotes or backslashes")
-    line_length = est.get("base64_line_length", 0)
-    if not isinstance(line_length, int) or line_length < 0 or line_length % 4:
+    line_length = est.get("base64_line_length")
+    if line_length is not None and (not isinstance(line_length, int) or isinstance(line_length, bool)
+                                    or line_length < 0 or line_length % 4):
         raise ConfigError("est.base64_line_length", "must be 0 (unwrapped) or a multiple of 4, e.g. 64 or 76")
     max_body = est.get("max_body_bytes", DEFAULT_MAX_BODY)
     if not isinstance(max_body, int) or max_body < 1024:
@@ -393,11 +394,17 @@ class EstService:
             raise NotFound("no default EST profile: use /.well-known/est/<label>/<operation>")
         return rule
 
-    def _encode(self, der: bytes) -> bytes:
-        return wire.encode_base64(der, line_length=self.settings.line_length)
+    def client_quirks(self, user_agent: str | None, key_types: Sequence[str] = ()) -> quirks.ClientQuirks:
+        """How an answer to this client must look (est/quirks.py); an explicit ``[est]
+        base64_line_length`` fixes the base64 layout for every client."""
+        return quirks.for_client(user_agent, key_types, self.settings.line_length)
+
+    def _encode(self, der: bytes, user_agent: str | None = None) -> bytes:
+        """Base64 of a response body in the client's layout (RFC 8951 §3.1)."""
+        return self.client_quirks(user_agent).framing.encode(der)
 
     # --- anonymous operations -----------------------------------------------------------
-    async def cacerts(self, label: str) -> EstResponse:
+    async def cacerts(self, label: str, user_agent: str | None = None) -> EstResponse:
         """/cacerts (RFC 7030 §4.1.3): the issuing CA up to the trust anchor plus the
         rollover certificates while a CA key rollover is configured."""
         rule = self.rule(label)
@@ -412,7 +419,7 @@ class EstService:
         if not certs:
             certs = [chain.issuer]
         return EstResponse(200, {"Content-Type": wire.CT_CACERTS, "Content-Transfer-Encoding": "base64"},
-                           self._encode(wire.encode_certs_only(certs)))
+                           self._encode(wire.encode_certs_only(certs), user_agent))
 
     def csrattrs_items(self, rule: LabelRule) -> list[asn1.AttrOrOid]:
         """What /csrattrs advertises for a profile (RFC 7030 §4.5.2, RFC 8951 §4, RFC 9908)."""
@@ -459,13 +466,13 @@ class EstService:
             items.append(asn1.AttrOrOid(sig_oid))
         return items
 
-    async def csrattrs(self, label: str) -> EstResponse:
+    async def csrattrs(self, label: str, user_agent: str | None = None) -> EstResponse:
         """/csrattrs (RFC 7030 §4.5): 204 when there is nothing to ask for."""
         items = self.csrattrs_items(self.rule(label))
         if not items:
             return EstResponse(204, {}, b"")
         return EstResponse(200, {"Content-Type": wire.CT_CSRATTRS, "Content-Transfer-Encoding": "base64"},
-                           self._encode(asn1.encode_csrattrs(items)))
+                           self._encode(asn1.encode_csrattrs(items), user_agent))
 
     async def fullcmc(self, label: str) -> EstResponse:
         """/fullcmc (RFC 7030 §4.3) is not offered."""
@@ -540,13 +547,13 @@ class EstService:
             raise BadRequest("the CSR signature does not verify (RFC 2986 proof of possession)")
         return csr
 
-    def _outcome(self, outcome: Any, rule: LabelRule) -> EstResponse:
+    def _outcome(self, outcome: Any, rule: LabelRule, user_agent: str | None = None) -> EstResponse:
         if isinstance(outcome, Issued):
             certs = [outcome.certificate]
             if rule.include_chain:
                 certs += [c for c in outcome.chain if c != outcome.certificate]
             return EstResponse(200, {"Content-Type": wire.CT_CERTS_ONLY, "Content-Transfer-Encoding": "base64"},
-                               self._encode(wire.encode_certs_only(certs)))
+                               self._encode(wire.encode_certs_only(certs), user_agent))
         if isinstance(outcome, Pending):
             return _text(202, f"request {outcome.request_id} is pending approval; "
                               f"re-send the same CSR after {outcome.retry_after} seconds",
@@ -564,7 +571,7 @@ class EstService:
                                 requester=requester, reason=f"{err.status}: {err.detail}", csr_sha256=sha)
 
     async def simpleenroll(self, label: str, body: bytes, tls: TlsInfo,
-                           creds: Credentials | None) -> EstResponse:
+                           creds: Credentials | None, user_agent: str | None = None) -> EstResponse:
         """/simpleenroll (RFC 7030 §4.2.1)."""
         rule = self.rule(label)
         requester: Requester | None = None
@@ -577,10 +584,10 @@ class EstService:
             await self._refuse("est-enroll", rule, err, requester, csr)
             raise
         outcome = await self.issuer.issue(IssueRequest(csr, rule.profile, requester, Channel.EST))
-        return self._outcome(outcome, rule)
+        return self._outcome(outcome, rule, user_agent)
 
     async def simplereenroll(self, label: str, body: bytes, tls: TlsInfo,
-                             creds: Credentials | None) -> EstResponse:
+                             creds: Credentials | None, user_agent: str | None = None) -> EstResponse:
         """/simplereenroll (RFC 7030 §4.2.2): the TLS client certificate must be one we issued,
         not revoked or retired, for this profile; the CSR repeats its subject and SAN."""
         rule = self.rule(label)
@@ -609,7 +616,7 @@ class EstService:
             raise
         outcome = await self.issuer.issue(
             IssueRequest(csr, rule.profile, requester, Channel.EST, renewal_of=cert))
-        return self._outcome(outcome, rule)
+        return self._outcome(outcome, rule, user_agent)
 
     def check_names(self, rule: LabelRule, csr: x509.CertificateSigningRequest,
                     cert: x509.Certificate) -> None:
@@ -649,7 +656,7 @@ class EstService:
 
     # --- server-side key generation (RFC 7030 §4.4) ---------------------------------------
     async def serverkeygen(self, label: str, body: bytes, tls: TlsInfo,
-                           creds: Credentials | None) -> EstResponse:
+                           creds: Credentials | None, user_agent: str | None = None) -> EstResponse:
         """/serverkeygen: the server makes the key per profile, has it certified, returns key
         then certificate, and keeps nothing (RFC 7030 §4.4.2)."""
         rule = self.rule(label)
@@ -670,7 +677,11 @@ class EstService:
             raise
         from ca.profile import generate_key
 
-        key = generate_key(self.issuer.profile(rule.profile))
+        profile = self.issuer.profile(rule.profile)
+        client = self.client_quirks(user_agent, profile.key_types)
+        if client.serverkeygen_key_type is not None:  # quirk ok/libest-serverkeygen-rsa-key
+            profile = replace(profile, key_types=(client.serverkeygen_key_type,))
+        key = generate_key(profile)
         try:
             outcome = await self.issuer.issue(
                 IssueRequest(_rebuild_csr(csr, key), rule.profile, requester, Channel.EST))
@@ -679,7 +690,7 @@ class EstService:
                     # The key is dropped here; a later poll would get a different key. Profiles
                     # with manual approval are refused at config time for this reason.
                     raise Forbidden("serverkeygen cannot wait for approval")
-                return self._outcome(outcome, rule)
+                return self._outcome(outcome, rule, user_agent)
             if _spki(outcome.certificate.public_key()) != _spki(key.public_key()):
                 raise EstError("issued certificate does not carry the generated key", status=500)
             pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
@@ -696,7 +707,7 @@ class EstService:
                 certs += [c for c in outcome.chain if c != outcome.certificate]
             ctype, payload = wire.build_serverkeygen_response(
                 key_part, wire.encode_certs_only(certs), encrypted=recipient is not None,
-                line_length=self.settings.line_length)
+                framing=client.framing)
             return EstResponse(200, {"Content-Type": ctype}, payload)
         finally:
             del key  # the server keeps no copy (RFC 7030 §4.4.2)

@@ -110,11 +110,35 @@ def decode_base64_body(body: bytes) -> bytes:
     return der
 
 
-def encode_base64(der: bytes, *, line_length: int = 0) -> bytes:
+@dataclass(frozen=True)
+class Base64Framing:
+    """How the base64 of a response body is laid out (RFC 8951 §3.1 allows any layout; clients
+    do not: see est/quirks.py). ``line_length`` 0 is one unbroken line (RFC 8951's form);
+    otherwise lines of ``line_length`` characters, each ended by ``eol``, the last one too."""
+
+    line_length: int = 0
+    eol: bytes = b"\r\n"
+
+    def __post_init__(self) -> None:
+        if self.line_length < 0 or self.line_length % 4:
+            raise ValueError("base64 line length must be 0 or a multiple of 4")
+        if self.eol not in (b"\r\n", b"\n"):
+            raise ValueError("base64 line end must be CRLF or LF")
+
+    def encode(self, der: bytes) -> bytes:
+        """``der`` as base64 in this layout."""
+        return encode_base64(der, line_length=self.line_length, eol=self.eol)
+
+
+#: RFC 8951 §3.1: one line, no line end (the default for every client without a quirk).
+UNWRAPPED = Base64Framing()
+
+
+def encode_base64(der: bytes, *, line_length: int = 0, eol: bytes = b"\r\n") -> bytes:
     """Base64 for a response body (RFC 7030 §4, RFC 8951 §3.1).
 
-    Unwrapped by default: strongSwan 5.9.8 and the libest client fail on line breaks
-    (research/est.md §2 #5); ``line_length`` (e.g. 64 or 76) wraps with CRLF (RFC 2045 §6.8).
+    Unwrapped by default: strongSwan 5.9.8 fails on any line break. ``line_length`` (e.g. 64
+    or 76) wraps, each line ended by ``eol`` (CRLF as in RFC 2045 §6.8, or LF), the last too.
     """
     text = base64.b64encode(der)
     if line_length <= 0:
@@ -122,7 +146,7 @@ def encode_base64(der: bytes, *, line_length: int = 0) -> bytes:
     if line_length % 4:
         raise ValueError("base64 line length must be a multiple of 4")
     lines = [text[i : i + line_length] for i in range(0, len(text), line_length)]
-    return b"\r\n".join(lines) + b"\r\n"
+    return eol.join(lines) + eol
 
 
 # --- media types ----------------------------------------------------------------------------
@@ -232,10 +256,12 @@ def new_boundary() -> str:
 
 
 def build_multipart(
-    parts: Sequence[tuple[str, bytes]], *, boundary: str | None = None, line_length: int = 0
+    parts: Sequence[tuple[str, bytes]], *, boundary: str | None = None,
+    framing: Base64Framing = UNWRAPPED,
 ) -> tuple[str, bytes]:
     """Build ``multipart/mixed`` with ``Content-Transfer-Encoding: base64`` on every part
-    (libest's client rejects parts without it). Returns (Content-Type header, body)."""
+    (libest's client drops parts without it). Each part's body is ``framing``'s base64, then the
+    CRLF that belongs to the next delimiter (RFC 2046 §5.1.1). Returns (Content-Type, body)."""
     b = boundary or new_boundary()
     if not re.fullmatch(r"[0-9A-Za-z'()+_,\-./:=?]{1,70}", b):
         raise ValueError("invalid MIME boundary")
@@ -244,7 +270,7 @@ def build_multipart(
         out += b"--" + b.encode() + b"\r\n"
         out += b"Content-Type: " + ctype.encode() + b"\r\n"
         out += b"Content-Transfer-Encoding: base64\r\n\r\n"
-        out += encode_base64(der, line_length=line_length).rstrip(b"\r\n") + b"\r\n"
+        out += framing.encode(der) + b"\r\n"
     out += b"--" + b.encode() + b"--\r\n"
     return f"{CT_MULTIPART_MIXED}; boundary={b}", bytes(out)
 
@@ -310,7 +336,7 @@ def build_serverkeygen_response(
     *,
     encrypted: bool,
     boundary: str | None = None,
-    line_length: int = 0,
+    framing: Base64Framing = UNWRAPPED,
 ) -> tuple[str, bytes]:
     """RFC 7030 §4.4.2: the key part first (``application/pkcs8`` or, encrypted,
     ``application/pkcs7-mime; smime-type=server-generated-key``), then the certificate."""
@@ -318,7 +344,7 @@ def build_serverkeygen_response(
     return build_multipart(
         [(key_type, key_der), (CT_CERTS_ONLY, certs_only_der)],
         boundary=boundary,
-        line_length=line_length,
+        framing=framing,
     )
 
 

@@ -117,6 +117,34 @@ def test_encode_base64_unwrapped_by_default_and_wraps_on_request() -> None:
     assert wire.decode_base64_body(wrapped) == der
 
 
+def test_base64_framings_lay_out_lines_as_named() -> None:
+    """RFC 8951 §3.1 unwrapped by default; LF lines for libest (est/quirks.py); CRLF lines for
+    ``[est] base64_line_length`` (RFC 2045 §6.8). Every layout decodes to the same DER."""
+    der = os.urandom(300)
+    assert wire.UNWRAPPED.encode(der) == base64.b64encode(der)
+    lf = wire.Base64Framing(64, b"\n").encode(der)
+    assert lf.endswith(b"\n") and b"\r" not in lf
+    assert [len(line) for line in lf.split(b"\n")] == [64] * 6 + [16, 0]
+    crlf = wire.Base64Framing(76, b"\r\n").encode(der)
+    assert crlf.endswith(b"\r\n") and all(len(line) <= 76 for line in crlf.split(b"\r\n"))
+    assert wire.decode_base64_body(lf) == wire.decode_base64_body(crlf) == der
+    for bad in ((62, b"\n"), (-4, b"\n"), (64, b"\r"), (64, b" ")):
+        with pytest.raises(ValueError):
+            wire.Base64Framing(*bad)
+
+
+def test_multipart_parts_carry_the_framing_then_the_delimiter_crlf() -> None:
+    """Each part's body is the framing's base64 followed by the CRLF that belongs to the next
+    delimiter (RFC 2046 §5.1.1); LF inside the base64 as libest's own server sends it."""
+    key, certs = os.urandom(150), os.urandom(100)
+    framing = wire.Base64Framing(64, b"\n")
+    ctype, body = wire.build_serverkeygen_response(key, certs, encrypted=False, boundary="b", framing=framing)
+    assert framing.encode(key) + b"\r\n--b\r\n" in body
+    assert body.endswith(framing.encode(certs) + b"\r\n--b--\r\n")
+    parts = wire.parse_multipart(ctype, body)
+    assert [p.decoded() for p in parts] == [key, certs]
+
+
 def test_content_types_are_byte_exact() -> None:
     assert wire.CT_CERTS_ONLY == "application/pkcs7-mime; smime-type=certs-only"
     assert wire.CT_CACERTS == "application/pkcs7-mime"
