@@ -54,14 +54,28 @@ class AuthMethod(enum.Enum):
     OPERATOR = "operator"  # an admin approved it
 
 
+class BindIdentity(enum.Enum):
+    """How the names a certificate-authenticated requester asks for must relate to the
+    certificate that authenticated it (``bind_identity``; :func:`ca.identity.check_binding`)."""
+
+    NONE = "none"
+    SERIAL_NUMBER = "serialNumber"  # same X.520 serialNumber (IDevID -> LDevID)
+    SUBJECT = "subject"  # same subject DER, SANs among the certificate's own
+
+
 @dataclass(frozen=True)
 class Requester:
-    """The authenticated identity behind a request."""
+    """The authenticated identity behind a request.
+
+    ``binding`` applies when ``certificate`` is what authenticated the request: the core refuses
+    a template whose names the binding does not allow.
+    """
 
     method: AuthMethod
     principal: str  # user name, certificate subject, "challenge", ...
     certificate: x509.Certificate | None = None
     remote: str | None = None  # peer address, for the audit trail
+    binding: BindIdentity = BindIdentity.NONE
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 
@@ -134,10 +135,45 @@ def challenge_digest(challenge: str) -> str:
 
 @dataclass(frozen=True)
 class TrustStore:
-    """A named set of trust anchors for client certificates (``[trust.NAME]``)."""
+    """A named set of trust anchors for client certificates (``[trust.NAME]``).
+
+    ``revocation``: the CRL source of an external store (``[trust.NAME] crl``), consulted by
+    :meth:`ca.issuer.Issuer.authenticate_certificate` (fail closed once configured).
+    """
 
     name: str
     anchors: tuple[x509.Certificate, ...]
+    revocation: Any = None  # ca.identity.RevocationSource; Any keeps authz free of that import
+
+    def path(
+        self,
+        leaf: x509.Certificate,
+        intermediates: Sequence[x509.Certificate] = (),
+        now: dt.datetime | None = None,
+        max_depth: int = 6,
+    ) -> list[x509.Certificate] | None:
+        """The chain from ``leaf`` to one of the anchors (leaf first, anchor last), or None.
+
+        RFC 5280 §6.1 in the small: names chain, signatures verify, validity holds, every issuer
+        above the leaf is a CA (basicConstraints cA when present).
+        """
+        now = now or dt.datetime.now(dt.timezone.utc)
+        pool = list(intermediates)
+        cert = leaf
+        path = [leaf]
+        for _ in range(max_depth):
+            if not _valid_at(cert, now):
+                return None
+            for anchor in self.anchors:
+                if anchor.subject == cert.issuer and _signed_by(cert, anchor) and _valid_at(anchor, now):
+                    return path if anchor == cert else [*path, anchor]
+            nxt = next((c for c in pool if c.subject == cert.issuer and _is_ca(c) and _signed_by(cert, c)), None)
+            if nxt is None:
+                return None
+            pool.remove(nxt)
+            path.append(nxt)
+            cert = nxt
+        return None
 
     def verify(
         self,
@@ -146,26 +182,8 @@ class TrustStore:
         now: dt.datetime | None = None,
         max_depth: int = 6,
     ) -> bool:
-        """True when ``leaf`` chains to one of the anchors, every link signed and in validity.
-
-        RFC 5280 §6.1 in the small: names chain, signatures verify, validity holds, every issuer
-        above the leaf is a CA (basicConstraints cA when present).
-        """
-        now = now or dt.datetime.now(dt.timezone.utc)
-        pool = list(intermediates)
-        cert = leaf
-        for _ in range(max_depth):
-            if not _valid_at(cert, now):
-                return False
-            for anchor in self.anchors:
-                if anchor.subject == cert.issuer and _signed_by(cert, anchor) and _valid_at(anchor, now):
-                    return True
-            nxt = next((c for c in pool if c.subject == cert.issuer and _is_ca(c) and _signed_by(cert, c)), None)
-            if nxt is None:
-                return False
-            pool.remove(nxt)
-            cert = nxt
-        return False
+        """True when ``leaf`` chains to one of the anchors (:meth:`path`)."""
+        return self.path(leaf, intermediates, now, max_depth) is not None
 
 
 def _valid_at(cert: x509.Certificate, now: dt.datetime) -> bool:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from ca.api import (
     REASONS,
     AuthMethod,
+    BindIdentity,
     CABackend,
     CAChain,
     Channel,
@@ -36,6 +37,7 @@ from ca.api import (
     SupportsCRL,
 )
 from ca import ocsp
+from ca.identity import CertificatePolicy, Standing, check_binding, lifecycle_refusal
 from ca.authz import TrustStore, challenge_digest, hash_secret, new_challenge, verify_secret_async
 from ca.errors import (
     AuthenticationError,
@@ -109,6 +111,11 @@ def _actor(by: Actor) -> Requester | None:
     return Requester(AuthMethod.OPERATOR, by)
 
 
+def _standing(record: CertRecord) -> Standing:
+    return Standing(serial=record.serial, profile=record.profile, revoked=record.revoked,
+                    on_hold=record.on_hold, retired=record.retired, not_after=record.not_after)
+
+
 def _is_device_key(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
@@ -177,26 +184,77 @@ class Issuer:
             return None
         return rec
 
-    async def renewable(self, cert: x509.Certificate, profile_name: str) -> CertRecord | None:
+    async def authenticate_certificate(
+        self,
+        cert: x509.Certificate,
+        policy: CertificatePolicy,
+        *,
+        channel: Channel,
+        profile: str | None,
+        remote: str | None = None,
+        intermediates: Sequence[x509.Certificate] = (),
+    ) -> Requester:
+        """The requester a client certificate proves, by the lifecycle rule of :mod:`ca.identity`.
+
+        :class:`AuthenticationError` when it chains to none of ``policy.trust``;
+        :class:`AuthorizationError` when it is ours but unknown to the ledger (audited as an
+        anomaly), revoked, on hold, retired, expired or from a profile the policy does not list,
+        or when an external store's CRL lists it or is not current (RFC 5280 §6.3, fail closed).
+        """
+        now = _now()
+        store = path = None
+        for name in policy.trust:
+            store = self.trust.get(name)
+            path = store.path(cert, intermediates, now) if store is not None else None
+            if path is not None:
+                break
+        if store is None or path is None:
+            raise AuthenticationError("the client certificate does not chain to a trust store of this label")
+        ca = await self._ca_for_certificate(cert)
+        if ca is not None:
+            record = await self._own_record(ca, cert, channel=channel, profile=profile, remote=remote)
+            refusal = lifecycle_refusal(_standing(record), cert, policy.client_profiles, now)
+            if refusal is not None:
+                raise AuthorizationError(refusal)
+        elif store.revocation is not None:
+            await store.revocation.check(cert, path[1] if len(path) > 1 else cert)
+        return Requester(AuthMethod.TLS_CLIENT_CERT, cert.subject.rfc4514_string(), cert, remote,
+                         policy.bind_identity)
+
+    async def _own_record(self, ca: IssuingCA, cert: x509.Certificate, *, channel: Channel,
+                          profile: str | None, remote: str | None) -> CertRecord:
+        """Our ledger row for a certificate our CA signed; an unknown one is audited as an anomaly
+        (a certificate of our CA that we never recorded means a leaked key or a lost record)."""
+        der = cert.public_bytes(serialization.Encoding.DER)
+        record = await self.ledger.find_by_serial(ca.name, cert.serial_number)
+        if record is None or record.der != der or record.status != "issued":
+            await self.audit("client-cert-anomaly", ok=False, channel=channel, profile=profile,
+                             requester=Requester(AuthMethod.NONE, cert.subject.rfc4514_string(), cert, remote),
+                             reason="certificate signed by our CA is not in the ledger", serial=cert.serial_number,
+                             detail={"ca": ca.name, "sha256": sha256_hex(der)})
+            raise AuthorizationError(f"certificate {serial_hex(cert.serial_number)} chains to CA {ca.name!r} "
+                                     "but is not in the ledger")
+        return record
+
+    async def renewable(self, cert: x509.Certificate, profile_name: str, *,
+                        channel: Channel = Channel.EST, remote: str | None = None) -> CertRecord | None:
         """The ledger row of a certificate that may renew itself under ``profile_name`` now.
 
-        None when we did not issue exactly this certificate or it is outside its validity (it then
-        authenticates nothing); :class:`AuthorizationError` when it is ours but revoked, retired,
-        from another profile, or not yet inside the profile's renewal window (RFC 7030 §4.2.2,
-        RFC 8894 §3.3.1.2).
+        None when no CA of ours signed it, or it is outside its validity (it then authenticates
+        nothing); :class:`AuthorizationError` when it is ours but unknown to the ledger, revoked,
+        on hold, retired, from another profile, or not yet inside the profile's renewal window
+        (RFC 7030 §4.2.2, RFC 8894 §3.3.1.2). The same lifecycle rule as
+        :meth:`authenticate_certificate`.
         """
         profile = self.profile(profile_name)
-        record = await self.certificate_status(cert)
         now = _now()
-        if record is None or not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+        ca = await self._ca_for_certificate(cert)
+        if ca is None or not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             return None
-        if record.revoked:
-            raise AuthorizationError(f"certificate {serial_hex(record.serial)} is revoked")
-        if record.retired:
-            raise AuthorizationError(f"certificate {serial_hex(record.serial)} belongs to a retired device")
-        if record.profile != profile.name:
-            raise AuthorizationError(f"certificate was issued under profile {record.profile!r}, "
-                                     f"not {profile.name!r}")
+        record = await self._own_record(ca, cert, channel=channel, profile=profile.name, remote=remote)
+        refusal = lifecycle_refusal(_standing(record), cert, (profile.name,), now)
+        if refusal is not None:
+            raise AuthorizationError(refusal)
         window = profile.renewal_window_days
         if window is not None and now < cert.not_valid_after_utc - dt.timedelta(days=window):
             raise AuthorizationError(f"too early to renew: profile {profile.name!r} renews within "
@@ -244,6 +302,9 @@ class Issuer:
             # Dry run of the policy before anything is stored or reserved.
             draft = build_template(csr, profile, chain.issuer, 1, _now(), **ca.template_urls())
             device = device_key(profile.name, draft.subject, sans_of(draft.extensions))
+            bound = req.requester.certificate
+            if bound is not None and req.requester.binding is not BindIdentity.NONE:
+                check_binding(req.requester.binding, bound, draft.subject, sans_of(draft.extensions))
             if profile.manual and req.requester.method is not AuthMethod.OPERATOR:
                 if await self.ledger.device_retired(device):
                     raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
@@ -264,6 +325,10 @@ class Issuer:
             raise PolicyError("transactionID already used with a different key",
                               reason=RejectReason.BAD_REQUEST)
         rec = prior[0]
+        if rec.csr_sha256 != sha256_hex(req.csr.public_bytes(serialization.Encoding.DER)):
+            # RFC 8894 §3.3.1: a resend repeats the request; a new CSR needs a new transaction.
+            raise PolicyError("transactionID already used with a different CSR",
+                              reason=RejectReason.BAD_REQUEST)
         assert rec.der is not None
         chain = await self.cas[rec.issuer].backend.ca_chain()
         await self.audit("issue-replay", ok=True, channel=req.channel, profile=profile.name,
@@ -276,6 +341,11 @@ class Issuer:
             profile.name, transaction_id=req.transaction_id, csr_sha256=None if req.transaction_id else csr_sha)
         if rec is not None and rec.spki_sha256 != spki:
             raise PolicyError("transactionID already used with a different key", reason=RejectReason.BAD_REQUEST)
+        if rec is not None and rec.csr_sha256 != csr_sha:
+            # What an operator approved is the stored CSR: a resend under the same transaction
+            # (same key) must repeat it byte for byte, or it could swap the subject after approval.
+            raise PolicyError(f"request {rec.id}: transactionID already used with a different CSR",
+                              reason=RejectReason.BAD_REQUEST)
         if rec is None:
             rid = await self.ledger.create_pending(
                 profile=profile.name, channel=req.channel.value, requester=_describe(req.requester) or "",
@@ -299,8 +369,12 @@ class Issuer:
             return Pending(rec.id, profile.retry_after)
         ca = self._ca_of(profile)
         chain = await ca.backend.ca_chain()
+        from dataclasses import replace
+
+        approved = replace(req, csr=x509.load_der_x509_csr(rec.csr_der))  # issue what was approved
         try:
-            return await self._issue_now(req, profile, ca, chain, csr_sha, spki, pending_id=rec.id)
+            return await self._issue_now(approved, profile, ca, chain, rec.csr_sha256, rec.spki_sha256,
+                                         pending_id=rec.id)
         except BaseException:
             await self.ledger.transition_pending(rec.id, ["issuing"], "approved")
             raise
@@ -342,6 +416,40 @@ class Issuer:
             audit=audit, pending_id=pending_id, device=device, device_profile=profile.name, sans=sans)
         self._log(audit)
         return Issued(cert, chain.chain, serial)
+
+    async def adopt(self, cert: x509.Certificate, profile_name: str, *, by: Actor = None) -> CertRecord:
+        """Record a certificate one of our CAs signed outside the ledger (``enroll certs import``:
+        the development PKI's example client, certificates from before the ledger existed), so
+        that it authenticates, appears on CRLs and OCSP, and can be revoked like any other.
+
+        Refused when no CA of ours signed it or its serial is already recorded.
+        """
+        profile = self.profile(profile_name)
+        ca = await self._ca_for_certificate(cert)
+        if ca is None:
+            raise CAError("the certificate was not signed by any CA of this server")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        spki = spki_sha256(cert.public_key())
+        who = _actor(by)
+        row_id = await self.ledger.reserve_serial(
+            issuer=ca.name, serial=cert.serial_number, profile=profile.name, channel=Channel.ADMIN.value,
+            requester=_describe(who) or "", auth_method=AuthMethod.OPERATOR.value, csr_sha256=sha256_hex(der),
+            spki_sha256=spki, transaction_id=None, renews_serial=None)
+        if row_id is None:
+            raise CAError(f"serial {serial_hex(cert.serial_number)} of CA {ca.name!r} is already recorded")
+        sans = sans_of(cert.extensions)
+        device = device_key(profile.name, cert.subject, sans)
+        audit = dict(event="adopt", ok=True, channel=Channel.ADMIN.value, profile=profile.name,
+                     requester=_describe(who), reason="recorded", csr_sha256=None, serial=cert.serial_number,
+                     detail={"device": device, "sha256": sha256_hex(der)})
+        await self.ledger.store_issued(
+            row_id, der=der, subject=cert.subject.rfc4514_string(), not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(), audit=audit, device=device, device_profile=profile.name,
+            sans=sans)
+        self._log(audit)
+        record = await self.ledger.find_by_serial(ca.name, cert.serial_number)
+        assert record is not None
+        return record
 
     # --- pending requests ------------------------------------------------------------------
     async def list_pending(self, status: str | None = "pending") -> list[PendingRecord]:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from ca import ocsp
 from ca.api import CAChain
 from ca.authz import TrustStore
+from ca.identity import RevocationSource
 from ca.errors import CAError, ConfigError
 from ca.issuer import Issuer, IssuingCA
 from ca.keys import Signer, load_file_key
@@ -94,9 +95,18 @@ def _responder(c: CAConfig, ca_cert: x509.Certificate, ca_signer: Signer) -> ocs
     return ocsp.Responder(ca_cert=ca_cert, cert=cert, signer=key)
 
 
+def _revocation(config: Config, store: str) -> RevocationSource | None:
+    """The CRL source of a trust store (``[trust.NAME] crl``), None when none is configured."""
+    if store not in config.trust_crl:
+        return None
+    source, refresh = config.trust_crl[store]
+    return RevocationSource(source, refresh_seconds=refresh)
+
+
 def build_issuer(config: Config, metrics: Metrics | None = None) -> Issuer:
     """The issuance core for this config (the ledger opens lazily; call ``ledger.migrate()``)."""
-    trust = {name: TrustStore(name, tuple(c for p in paths for c in load_certs(Path(p), f"trust.{name}.certs")))
+    trust = {name: TrustStore(name, tuple(c for p in paths for c in load_certs(Path(p), f"trust.{name}.certs")),
+                              _revocation(config, name))
              for name, paths in config.trust.items()}
     return Issuer(Ledger(config.ledger_url), build_cas(config), config.profiles, users=config.users, trust=trust,
                   observer=metrics.observe_issuance if metrics else None)

@@ -114,7 +114,7 @@ def init(directory: str, https_port: int, http_port: int, force: bool) -> None:
     cfg = base / DEFAULT_CONFIG
     if cfg.exists() and not force:
         raise click.ClickException(f"{cfg} exists; use --force to overwrite it and its PKI")
-    res = init_directory(base, https_port=https_port, http_port=http_port)
+    res = init_directory(base, https_port=https_port, http_port=http_port, record_client=True)
     secrets_file = res.certs_dir / "dev-secrets.txt"
     click.echo(f"wrote {cfg}")
     click.echo(f"wrote development PKI in {base / 'certs'} (trust anchor: certs/root-ca.pem)")
@@ -253,6 +253,26 @@ def certs_show(ctx: click.Context, serial: str) -> None:
             click.echo(f"{k:>18}: {v}")
         for ext in cert.extensions:
             click.echo(f"{'extension':>18}: {ext.oid._name} {'(critical)' if ext.critical else ''}")
+
+    _run_with_issuer(ctx, go)
+
+
+@certs.command("import")
+@click.argument("pem", type=click.Path(exists=True, dir_okay=False))
+@click.option("--profile", required=True, help="The profile the certificate counts as issued under.")
+@click.pass_context
+def certs_import(ctx: click.Context, pem: str, profile: str) -> None:
+    """Record certificates one of our CAs signed outside the ledger, so that they authenticate
+    (client certificates our CA signed but the ledger does not know are refused as anomalies)."""
+    try:
+        found = x509.load_pem_x509_certificates(Path(pem).read_bytes())
+    except ValueError as exc:
+        raise click.ClickException(f"{pem}: {exc}") from None
+
+    async def go(issuer: Issuer) -> None:
+        for cert in found:
+            rec = await issuer.adopt(cert, profile, by=_operator())
+            click.echo(f"recorded {serial_hex(rec.serial)} {rec.subject} (CA {rec.issuer}, profile {rec.profile})")
 
     _run_with_issuer(ctx, go)
 

@@ -103,6 +103,7 @@ class Config:
     log_level: str = "info"
     admin: AdminConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    trust_crl: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # store -> (file or URL, refresh s)
 
     def resolve(self, p: str | Path) -> Path:
         """A path from the config, relative to the config file's directory."""
@@ -176,13 +177,17 @@ def _profile(name: str, t: Mapping[str, Any], cas: Mapping[str, CAConfig]) -> Pr
     if ca not in cas:
         raise ConfigError(f"{path}.ca", f"no CA named {ca!r} (defined: {', '.join(cas) or 'none'})")
     subj = _table(t, "subject", path + ".")
-    _check_keys(subj, {"allow", "require", "force"}, f"{path}.subject")
+    _check_keys(subj, {"allow", "require", "force", "patterns", "allow_path_separators"}, f"{path}.subject")
     force = _table(subj, "force", f"{path}.subject.")
     for k, v in force.items():
         if not isinstance(v, str):
             raise ConfigError(f"{path}.subject.force.{k}", "must be a string")
+    patterns = _table(subj, "patterns", f"{path}.subject.")
+    for k, v in patterns.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{path}.subject.patterns.{k}", "must be a string (a regular expression)")
     san = _table(t, "san", path + ".")
-    _check_keys(san, {"allow", "dns_suffixes", "max"}, f"{path}.san")
+    _check_keys(san, {"allow", "dns_suffixes", "max", "allow_wildcards"}, f"{path}.san")
     window = t.get("renewal_window_days")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ConfigError(f"{path}.renewal_window_days", "must be a positive integer")
@@ -197,9 +202,12 @@ def _profile(name: str, t: Mapping[str, Any], cas: Mapping[str, CAConfig]) -> Pr
         subject_allow=_str_list(subj, "allow", f"{path}.subject", defaults.subject_allow),
         subject_require=_str_list(subj, "require", f"{path}.subject", defaults.subject_require),
         subject_force=tuple(force.items()),
+        subject_patterns=tuple(patterns.items()),
+        subject_allow_path_separators=_get(subj, "allow_path_separators", bool, f"{path}.subject", False),
         san_allow=_str_list(san, "allow", f"{path}.san", defaults.san_allow),
         san_dns_suffixes=_str_list(san, "dns_suffixes", f"{path}.san"),
         san_max=_get(san, "max", int, f"{path}.san", defaults.san_max),
+        san_allow_wildcards=_get(san, "allow_wildcards", bool, f"{path}.san", False),
         approval=_get(t, "approval", str, path, "auto"),
         retry_after=_get(t, "retry_after", int, path, defaults.retry_after),
         renewal_window_days=window,
@@ -332,12 +340,23 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         users[name] = h
 
     trust: dict[str, tuple[Path, ...]] = {}
+    trust_crl: dict[str, tuple[str, int]] = {}
     for name, tt in _table(raw, "trust", "").items():
         p = f"trust.{name}"
         if not isinstance(tt, dict):
             raise ConfigError(p, "must be a table")
-        _check_keys(tt, {"certs"}, p)
+        _check_keys(tt, {"certs", "crl", "crl_refresh_seconds"}, p)
         trust[name] = tuple(resolve(base, x) for x in _str_list(tt, "certs", p))
+        if "crl" in tt:
+            src = _get(tt, "crl", str, p)
+            if not src.startswith(("http://", "https://")):
+                src = str(resolve(base, src))
+            refresh = tt.get("crl_refresh_seconds", 3600)
+            if not isinstance(refresh, int) or isinstance(refresh, bool) or not 60 <= refresh <= 7 * 86400:
+                raise ConfigError(f"{p}.crl_refresh_seconds", "must be an integer from 60 to 604800")
+            trust_crl[name] = (src, refresh)
+        elif "crl_refresh_seconds" in tt:
+            raise ConfigError(f"{p}.crl_refresh_seconds", "only with crl")
     for n in tls.client_trust:
         if n not in trust:
             raise ConfigError("tls.client_trust", f"no trust store named {n!r}")
@@ -353,7 +372,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("log.level", "must be debug, info, warning or error")
     return Config(path=path, base_dir=base, server=server, tls=tls, ledger_url=ledger_url, cas=cas, users=users,
                   trust=trust, profiles=profiles, est=_table(raw, "est", ""), scep=_table(raw, "scep", ""),
-                  log_level=level, admin=_admin(raw, base, tls, trust, profiles, cas), raw=raw)
+                  log_level=level, admin=_admin(raw, base, tls, trust, profiles, cas), raw=raw,
+                  trust_crl=trust_crl)
 
 
 def _admin(raw: Mapping[str, Any], base: Path, tls: TLSConfig, trust: Mapping[str, tuple[Path, ...]],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 from ca.authz import hash_secret, new_challenge
 from enroll.default_config import render
@@ -26,7 +30,7 @@ class InitResult:
 
 
 def init_directory(base: Path, *, https_port: int = 8443, http_port: int = 8080,
-                   pki: DevPKI | None = None) -> InitResult:
+                   pki: DevPKI | None = None, record_client: bool = False) -> InitResult:
     """Write ``enroll.toml``, ``certs/`` (PKI, keys 0600, dev-secrets.txt) and ``var/`` under ``base``."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "var").mkdir(exist_ok=True)
@@ -41,4 +45,31 @@ def init_directory(base: Path, *, https_port: int = 8443, http_port: int = 8080,
     fd = os.open(certs_dir / "dev-secrets.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"EST_USER=estuser\nEST_PASSWORD={password}\nSCEP_CHALLENGE={challenge}\nADMIN_TOKEN={admin_token}\n")
+    if record_client:
+        record_example_client(cfg)
     return InitResult(cfg, certs_dir, "estuser", password, challenge, admin_token)
+
+
+def record_example_client(config_path: Path, profile: str = "gateway") -> None:
+    """Record the development PKI's example client certificate in the config's ledger.
+
+    It is signed by our issuing CA, and a certificate of our CA that the ledger does not know
+    authenticates nothing (docs/ARCHITECTURE.md, "Authentication"). Idempotent.
+    """
+
+    async def go() -> None:
+        from enroll.app import build_issuer
+        from enroll.config import load_config
+
+        issuer = build_issuer(load_config(config_path))
+        try:
+            await issuer.ledger.migrate()
+            cert = x509.load_pem_x509_certificate((config_path.parent / "certs" / "example-client.pem").read_bytes())
+            if await issuer.certificate_status(cert) is None:
+                await issuer.adopt(cert, profile, by="enroll init")
+        finally:
+            await issuer.ledger.close()
+
+    # A thread of its own: init may be called from code that already runs an event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result()

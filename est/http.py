@@ -137,6 +137,8 @@ def make_handler(service: EstService, *, require_tls: bool = True
                 return render(await service.cacerts(label, agent))
             if op == "csrattrs":
                 return render(await service.csrattrs(label, agent))
+            if op in ("simpleenroll", "simplereenroll", "serverkeygen"):
+                await service.check_content_type(label, op, request.headers.get("Content-Type"), request.remote)
             body = await read_body(request, service.settings.max_body_bytes)
             if op == "fullcmc":
                 return render(await service.fullcmc(label))

@@ -26,8 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
 
-from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
-from ca.errors import CAError, ConfigError
+from ca.api import AuthMethod, BindIdentity, Channel, IssueRequest, Issued, Pending, Rejected, Requester
+from ca.identity import CertificatePolicy
+from ca.errors import AuthorizationError, CAError, ConfigError
+from ca.keys import check_key_file_mode
 from ca.ratelimit import Throttle
 from est import asn1, quirks, wire
 from est.errors import (
@@ -37,6 +39,7 @@ from est.errors import (
     NotFound,
     NotImplementedOperation,
     Unauthorized,
+    UnsupportedMediaType,
     from_ca_error,
     from_reject,
 )
@@ -58,7 +61,7 @@ DEFAULT_MAX_BODY = 64 * 1024
 
 _EST_KEYS = {"default_profile", "realm", "base64_line_length", "max_body_bytes",
              "serverkeygen_signer_cert", "serverkeygen_signer_key"}
-_PROFILE_KEYS = {"labels", "auth", "client_trust", "pop", "reenroll", "serverkeygen",
+_PROFILE_KEYS = {"labels", "auth", "client_trust", "client_profiles", "bind_identity", "pop", "reenroll", "serverkeygen",
                  "csrattrs", "csr_template", "allow_change_subject_name", "include_chain",
                  "serverkeygen_keks", "serverkeygen_recipients"}
 
@@ -106,6 +109,8 @@ class LabelRule:
     labels: tuple[str, ...]
     auth: tuple[frozenset[str], ...]  # any entry satisfied; an entry needs all its methods
     client_trust: tuple[str, ...]
+    client_profiles: tuple[str, ...] = ()  # profiles whose certificates authenticate (default: own)
+    bind_identity: BindIdentity = BindIdentity.NONE
     pop: str = "off"
     reenroll: bool = True
     serverkeygen: bool = True
@@ -166,6 +171,7 @@ def parse_rule(
     *,
     trust_names: Sequence[str],
     resolve: Any = Path,
+    profile_names: Sequence[str] = (),
 ) -> LabelRule:
     """Validate one ``[profiles.NAME.est]`` table (fail closed: ``auth`` is required)."""
     key = f"profiles.{profile.name}.est"
@@ -194,6 +200,15 @@ def parse_rule(
             raise ConfigError(f"{key}.client_trust", f"no [trust.{name}] store")
     if any("client-cert" in e for e in entries) and not client_trust:
         raise ConfigError(f"{key}.client_trust", "auth 'client-cert' needs at least one trust store")
+    client_profiles = _strs(table.get("client_profiles", [profile.name]), f"{key}.client_profiles")
+    for name in client_profiles:
+        if profile_names and name not in profile_names:
+            raise ConfigError(f"{key}.client_profiles", f"no profile {name!r}")
+    try:
+        bind_identity = BindIdentity(table.get("bind_identity", "none"))
+    except ValueError:
+        raise ConfigError(f"{key}.bind_identity",
+                          f"must be one of {', '.join(b.value for b in BindIdentity)}") from None
     pop = table.get("pop", "off")
     if pop is True:
         pop = "tls-unique"
@@ -244,6 +259,8 @@ def parse_rule(
         labels=labels,
         auth=tuple(entries),
         client_trust=client_trust,
+        client_profiles=client_profiles,
+        bind_identity=bind_identity,
         pop=pop,
         reenroll=_bool(table, "reenroll", key, True),
         serverkeygen=serverkeygen,
@@ -275,7 +292,7 @@ def parse_settings(
     for name, profile in profiles.items():
         if not profile.est:
             continue
-        rule = parse_rule(profile, trust_names=trust_names, resolve=resolve)
+        rule = parse_rule(profile, trust_names=trust_names, resolve=resolve, profile_names=tuple(profiles))
         by_profile[name] = rule
         for label in rule.labels:
             if label in rules:
@@ -311,10 +328,16 @@ def parse_settings(
     needs_signer = any(r.keks or r.recipients or r.serverkeygen for r in by_profile.values())
     if cert_path is not None and key_path is not None and needs_signer:
         try:
+            check_key_file_mode(Path(resolve(key_path)), "est.serverkeygen_signer_key"
+                                if est.get("serverkeygen_signer_key") is not None else "tls.key")
             signer_cert = _load_pem_certs(Path(resolve(cert_path)), "est.serverkeygen_signer_cert")[0]
             signer_key = serialization.load_pem_private_key(Path(resolve(key_path)).read_bytes(), None)
         except (OSError, ValueError, TypeError, IndexError) as exc:
             raise ConfigError("est.serverkeygen_signer_key", f"cannot load: {exc}") from None
+    for name in by_profile:
+        # KEKs are secret keys like any other: mode 0600 (parse_rule has read them already).
+        for kid, kek_path in (profiles[name].est.get("serverkeygen_keks") or {}).items():
+            check_key_file_mode(Path(resolve(kek_path)), f"profiles.{name}.est.serverkeygen_keks.{kid}")
     return EstSettings(rules=rules, realm=realm, line_length=line_length, max_body_bytes=max_body,
                        signer_cert=signer_cert, signer_key=signer_key)
 
@@ -329,10 +352,12 @@ class IssuerLike(Protocol):
     async def ca_chain(self, profile_name: str) -> Any: ...
     async def issue(self, request: IssueRequest) -> Any: ...
     async def certificate_status(self, cert: x509.Certificate) -> Any: ...
-    async def renewable(self, cert: x509.Certificate, profile_name: str) -> Any: ...
+    async def renewable(self, cert: x509.Certificate, profile_name: str, *,
+                        channel: Channel = Channel.EST, remote: str | None = None) -> Any: ...
     async def verify_password(self, user: str, password: str) -> bool: ...
-    def verify_client_chain(self, leaf: x509.Certificate, trust: Sequence[str],
-                            intermediates: Sequence[x509.Certificate] = ()) -> bool: ...
+    async def authenticate_certificate(self, cert: x509.Certificate, policy: CertificatePolicy, *,
+                                       channel: Channel, profile: str | None,
+                                       remote: str | None = None) -> Requester: ...
     async def audit(self, event: str, *, ok: bool, channel: Channel, profile: str | None,
                     requester: Requester | None, reason: str = "", csr_sha256: str | None = None,
                     serial: int | None = None, detail: dict[str, Any] | None = None) -> None: ...
@@ -483,11 +508,27 @@ class EstService:
 
     # --- authentication (RFC 7030 §3.2.3, §3.3.2) -----------------------------------------
     async def authenticate(self, rule: LabelRule, tls: TlsInfo, creds: Credentials | None) -> Requester:
-        """Check the label's auth entries; 401 + WWW-Authenticate when Basic would help."""
+        """Check the label's auth entries; 401 + WWW-Authenticate when Basic would help.
+
+        A client certificate authenticates only by the core's lifecycle rule
+        (:meth:`ca.issuer.Issuer.authenticate_certificate`): chained to this label's trust
+        stores, and if we issued it, issued, unrevoked, not held or retired, from a profile in
+        ``client_profiles``.
+        """
         cert_ok = False
         cert = tls.peer_certificate
+        cert_requester: Requester | None = None
+        cert_refusal: str | None = None
         if cert is not None and rule.client_trust:
-            cert_ok = self.issuer.verify_client_chain(cert, rule.client_trust)
+            try:
+                cert_requester = await self.issuer.authenticate_certificate(
+                    cert, self.certificate_policy(rule), channel=Channel.EST, profile=rule.profile,
+                    remote=tls.remote)
+                cert_ok = True
+            except AuthorizationError as exc:
+                cert_refusal = exc.detail
+            except CAError:
+                pass  # chains to none of this label's stores: the certificate proves nothing here
         basic_ok = False
         if creds is not None and not creds.malformed:
             ledger = getattr(self.issuer, "ledger", None)
@@ -502,13 +543,14 @@ class EstService:
             if ("client-cert" in entry and not cert_ok) or ("basic" in entry and not basic_ok):
                 continue
             if "client-cert" in entry:
-                assert cert is not None
-                principal = cert.subject.rfc4514_string()
+                assert cert_requester is not None
                 if "basic" in entry and creds is not None:
-                    principal = f"{creds.user} ({principal})"
-                return Requester(AuthMethod.TLS_CLIENT_CERT, principal, cert, tls.remote)
+                    return replace(cert_requester, principal=f"{creds.user} ({cert_requester.principal})")
+                return cert_requester
             assert creds is not None
             return Requester(AuthMethod.BASIC, creds.user, cert if cert_ok else None, tls.remote)
+        if cert_refusal is not None:
+            raise Forbidden(f"the TLS client certificate does not authenticate on this label: {cert_refusal}")
         needs_basic = any("basic" in e and ("client-cert" not in e or cert_ok) for e in rule.auth)
         if needs_basic:
             detail = ("HTTP Basic authentication required" if creds is None
@@ -517,6 +559,11 @@ class EstService:
         if cert is None:
             raise Forbidden("a TLS client certificate is required for this label (RFC 7030 §3.3.2)")
         raise Forbidden("the TLS client certificate does not chain to a trust store of this label")
+
+    @staticmethod
+    def certificate_policy(rule: LabelRule) -> CertificatePolicy:
+        """The typed policy the core applies to this label's client certificates."""
+        return CertificatePolicy(rule.client_trust, rule.client_profiles or (rule.profile,), rule.bind_identity)
 
     # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
     def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
@@ -539,6 +586,19 @@ class EstService:
         if not hmac.compare_digest(sent.strip(), expected):
             raise BadRequest("PoP linking failed: challengePassword does not match this TLS session's "
                              "tls-unique (the CSR must be built on the connection that sends it)")
+
+    # --- request media type (RFC 7030 §4.2.1, §4.4.1) ----------------------------------------
+    async def check_content_type(self, label: str, op: str, content_type: str | None,
+                                 remote: str | None = None) -> None:
+        """A CSR is ``application/pkcs10`` (parameters allowed); anything else is 415, audited."""
+        if wire.is_pkcs10(content_type):
+            return
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        err = UnsupportedMediaType(f"{op} takes Content-Type application/pkcs10 (RFC 7030 §4.2.1), "
+                                   f"not {media or 'none'!r}"[:200])
+        await self._refuse(f"est-{op.removeprefix('simple')}", self.rule(label), err,
+                           Requester(AuthMethod.NONE, "unauthenticated", None, remote), None)
+        raise err
 
     # --- enrollment ---------------------------------------------------------------------
     def _csr(self, body: bytes) -> x509.CertificateSigningRequest:
@@ -601,7 +661,7 @@ class EstService:
                 raise Forbidden("re-enrollment requires the TLS client certificate being renewed "
                                 "(RFC 7030 §4.2.2)")
             try:
-                record = await self.issuer.renewable(cert, rule.profile)
+                record = await self.issuer.renewable(cert, rule.profile, channel=Channel.EST, remote=tls.remote)
             except CAError as exc:
                 raise Forbidden(f"the TLS client certificate may not renew: {exc.detail}") from None
             if record is None:

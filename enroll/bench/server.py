@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from enroll.pki import DevPKI, Pair, make_cert
-from enroll.setup import InitResult, init_directory
+from enroll.setup import InitResult, init_directory, record_example_client
 
 CA_KEY_TYPES = ("rsa-2048", "ec-p256")
 
@@ -110,6 +110,7 @@ def write_config(base: Path, *, ca_key: str = "rsa-2048", ledger_url: str | None
         if n != 1:
             raise RuntimeError("could not set [ledger] url in the generated config")
     init.config_path.write_text(text + BENCH_PROFILES)
+    record_example_client(init.config_path)  # the EST load authenticates with it (mTLS)
     return init
 
 

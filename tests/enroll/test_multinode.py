@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from ca.ledger import Ledger, serial_hex
 from enroll.pki import DevPKI
-from enroll.setup import InitResult, init_directory
+from enroll.setup import InitResult, init_directory, record_example_client
 from est.client import EnrollmentPending, EstClient, build_csr
 from scep.asn1 import PkiStatus
 from scep.client import ScepClient, self_signed_signer, simple_csr
@@ -123,6 +123,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             nodes.append(Node(f"node{i}", cfg, cfg.parent / "certs", ports[i][0], ports[i][1], proc, log))
         for node in nodes:
             _wait_listening(node.http_port, node.process, node.log)
+        record_example_client(init.config_path)  # the fresh database does not know it yet
         yield Cluster(nodes, init, url)
     finally:
         for node in nodes:

@@ -18,7 +18,7 @@ from ca.issuer import Issuer
 from enroll.app import ISSUER, create_app
 from enroll.config import Config, load_config
 from enroll.pki import DevPKI
-from enroll.setup import InitResult
+from enroll.setup import InitResult, record_example_client
 from enroll.tls import server_context
 from est.client import EstClient
 from tests.conftest import free_port, start_server
@@ -52,6 +52,7 @@ require = ["CN"]
 labels = ["both"]
 auth = ["basic+client-cert"]
 client_trust = ["enroll"]
+client_profiles = ["gateway"]   # the example client is recorded under gateway
 
 [profiles.skg]
 ca = "issuing"
@@ -102,15 +103,19 @@ class EstServer:
         return self.client(label, username=self.init.est_user, password=self.init.est_password, **kw)
 
     async def issued(self) -> int:
-        return await self.issuer.ledger.count_certificates("issued")
+        """Certificates issued over a protocol (the recorded example client does not count)."""
+        return await self.issuer.ledger.count_certificates("issued", channels=("est", "scep"))
 
 
 def prepare(embedded: InitResult) -> Config:
-    """Append the EST test profiles and the KEK file, then load the config."""
+    """Append the EST test profiles and the KEK file, record the example client certificate
+    (as `enroll init` does), then load the config."""
     base = embedded.config_path.parent
     (base / "kek-1.hex").write_text(KEK.hex() + "\n")
+    (base / "kek-1.hex").chmod(0o600)  # a KEK is a secret key: group/world-readable is refused
     with open(embedded.config_path, "a") as fh:
         fh.write(EXTRA_PROFILES.format())
+    record_example_client(embedded.config_path)
     return load_config(embedded.config_path)
 
 

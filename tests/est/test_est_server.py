@@ -34,6 +34,8 @@ async def raw(srv: EstServer, method: str, path: str, *, body: bytes | None = No
     if tls13 is False:
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     h = dict(headers or {})
+    if method == "POST":
+        h.setdefault("Content-Type", "application/pkcs10")
     if auth:
         token = base64.b64encode(f"{srv.init.est_user}:{srv.init.est_password}".encode()).decode()
         h["Authorization"] = f"Basic {token}"
