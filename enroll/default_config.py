@@ -83,6 +83,14 @@ ra_key = "certs/scep-ra.key"
 # ---------------------------------------------------------------------------------------------
 # Profiles: each names its CA, validity, keys, usages, name policy, approval and, per protocol,
 # how requesters authenticate. A CSR only *requests*; the profile decides what is issued.
+#
+# Name policy, in every profile: a subject value holding a control character or '..' is refused,
+# and so is one holding '/' or a backslash unless [profiles.NAME.subject] sets
+# allow_path_separators = true (subjects end up in file names and scripts). subject.patterns maps
+# an attribute to a regular expression (Python syntax) that each of its values must match in full.
+# SANs must be well formed: DNS names are host names (letters, digits, inner hyphens, xn-- for
+# IDNs), wildcards (*.example.com) only with [profiles.NAME.san] allow_wildcards = true; IP
+# addresses name one host; email is local@domain; URIs have a scheme.
 
 # IoT gateway: TLS server and client, enrolled over EST by password or by its current certificate.
 [profiles.gateway]
@@ -94,9 +102,14 @@ extended_key_usage = ["server_auth", "client_auth"]
 [profiles.gateway.subject]
 allow = ["CN", "O", "OU", "serialNumber"]
 require = ["CN"]
+# CN is a host name: dot-separated labels of letters, digits and inner hyphens.
+patterns = {{ CN = '[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?([.][A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*' }}
+# allow_path_separators = false  # true accepts '/' and backslashes in subject values
 [profiles.gateway.san]
 allow = ["dns", "ip"]
 max = 8
+# dns_suffixes = ["example.com"] # DNS names only in these domains
+# allow_wildcards = false        # true accepts *.example.com (the whole leftmost label only)
 [profiles.gateway.est]
 labels = ["gateway"]
 auth = ["basic", "client-cert"]  # any one of these; "basic+client-cert" requires both
@@ -113,6 +126,7 @@ extended_key_usage = ["client_auth"]
 allow = ["CN", "serialNumber"]
 require = ["CN"]
 force = {{ O = "Example Devices" }}
+patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9._-]*' }}     # a device name or serial
 [profiles.sensor.est]
 labels = ["sensor"]
 auth = ["basic", "client-cert"]
@@ -129,6 +143,7 @@ extended_key_usage = ["client_auth"]
 [profiles.bootstrap.subject]
 allow = ["CN", "serialNumber"]
 require = ["CN"]
+patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9._-]*' }}
 [profiles.bootstrap.est]
 labels = ["bootstrap"]
 auth = ["client-cert"]
@@ -145,6 +160,7 @@ allow_legacy_digests = true
 [profiles.router.subject]
 allow = ["CN", "O", "OU", "C", "ST", "L", "serialNumber", "unstructuredName"]
 require = ["CN"]
+patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9._-]*' }}
 [profiles.router.san]
 allow = ["dns", "ip"]
 [profiles.router.scep]
@@ -166,6 +182,8 @@ renewal_window_days = 30        # renewals (SCEP or EST reenroll) only in the la
 [profiles.mdm.subject]
 allow = ["CN", "O", "OU", "UID"]
 require = ["CN"]
+# MDM payloads often put a device UUID or the user's address in the CN.
+patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9._@-]*' }}
 [profiles.mdm.san]
 allow = ["email", "uri", "dns"]
 [profiles.mdm.scep]
@@ -183,6 +201,7 @@ retry_after = 5
 [profiles.manual.subject]
 allow = ["CN", "O", "OU"]
 require = ["CN"]
+patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9 ._@-]*' }}  # a person reviews it: spaces allowed
 [profiles.manual.est]
 labels = ["manual"]
 auth = ["basic"]
