@@ -59,6 +59,8 @@ certs = ["certs/issuing-ca.pem"]
 
 [trust.manufacturer]             # device makers' IDevID CAs, for bootstrap enrollment
 certs = ["certs/manufacturer-ca.pem"]
+# crl = "https://pki.maker.example/idevid.crl"   # or a file; refreshed, fail closed past nextUpdate
+# crl_refresh_seconds = 3600
 
 # HTTP Basic users (EST). Make a hash with: enroll hash-secret
 [users.estuser]
@@ -114,6 +116,10 @@ max = 8
 labels = ["gateway"]
 auth = ["basic", "client-cert"]  # any one of these; "basic+client-cert" requires both
 client_trust = ["enroll"]
+# A certificate we issued authenticates only while the ledger says issued (not revoked, held,
+# retired or expired) and only if its profile is listed here (default: this profile).
+# client_profiles = ["gateway"]
+# bind_identity = "subject"      # ask only for the authenticating certificate's own names
 
 # Constrained sensor: ECDSA only, long-lived, client authentication only.
 [profiles.sensor]
@@ -148,6 +154,7 @@ patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9._-]*' }}
 labels = ["bootstrap"]
 auth = ["client-cert"]
 client_trust = ["manufacturer"]
+bind_identity = "serialNumber"   # a device gets an LDevID for its own IDevID serialNumber only
 
 # Legacy routers over SCEP: RSA, static challenge; DES/SHA-1 only because old firmware needs it.
 [profiles.router]

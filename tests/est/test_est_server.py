@@ -188,11 +188,19 @@ async def test_no_client_cert_where_needed_is_refused(est_server: EstServer) -> 
     assert await est_server.issued() == 0
 
 
-async def test_bootstrap_with_idevid(est_server: EstServer) -> None:
-    body, _ = csr_b64("sensor-000001")
+async def test_bootstrap_with_idevid_gets_an_ldevid_for_its_own_serial_number_only(est_server: EstServer) -> None:
+    """bootstrap binds the requested serialNumber to the IDevID's (bind_identity)."""
+    idevid = (str(est_server.certs / "example-idevid.pem"), str(est_server.certs / "example-idevid.key"))
+    for sn in ("SN-000002", None):
+        attrs = [x509.NameAttribute(NameOID.SERIAL_NUMBER, sn)] if sn else []
+        body, _ = csr_b64("sensor-000002", extra_attrs=attrs)
+        status, _, text = await raw(est_server, "POST", "/.well-known/est/bootstrap/simpleenroll", body=body,
+                                    cert=idevid)
+        assert status == 403 and b"serialNumber" in text, (sn, text)
+    assert await est_server.issued() == 0
+    body, _ = csr_b64("sensor-000001", extra_attrs=[x509.NameAttribute(NameOID.SERIAL_NUMBER, "SN-000001")])
     status, _, text = await raw(est_server, "POST", "/.well-known/est/bootstrap/simpleenroll", body=body,
-                                cert=(str(est_server.certs / "example-idevid.pem"),
-                                      str(est_server.certs / "example-idevid.key")))
+                                cert=idevid)
     assert status == 200, text
 
 
