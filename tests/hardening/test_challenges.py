@@ -1,5 +1,6 @@
 """Challenges and passwords: a one-time challenge wins exactly once under concurrency; failed
-attempts are throttled per client address and per identity (ledger-backed, ca/ratelimit.py);
+attempts are throttled by backoff per client address (IPv6 by /64) and, for addresses that failed,
+per identity (ledger-backed, ca/ratelimit.py); anonymous refusals are sampled into the audit trail;
 secrets never reach the server log or an error body."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import base64
 
 from cryptography.hazmat.primitives import serialization
 
-from ca.ratelimit import CLIENT_LIMIT, IDENTITY_LIMIT
+from ca.ratelimit import CLIENT_FREE, IDENTITY_FREE, Throttle
 from est.errors import EstError
 from est.service import Credentials, TlsInfo
 from scep.asn1 import PkiStatus
@@ -40,15 +41,30 @@ def test_one_time_challenge_used_concurrently_issues_exactly_once(harness: Harne
     assert harness.rows() == {"issued": 1}
 
 
-def test_scep_failures_are_throttled_per_identity(harness: Harness) -> None:
+def _fail_more(h: Harness, client: str | None, identity: str | None, namespace: str, n: int = 8) -> None:
+    """Record ``n`` more failures directly, so the pause (2**n s and more) outlasts any test machine."""
+    throttle = Throttle(h.issuer.ledger)
+    for _ in range(n):
+        h.run(throttle.failed(client, identity, namespace))
+
+
+def _failures(h: Harness, scope: str, key: str) -> int:
+    return h.run(h.issuer.ledger.auth_failure_stats(scope, key, 0))[0]
+
+
+def test_scep_failures_for_a_subject_slow_only_addresses_that_failed(harness: Harness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     key = rsa_key(70)
-    for i in range(IDENTITY_LIMIT):  # many addresses, one subject
+    for i in range(IDENTITY_FREE):  # many addresses, one subject
         assert _scep(harness, "router", pkcsreq(ra, key, "victim", "wrong"), f"10.1.0.{i}") is PkiStatus.FAILURE
+    assert _failures(harness, "identity", "scep:router:CN=victim") == IDENTITY_FREE
+    _fail_more(harness, None, "CN=victim", "scep:router")
     good = pkcsreq(ra, key, "victim", harness.init.scep_challenge)
-    rep = reply(harness.run(harness.scep.pki_operation(harness.scep.profile("router"), good, "10.9.9.9")).body)
+    rep = reply(harness.run(harness.scep.pki_operation(harness.scep.profile("router"), good, "10.1.0.1")).body)
     assert rep.status is PkiStatus.FAILURE and "too many" in (rep.fail_info_text or "")
-    assert _scep(harness, "router", pkcsreq(ra, key, "bystander", harness.init.scep_challenge),
+    assert harness.rows() == {}
+    # A clean address holding the challenge is never refused because of the strangers' guesses.
+    assert _scep(harness, "router", pkcsreq(ra, key, "victim", harness.init.scep_challenge),
                  "10.9.9.9") is PkiStatus.SUCCESS
     assert harness.rows() == {"issued": 1}
 
@@ -56,10 +72,15 @@ def test_scep_failures_are_throttled_per_identity(harness: Harness) -> None:
 def test_scep_failures_are_throttled_per_client_address(harness: Harness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     key = rsa_key(71)
-    for i in range(CLIENT_LIMIT):  # one address, many subjects
-        _scep(harness, "router", pkcsreq(ra, key, f"guess-{i}", f"wrong-{i}"), "10.2.0.1")
+    for i in range(CLIENT_FREE):  # one address, many subjects
+        assert _scep(harness, "router", pkcsreq(ra, key, f"guess-{i}", f"wrong-{i}"), "10.2.0.1") \
+            is PkiStatus.FAILURE
+    assert _failures(harness, "client", "10.2.0.1") == CLIENT_FREE
+    _fail_more(harness, "10.2.0.1", None, "scep:router")
     assert _scep(harness, "router", pkcsreq(ra, key, "fresh", harness.init.scep_challenge), "10.2.0.1") \
         is PkiStatus.FAILURE
+    assert _failures(harness, "client", "10.2.0.1") == CLIENT_FREE + 8  # a refused attempt is not counted
+    assert harness.rows() == {}
     assert _scep(harness, "router", pkcsreq(ra, key, "fresh", harness.init.scep_challenge), "10.2.0.2") \
         is PkiStatus.SUCCESS
 
@@ -76,15 +97,51 @@ def _est(h: Harness, user: str, password: str, remote: str) -> int:
         return err.status
 
 
-def test_est_basic_failures_are_throttled_per_user_and_per_client(harness: Harness) -> None:
+def test_strangers_guessing_the_shared_est_user_never_lock_out_a_clean_address(harness: Harness) -> None:
     user, pw = harness.init.est_user, harness.init.est_password
-    for i in range(IDENTITY_LIMIT):
-        assert _est(harness, user, f"wrong-{i}", f"10.3.0.{i}") == 401
-    assert _est(harness, user, pw, "10.3.1.1") == 429  # the right password, too late
-    for i in range(CLIENT_LIMIT):
-        _est(harness, f"nobody-{i}", "x", "10.4.0.1")
-    assert _est(harness, f"nobody-{CLIENT_LIMIT}", "x", "10.4.0.1") == 429
+    for i in range(100):  # half from one address (soon refused before scrypt), half from many
+        remote = "10.3.9.9" if i % 2 else f"10.3.0.{i}"
+        assert _est(harness, user, f"wrong-{i}", remote) in (401, 429)
+    assert _failures(harness, "identity", f"est:{user}") >= 50
+    assert _est(harness, user, pw, "10.3.0.2") == 429  # an address that guessed must pause
     assert harness.rows().get("issued", 0) == 0
+    assert _est(harness, user, pw, "10.3.1.1") == 200  # the device holding the password
+    assert _est(harness, user, pw, "2001:db8:3::1") == 200
+    assert harness.rows() == {"issued": 2}
+
+
+def test_est_basic_failures_are_throttled_per_client_ipv6_64(harness: Harness) -> None:
+    for i in range(CLIENT_FREE):  # one /64, rotating addresses
+        assert _est(harness, f"nobody-{i}", "x", f"2001:db8:4::{i + 1}") == 401
+    _fail_more(harness, "2001:db8:4::ffff", None, "est")
+    assert _est(harness, "nobody-else", "x", "2001:db8:4:0:1:2:3:4") == 429
+    assert _est(harness, harness.init.est_user, harness.init.est_password, "2001:db8:4:1::1") == 200
+    assert harness.rows() == {"issued": 1}
+
+
+def test_a_flood_of_bare_unauthenticated_requests_writes_few_audit_rows(harness: Harness) -> None:
+    csr, _ = make_csr("anonymous-flood")
+    body = base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
+    before = harness.audit_count()
+    for _ in range(1000):
+        try:
+            harness.run(harness.est.simpleenroll("", body, harness.tls, None))
+            raise AssertionError("an unauthenticated request was served")
+        except EstError as err:
+            assert err.status == 401
+    assert harness.audit_count() - before <= 3  # one sample, a minute boundary: a summary and one more
+    assert harness.issuer.refusal_counts[("est-enroll", "401")] == 1000
+    # A refusal of an authenticated requester is always written.
+    for _ in range(5):
+        try:
+            harness.run(harness.est.simpleenroll("", b"not a CSR", harness.tls, harness.creds))
+            raise AssertionError("a broken CSR was accepted")
+        except EstError as err:
+            assert err.status == 400
+    records = harness.run(harness.issuer.ledger.audit_records(1_000_000))
+    assert sum(1 for r in records if r.event == "est-enroll" and not r.ok
+               and r.requester == f"basic:{harness.init.est_user}") == 5
+    assert harness.rows() == {}
 
 
 def test_secrets_never_in_logs_or_error_bodies(running_server: RunningServer) -> None:
