@@ -110,6 +110,10 @@ challenges = sa.Table(
     sa.Column("consumed_at", sa.Float),
 )
 
+#: A replayed senderNonce is refused for this long (RFC 8894 §3.2.1.5); older nonces are pruned.
+NONCE_RETENTION_SECONDS = 7 * 86400
+NONCE_PRUNE_INTERVAL_SECONDS = 3600.0
+
 nonces = sa.Table(
     "nonces",
     metadata,
@@ -399,6 +403,7 @@ class Ledger:
         else:
             kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._nonces_pruned_at = 0.0  # remember_nonce() prunes old nonces now and then
         if self.is_sqlite:
             self._sqlite_pragmas()
 
@@ -898,13 +903,38 @@ class Ledger:
         return bool(await self._write(run))
 
     async def remember_nonce(self, scope: str, nonce: str, now: float) -> bool:
-        """Record a nonce; False when it was seen before (a replay)."""
+        """Record a nonce; False when it was seen before (a replay).
+
+        About once an hour per process, the same transaction forgets nonces older than
+        :data:`NONCE_RETENTION_SECONDS` (:meth:`prune_nonces`), so the table stays bounded.
+        """
+        prune = now - self._nonces_pruned_at >= NONCE_PRUNE_INTERVAL_SECONDS
+
+        async def run(conn: AsyncConnection) -> None:
+            if prune:
+                await conn.execute(nonces.delete().where(nonces.c.seen_at < now - NONCE_RETENTION_SECONDS))
+            await conn.execute(nonces.insert().values(scope=scope, nonce=nonce, seen_at=now))
+
         try:
-            await self._write(lambda conn: conn.execute(nonces.insert().values(scope=scope, nonce=nonce,
-                                                                                 seen_at=now)))
-            return True
+            await self._write(run)
         except IntegrityError:
             return False
+        if prune:
+            self._nonces_pruned_at = now
+        return True
+
+    async def nonce_seen(self, scope: str, nonce: str) -> bool:
+        """True when the nonce was recorded before (a read-only replay check)."""
+        n = nonces.c
+        return bool(await self._read(sa.select(n.nonce).where(n.scope == scope, n.nonce == nonce)))
+
+    async def prune_nonces(self, before: float) -> int:
+        """Forget nonces first seen before ``before``; returns how many."""
+
+        async def run(conn: AsyncConnection) -> int:
+            return int((await conn.execute(nonces.delete().where(nonces.c.seen_at < before))).rowcount or 0)
+
+        return int(await self._write(run))
 
     # --- audit ------------------------------------------------------------------------------
     async def audit(self, *, event: str, ok: bool, channel: str | None, profile: str | None,

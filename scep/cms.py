@@ -233,10 +233,14 @@ def verify_signed(message: SignedMessage, *, allowed_digests: Collection[str] | 
     """Check messageDigest, contentType and the signer's signature (RFC 5652 §5.4, §5.6).
 
     Raises :class:`MessageCheckError` (one shape) for every failure, :class:`BadAlgError` for a
-    digest the caller does not allow.
+    digest the caller does not allow, in ``digestAlgorithm`` or in the hash that
+    ``signatureAlgorithm`` names (sha1WithRSAEncryption, md5WithRSAEncryption: RFC 5652 §5.3).
     """
     if allowed_digests is not None and message.digest not in allowed_digests:
         raise BadAlgError(f"digest {message.digest} not allowed")
+    sig_hash = _SIG_ALG_HASH.get(message.signature_algorithm, message.digest)
+    if allowed_digests is not None and sig_hash not in allowed_digests:
+        raise BadAlgError(f"signature algorithm {message.signature_algorithm} ({sig_hash}) not allowed")
     if message.signer is None:
         raise MessageCheckError("no certificate matches the SignerInfo sid")
     try:
@@ -253,7 +257,6 @@ def verify_signed(message: SignedMessage, *, allowed_digests: Collection[str] | 
     h.update(message.content or b"")
     if not hmac.compare_digest(h.finalize(), digests[0].native):
         raise MessageCheckError("messageDigest mismatch")
-    sig_hash = _SIG_ALG_HASH.get(message.signature_algorithm, message.digest)
     try:
         sig_hash_alg = hash_for(sig_hash)
     except BadAlgError:

@@ -37,6 +37,7 @@ from scep.asn1 import Capability, FailInfo, MessageType, PkiStatus
 from scep.errors import (
     BadCertIdError,
     BadRequestError,
+    MessageCheckError,
     ScepDecodeError,
     ScepError,
 )
@@ -67,6 +68,25 @@ _FAIL_INFO = {
     RejectReason.BAD_MESSAGE_CHECK: FailInfo.BAD_MESSAGE_CHECK,
     RejectReason.BAD_CERT_ID: FailInfo.BAD_CERT_ID,
 }
+
+#: The failInfoText an anonymous peer may read for each core refusal (RFC 8894 §3.2.1.4.5). The
+#: core's detail (which can quote a database or backend error) goes to the log and audit only.
+PUBLIC_TEXT = {
+    RejectReason.BAD_REQUEST: "bad request",
+    RejectReason.BAD_ALG: "algorithm not allowed",
+    RejectReason.BAD_MESSAGE_CHECK: "message check failed",
+    RejectReason.BAD_CERT_ID: "no matching certificate",
+    RejectReason.NOT_AUTHORIZED: "not authorized",
+    RejectReason.UNAUTHENTICATED: "not authorized",
+    RejectReason.POLICY: "request not allowed by the profile",
+    RejectReason.REJECTED: "request rejected",
+    RejectReason.UNAVAILABLE: "service unavailable; retry later",
+}
+
+
+def public_text(reason: RejectReason) -> str:
+    """The fixed failInfoText for a core refusal: never the core's internal detail."""
+    return PUBLIC_TEXT.get(reason, "bad request")
 
 
 class RAKey(Protocol):
@@ -109,6 +129,15 @@ class Reply:
 
 class UnknownProfile(Exception):
     """No SCEP profile of that name (HTTP 404)."""
+
+
+def _san_der(exts: x509.Extensions) -> bytes | None:
+    """The subjectAltName extension value as DER, None when absent."""
+    try:
+        ext = exts.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    return bytes(ext.value.public_bytes())
 
 
 def _spki_sha256(key: Any) -> str:
@@ -204,7 +233,7 @@ class ScepService:
         except CAError as exc:
             fail_info = _FAIL_INFO.get(exc.reason, FailInfo.BAD_REQUEST)
             await self._audit_failure(profile, msg, remote, fail_info, exc.detail)
-            rep = self._failure(msg, fail_info, exc.detail)
+            rep = self._failure(msg, fail_info, public_text(exc.reason))
         except Exception:  # noqa: BLE001  (a parsed message always gets a CertRep)
             log.exception("SCEP PKIOperation failed")
             rep = self._failure(msg, FailInfo.BAD_REQUEST, "internal error")
@@ -266,7 +295,8 @@ class ScepService:
         remote: str | None,
     ) -> CertRep:
         csr = decode_csr(opened.plaintext)
-        fresh = await self.issuer.remember_nonce(f"scep:{profile.name}", msg.sender_nonce)
+        nonce_scope = f"scep:{profile.name}"
+        prior: Requester | None = None
         renewal_of = await self._renewal_signer(profile, signer, csr)
         if renewal_of is not None:
             requester = Requester(AuthMethod.RENEWAL_SIGNER, renewal_of.subject.rfc4514_string(), renewal_of, remote)
@@ -274,15 +304,25 @@ class ScepService:
             raise BadRequestError("RenewalReq not signed by a valid certificate we issued",
                                   public_text="renewal requires a valid certificate issued by this CA")
         else:
+            if _spki_sha256(signer.public_key()) != _spki_sha256(csr.public_key()):
+                # RFC 8894 §2.3: without a certificate of ours, the request is signed with the
+                # key being certified (a self-signed certificate over the CSR's key).
+                raise MessageCheckError("PKCSReq signer key is not the CSR's key and the signer is not "
+                                        "a certificate this CA issued")
             prior = await self._prior_transaction(profile, msg.transaction_id, csr)
             if prior is not None:
                 # A retransmission of a transaction we already know (issued or pending): issue()
                 # answers it idempotently, without spending a one-time challenge again.
                 requester = prior
-            elif not fresh:
-                raise BadRequestError("replayed senderNonce", public_text="replayed message")
             else:
+                if await self.issuer.ledger.nonce_seen(nonce_scope, msg.sender_nonce.hex()):
+                    raise BadRequestError("replayed senderNonce", public_text="replayed message")
                 requester = await self._authorize(profile, msg, csr, remote)
+        # The nonce is recorded only once the request is authenticated (RFC 8894 §3.2.1.5), so
+        # anonymous traffic cannot fill the table; a concurrent replay loses the insert.
+        if not await self.issuer.remember_nonce(nonce_scope, msg.sender_nonce):
+            if renewal_of is None and prior is None:
+                raise BadRequestError("replayed senderNonce", public_text="replayed message")
         # A renewal is its own transaction even when the client keeps its transactionID (scepclient
         # and certmonger derive it from the unchanged key): scope it by the certificate renewed, so
         # a retransmitted renewal is still idempotent but never returns the old certificate.
@@ -309,13 +349,23 @@ class ScepService:
                 raise BadRequestError("renewal disabled for this profile", public_text="renewal not allowed")
             return None
         try:
-            record = await self.issuer.renewable(signer, profile.name)
+            record = await self.issuer.renewable(signer, profile.name, channel=Channel.SCEP)
         except CAError as exc:
-            raise BadRequestError(exc.detail, public_text=exc.detail) from None
+            if exc.reason is not RejectReason.NOT_AUTHORIZED:
+                raise  # e.g. the ledger is down: a core error, answered with its fixed text
+            raise BadRequestError(exc.detail, public_text="renewal not allowed for this certificate now") from None
         if record is None:
             return None  # not ours, or expired: authenticates nothing; enrol afresh
-        if csr.subject != signer.subject:
+        # Byte-equal subject and subjectAltName, the rule EST reenroll applies (RFC 7030 §4.2.2).
+        if csr.subject.public_bytes() != signer.subject.public_bytes():
             raise BadRequestError("renewal changes the subject", public_text="renewal must keep the subject")
+        try:
+            csr_san = _san_der(csr.extensions)
+        except ValueError:
+            raise BadRequestError("the CSR's extension request does not parse") from None
+        if csr_san != _san_der(signer.extensions):
+            raise BadRequestError("renewal changes the subjectAltName",
+                                  public_text="renewal must keep the subjectAltName")
         return signer
 
     async def _prior_transaction(
@@ -380,7 +430,7 @@ class ScepService:
             return CertRep(status=PkiStatus.PENDING, transaction_id=msg.transaction_id,
                            recipient_nonce=msg.sender_nonce)
         fail_info = _FAIL_INFO.get(outcome.reason, FailInfo.BAD_REQUEST)
-        return self._failure(msg, fail_info, outcome.detail)
+        return self._failure(msg, fail_info, public_text(outcome.reason))
 
     @staticmethod
     def _success(msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted, payload: bytes) -> CertRep:

@@ -16,19 +16,23 @@ Example::
     [profiles.router.scep]
     auth = ["challenge", "one-time"]  # any of: challenge, one-time, webhook (fail closed if empty)
     challenge_hash = "scrypt$..."     # `enroll hash-secret`; needed by "challenge"
-    allow_legacy = true               # DES, 3DES, SHA-1, MD5 (old firmware); default false
+    allow_legacy = true               # DES, 3DES, SHA-1 (old firmware); default false
+    # allow_md5 = true                # MD5 digests and md5WithRSA signatures too; default false
     renewal = true                    # a request signed by a valid cert we issued renews it
     certrep_chain = false             # add the CA chain after the issued cert in CertRep
     # webhook_url = "https://hooks.example/scep"   # needed by "webhook"; answers {"allow": true}
+    #                                 # https only; http:// only to 127.0.0.0/8, ::1 or localhost
     # webhook_timeout = 5.0
     # webhook_secret_env = "ENROLL_SCEP_WEBHOOK_TOKEN"  # sent as "Authorization: Bearer <token>"
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ca.authz import is_secret_hash
 from ca.errors import ConfigError
@@ -39,15 +43,18 @@ AUTH_METHODS = ("challenge", "one-time", "webhook")
 #: Content-encryption ciphers and digests every profile accepts (RFC 8894 §3.5.2 AES, SHA-2).
 MODERN_CIPHERS = frozenset({"aes128", "aes192", "aes256"})
 MODERN_DIGESTS = frozenset({"sha256", "sha384", "sha512"})
-#: Added only where ``allow_legacy = true`` (scepclient: DES + SHA-1; Juniper: DES3 + MD5).
+#: Added only where ``allow_legacy = true`` (scepclient: DES + SHA-1).
 LEGACY_CIPHERS = frozenset({"des", "3des"})
-LEGACY_DIGESTS = frozenset({"sha1", "md5"})
+LEGACY_DIGESTS = frozenset({"sha1"})
+#: Added only where ``allow_md5 = true`` (Juniper: DES3 + MD5); never by ``allow_legacy`` alone.
+MD5_DIGESTS = frozenset({"md5"})
 
 _GLOBAL_KEYS = {"default_profile", "ra_cert", "ra_key", "ra_key_passphrase_env", "paths"}
 _PROFILE_KEYS = {
     "auth",
     "challenge_hash",
     "allow_legacy",
+    "allow_md5",
     "renewal",
     "certrep_chain",
     "webhook_url",
@@ -75,6 +82,7 @@ class ScepProfile:
     auth: tuple[str, ...] = ()
     challenge_hash: str | None = None
     allow_legacy: bool = False
+    allow_md5: bool = False
     renewal: bool = True
     certrep_chain: bool = False
     webhook_url: str | None = None
@@ -88,8 +96,10 @@ class ScepProfile:
 
     @property
     def digests(self) -> frozenset[str]:
-        """Message digests accepted in SignerInfos (and mirrored in replies)."""
-        return MODERN_DIGESTS | LEGACY_DIGESTS if self.allow_legacy else MODERN_DIGESTS
+        """Message digests accepted in SignerInfos, in digestAlgorithm and in the hash of
+        signatureAlgorithm (and mirrored in replies)."""
+        digests = MODERN_DIGESTS | LEGACY_DIGESTS if self.allow_legacy else MODERN_DIGESTS
+        return digests | MD5_DIGESTS if self.allow_md5 else digests
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -112,6 +122,29 @@ def _bool(table: Mapping[str, Any], key: str, where: str, default: bool) -> bool
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key}", "must be true or false")
     return value
+
+
+def _check_webhook_url(url: str, key: str) -> None:
+    """https:// anywhere; plain http:// only to this host (the challenge and the CSR travel in it)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigError(key, "is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(key, "must be an https:// URL with a host")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(key, "must use https:// (http:// only to 127.0.0.0/8, ::1 or localhost)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_global(table: Mapping[str, Any]) -> ScepGlobal:
@@ -154,8 +187,8 @@ def parse_profile(name: str, table: Mapping[str, Any]) -> ScepProfile:
     webhook_url = _opt_str(table, "webhook_url", where)
     if "webhook" in auth and webhook_url is None:
         raise ConfigError(f"{where}.webhook_url", 'required when auth lists "webhook"')
-    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.webhook_url", "must be an http:// or https:// URL")
+    if webhook_url is not None:
+        _check_webhook_url(webhook_url, f"{where}.webhook_url")
     timeout = table.get("webhook_timeout", 5.0)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 60:
         raise ConfigError(f"{where}.webhook_timeout", "must be a number of seconds in (0, 60]")
@@ -164,6 +197,7 @@ def parse_profile(name: str, table: Mapping[str, Any]) -> ScepProfile:
         auth=tuple(auth),
         challenge_hash=challenge_hash,
         allow_legacy=_bool(table, "allow_legacy", where, False),
+        allow_md5=_bool(table, "allow_md5", where, False),
         renewal=_bool(table, "renewal", where, True),
         certrep_chain=_bool(table, "certrep_chain", where, False),
         webhook_url=webhook_url,

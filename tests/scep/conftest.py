@@ -22,7 +22,8 @@ def pki() -> TestPki:
 
 
 #: Profiles added to the embedded default for SCEP tests: renewal at any time (no window), legacy
-#: algorithms, a profile with a renewal window, and a strict modern profile. Both reuse the router's static challenge hash.
+#: algorithms, a profile with a renewal window, a strict modern profile and one that also allows MD5 (allow_md5).
+#: All reuse the router's static challenge hash.
 EXTRA_PROFILES = """
 [profiles.anytime]
 ca = "issuing"
@@ -64,6 +65,21 @@ require = ["CN"]
 [profiles.modern.scep]
 auth = ["challenge"]
 challenge_hash = "{hash}"
+
+[profiles.md5ok]
+ca = "issuing"
+validity_days = 30
+key_types = ["rsa-2048"]
+key_usage = ["digital_signature", "key_encipherment"]
+extended_key_usage = ["client_auth"]
+[profiles.md5ok.subject]
+allow = ["CN"]
+require = ["CN"]
+[profiles.md5ok.scep]
+auth = ["challenge"]
+challenge_hash = "{hash}"
+allow_legacy = true
+allow_md5 = true
 """
 
 

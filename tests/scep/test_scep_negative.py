@@ -125,11 +125,12 @@ async def test_missing_challenge(env: Env) -> None:
     await _assert_failure(env, _build(env, challenge=None, txid="NOCH"), FailInfo.BAD_REQUEST)
 
 
-async def test_replayed_message_after_failure_is_refused(env: Env) -> None:
+async def test_unauthenticated_message_sent_twice_is_refused_twice(env: Env) -> None:
+    """No nonce is recorded before authorization (test_scep_security has the replay rule)."""
     der = _build(env, challenge="wrong", txid="REPLAY")
     await _assert_failure(env, der, FailInfo.BAD_REQUEST)
     rep = await _assert_failure(env, der, FailInfo.BAD_REQUEST)
-    assert rep.fail_info_text == "replayed message"
+    assert rep.fail_info_text == "not authorized"
 
 
 async def test_reply_mirrors_cipher_and_nonces(env: Env) -> None:
