@@ -67,23 +67,49 @@ def common(fn: Any) -> Any:
 def conformance() -> None:
     """Check an EST (RFC 7030/8951) or SCEP (RFC 8894) server against the RFCs.
 
-    Each check names its requirement and reports pass, fail (with evidence) or skip (with why).
-    The suite never sends load; it says which enrollments it will make before it starts.
-    Exit status 1 if any check fails."""
+    Each check names its requirement and reports pass, fail (with evidence), skip (with why) or an
+    interop warning (allowed by the RFCs, but a named client breaks on it). The suite never sends
+    load; it says which enrollments it will make before it starts. Exit status 1 if any check fails;
+    interop warnings do not fail a run."""
 
 
-@conformance.command("scep")
-@click.argument("url")
-@click.option("--challenge", help="Challenge password for PKCSReq (without it no enrollment is attempted).")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="Trust anchors for an https URL.")
-@common
-def scep_cmd(url: str, challenge: str | None, ca_bundle: str | None, json_path: str | None,
-             junit_path: str | None, only: str | None, timeout: float, verbose: bool) -> None:
-    """Check the SCEP server at URL (e.g. http://host:8080/scep)."""
+_scep_opts = [
+    click.option("--challenge", help="Challenge password for PKCSReq (without it no enrollment is attempted)."),
+]
+_est_opts = [
+    click.option("--label", help="Also check /.well-known/est/LABEL/..."),
+    click.option("--basic", metavar="USER:PASS", help="HTTP Basic credentials for enrollment."),
+    click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), help="TLS client certificate (PEM)."),
+    click.option("--client-key", type=click.Path(exists=True, dir_okay=False), help="Its private key (PEM)."),
+    click.option("--pending-label", metavar="LABEL", help="A label whose profile answers 202 (manual approval)."),
+    click.option("--pop-label", metavar="LABEL",
+                 help="A label that requires PoP linking (RFC 7030 §3.5 tls-unique); by default the checked label "
+                      "is used when its /csrattrs asks for challengePassword."),
+]
+_ca_bundle = click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
+                          help="Trust anchors for the server's TLS certificate (explicit TA database).")
+
+
+def _with(opts: list[Any]) -> Callable[[Any], Any]:
+    def deco(fn: Any) -> Any:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+def _print_clauses(results: list[Result] | None, protocol: str | None, err: bool = False) -> None:
+    from conformance import clauses
+
+    click.echo(clauses.render(clauses.load(), results, protocol), err=err)
+
+
+def run_scep(url: str, challenge: str | None, ca_bundle: str | None, timeout: float, only: str | None,
+             err: bool) -> tuple[list[Result], list[str]]:
+    """Announce the plan, run the SCEP suite against ``url``, return (results, plan)."""
     from conformance import scep_suite
     from conformance.transport import Http
 
-    err = json_path == "-"
     click.echo(f"SCEP conformance run against {url}. Enrollments this run will request:", err=err)
     plan = scep_suite.plan(challenge)
     for p in plan:
@@ -95,31 +121,15 @@ def scep_cmd(url: str, challenge: str | None, ca_bundle: str | None, json_path: 
             ctx = scep_suite.ScepContext(url, http, challenge)
             return await _run(scep_suite.suite, ctx, err, only)
 
-    results = asyncio.run(go())
-    _emit(url, "scep", results, plan, json_path, junit_path, verbose)
-    _finish(results)
+    return asyncio.run(go()), plan
 
 
-@conformance.command("est")
-@click.argument("url")
-@click.option("--label", help="Also check /.well-known/est/LABEL/...")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
-              help="Trust anchors for the server's TLS certificate (explicit TA database).")
-@click.option("--basic", metavar="USER:PASS", help="HTTP Basic credentials for enrollment.")
-@click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), help="TLS client certificate (PEM).")
-@click.option("--client-key", type=click.Path(exists=True, dir_okay=False), help="Its private key (PEM).")
-@click.option("--pending-label", metavar="LABEL", help="A label whose profile answers 202 (manual approval).")
-@click.option("--pop-label", metavar="LABEL",
-              help="A label that requires PoP linking (RFC 7030 §3.5 tls-unique); by default the checked label is "
-                   "used when its /csrattrs asks for challengePassword.")
-@common
-def est_cmd(url: str, label: str | None, ca_bundle: str | None, basic: str | None, client_cert: str | None,
-            client_key: str | None, pending_label: str | None, pop_label: str | None, json_path: str | None,
-            junit_path: str | None, only: str | None, timeout: float, verbose: bool) -> None:
-    """Check the EST server at URL (https://host:port)."""
+def run_est(url: str, label: str | None, ca_bundle: str | None, basic: str | None, client_cert: str | None,
+            client_key: str | None, pending_label: str | None, pop_label: str | None, timeout: float,
+            only: str | None, err: bool) -> tuple[list[Result], list[str]]:
+    """Announce the plan, run the EST suite against ``url``, return (results, plan)."""
     from conformance import est_suite
 
-    err = json_path == "-"
     if basic is not None and ":" not in basic:
         raise click.BadParameter("expected USER:PASS", param_hint="--basic")
     opts = est_suite.EstOptions(url=url.rstrip("/"), label=label, ca_bundle=ca_bundle, basic=basic,
@@ -137,9 +147,77 @@ def est_cmd(url: str, label: str | None, ca_bundle: str | None, basic: str | Non
         finally:
             await ctx.close()
 
-    results = asyncio.run(go())
-    _emit(url, "est", results, plan, json_path, junit_path, verbose)
+    return asyncio.run(go()), plan
+
+
+_clauses_flag = click.option("--clauses", "show_clauses", is_flag=True,
+                             help="Also print CLAUSES.md: every RFC requirement with the verdicts of its checks.")
+
+
+@conformance.command("scep")
+@click.argument("url")
+@_with(_scep_opts)
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="Trust anchors for an https URL.")
+@_clauses_flag
+@common
+def scep_cmd(url: str, challenge: str | None, ca_bundle: str | None, show_clauses: bool, json_path: str | None,
+             junit_path: str | None, only: str | None, timeout: float, verbose: bool) -> None:
+    """Check the SCEP server at URL (e.g. http://host:8080/scep)."""
+    err = json_path == "-"
+    results, plan = run_scep(url, challenge, ca_bundle, timeout, only, err)
+    _emit(url, "scep", results, plan, json_path, junit_path, verbose)
+    if show_clauses:
+        _print_clauses(results, "scep", err)
     _finish(results)
+
+
+@conformance.command("est")
+@click.argument("url")
+@_with(_est_opts[:1])
+@_ca_bundle
+@_with(_est_opts[1:])
+@_clauses_flag
+@common
+def est_cmd(url: str, label: str | None, ca_bundle: str | None, basic: str | None, client_cert: str | None,
+            client_key: str | None, pending_label: str | None, pop_label: str | None, show_clauses: bool,
+            json_path: str | None, junit_path: str | None, only: str | None, timeout: float,
+            verbose: bool) -> None:
+    """Check the EST server at URL (https://host:port)."""
+    err = json_path == "-"
+    results, plan = run_est(url, label, ca_bundle, basic, client_cert, client_key, pending_label, pop_label,
+                            timeout, only, err)
+    _emit(url, "est", results, plan, json_path, junit_path, verbose)
+    if show_clauses:
+        _print_clauses(results, "est", err)
+    _finish(results)
+
+
+@conformance.command("clauses")
+@click.option("--est", "est_url", metavar="URL", help="Run the EST suite against URL and show each check's verdict.")
+@click.option("--scep", "scep_url", metavar="URL", help="Run the SCEP suite against URL and show each check's verdict.")
+@_ca_bundle
+@_with(_est_opts)
+@_with(_scep_opts)
+@click.option("--timeout", default=30.0, show_default=True, help="Per-request timeout in seconds.")
+def clauses_cmd(est_url: str | None, scep_url: str | None, ca_bundle: str | None, label: str | None,
+                basic: str | None, client_cert: str | None, client_key: str | None, pending_label: str | None,
+                pop_label: str | None, challenge: str | None, timeout: float) -> None:
+    """Print every MUST/SHOULD/MAY of RFC 7030, RFC 8951 and RFC 8894 with the check that covers it
+    (or why none can). With --est or --scep the suite runs first (progress on stderr) and each check
+    shows its verdict; exit status 1 if any check fails."""
+    if est_url and scep_url:
+        raise click.UsageError("give --est or --scep, not both")
+    if est_url:
+        results, _ = run_est(est_url, label, ca_bundle, basic, client_cert, client_key, pending_label, pop_label,
+                             timeout, None, True)
+        _print_clauses(results, "est")
+        _finish(results)
+    elif scep_url:
+        results, _ = run_scep(scep_url, challenge, ca_bundle, timeout, None, True)
+        _print_clauses(results, "scep")
+        _finish(results)
+    else:
+        _print_clauses(None, None)
 
 
 async def _run(suite: Suite, ctx: Any, err: bool, only: str | None) -> list[Result]:
