@@ -734,17 +734,22 @@ class Issuer:
         ``refusals-suppressed`` summary of the rest (:class:`ca.ratelimit.RefusalSampler`), so
         that anonymous requests cannot fill the disk. ``remote`` (the peer address, used only
         for sampling) defaults to the requester's."""
-        sampler = self._refusal_sampler()
-        for summary in sampler.due_summaries():
-            await self._record(dict(event="refusals-suppressed", ok=False, channel=summary.pop("channel"),
-                                    profile=None, requester=None, reason="", csr_sha256=None, serial=None,
-                                    detail=summary))
+        await self.flush_refusal_summaries()
         if not ok and (requester is None or requester.method is AuthMethod.NONE):
-            if not sampler.admit(channel.value, event, reason, remote or (requester.remote if requester else None)):
+            peer = remote or (requester.remote if requester else None)
+            if not self._refusal_sampler().admit(channel.value, event, reason, peer):
                 return
         await self._record(dict(event=event, ok=ok, channel=channel.value, profile=profile,
                                 requester=_describe(requester), reason=reason, csr_sha256=csr_sha256, serial=serial,
                                 detail={k: v for k, v in (detail or {}).items() if v is not None} or None))
+
+    async def flush_refusal_summaries(self) -> None:
+        """Write the ``refusals-suppressed`` rows of a finished sampling minute, if not yet written
+        (every audit call does; a periodic task may call it so the last minute is not held back)."""
+        for summary in self._refusal_sampler().due_summaries():
+            await self._record(dict(event="refusals-suppressed", ok=False, channel=summary.pop("channel"),
+                                    profile=None, requester=None, reason="", csr_sha256=None, serial=None,
+                                    detail=summary))
 
     async def _record(self, values: dict[str, Any]) -> None:
         self._log(values)

@@ -30,7 +30,7 @@ counted failure at the latest, and failures leave the count after ``window`` sec
 is counted in process memory and written to the audit trail only as a sample: the first per
 (event, reason class, client) per minute, at most ``per_period`` per minute in all, and one summary
 row per channel and minute with the number left out. Authenticated refusals and every acceptance
-are always written (DESIGN.md, issuance contract step 7).
+are always written.
 """
 
 from __future__ import annotations
