@@ -6,7 +6,10 @@ of each), with the authenticated admin as the actor, so the audit trail names wh
 Authentication (fail closed): without an ``[admin]`` table every ``/admin`` path answers 404;
 with one, only HTTPS requests are served, and each must carry a bearer token whose scrypt hash
 is in ``[admin.tokens.NAME]`` or present a TLS client certificate chaining to a trust store in
-``[admin] client_trust``. Mutating calls are POSTs with a JSON body (``Content-Type:
+``[admin] client_trust`` (a CA of the admins' own: config load refuses an anchor that is also
+one of our CAs or a device-facing anchor), optionally narrowed by ``[admin]
+allowed_fingerprints`` and ``[admin] crl``. Every /admin response carries nosniff, and HSTS on
+HTTPS (RFC 6797). Mutating calls are POSTs with a JSON body (``Content-Type:
 application/json``), which a cross-site form cannot send, and a foreign ``Origin`` is refused:
 a browser holding an admin client certificate cannot be made to act by another site.
 """
