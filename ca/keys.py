@@ -1,7 +1,8 @@
 """Signing and decryption keys behind small interfaces, so file keys and HSM keys are alike.
 
-A :class:`Signer` signs bytes; certificates and CRLs are built without the private key object
-(:func:`sign_certificate`, :func:`sign_crl`), so a PKCS#11 signer fits the same path.
+A :class:`Signer` signs bytes; certificates and CRLs are encoded as TBS structures by
+:mod:`ca.tbs` and signed once (:func:`sign_certificate`, :func:`sign_crl`), so a PKCS#11 key
+(:mod:`ca.pkcs11`) takes the same path as a PEM file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import stat
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from asn1crypto import core as asn1core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
 )
 
+from ca import tbs
 from ca.errors import ConfigError
 
 
@@ -110,65 +111,37 @@ def write_private_key(path: Path, key: CertificateIssuerPrivateKeyTypes, passphr
     os.chmod(path, 0o600)
 
 
-_placeholders: dict[str, CertificateIssuerPrivateKeyTypes] = {}
-
-
-def _placeholder_for(pub: CertificateIssuerPublicKeyTypes) -> CertificateIssuerPrivateKeyTypes:
-    """A throwaway key of the same algorithm family, so cryptography writes the right AlgorithmIdentifier."""
-    tag = "rsa" if isinstance(pub, rsa.RSAPublicKey) else "ec" if isinstance(pub, ec.EllipticCurvePublicKey) \
-        else "ed25519"
-    if tag not in _placeholders:
-        key: CertificateIssuerPrivateKeyTypes
-        if tag == "rsa":
-            key = rsa.generate_private_key(65537, 1024)
-        elif tag == "ec":
-            key = ec.generate_private_key(ec.SECP256R1())
-        else:
-            key = ed25519.Ed25519PrivateKey.generate()
-        _placeholders[tag] = key
-    return _placeholders[tag]
-
-
-def _resign(tbs: bytes, sig_alg_der: bytes, signer: Signer, algorithm: hashes.HashAlgorithm | None) -> bytes:
-    signature = signer.sign(tbs, algorithm)
-    bits = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature  # BIT STRING, no unused bits
-    body = tbs + sig_alg_der + bits
-    return b"\x30" + _der_length(len(body)) + body
-
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def _signature_algorithm_der(signed: bytes) -> bytes:
-    """The outer signatureAlgorithm of a signed X.509 structure (RFC 5280 §4.1.1.2, §5.1.1.2)."""
-    outer = asn1core.Sequence.load(signed)
-    return bytes(outer[1].dump())
+def _builder_fields(builder: x509.CertificateBuilder) -> dict[str, Any]:
+    """The fields a CertificateBuilder was given (cryptography keeps them as attributes)."""
+    fields = {"issuer": builder._issuer_name, "subject": builder._subject_name,
+              "public_key": builder._public_key, "serial": builder._serial_number,
+              "not_before": builder._not_valid_before, "not_after": builder._not_valid_after}
+    for name, value in fields.items():
+        if value is None:
+            raise ValueError(f"the certificate has no {name}")
+    return fields
 
 
 def sign_certificate(
-    builder: x509.CertificateBuilder, signer: Signer, algorithm: Any
+    builder: x509.CertificateBuilder, signer: Signer, algorithm: hashes.HashAlgorithm | None
 ) -> x509.Certificate:
-    """Sign a certificate through ``signer``: cryptography builds the TBS, the signer signs it."""
-    if isinstance(signer, FileKey):
-        return builder.sign(signer.key, algorithm)
-    draft = builder.sign(_placeholder_for(signer.public_key()), algorithm)
-    alg = _signature_algorithm_der(draft.public_bytes(serialization.Encoding.DER))
-    return x509.load_der_x509_certificate(_resign(draft.tbs_certificate_bytes, alg, signer, algorithm))
+    """Encode the TBSCertificate and sign it once through ``signer`` (RFC 5280 §4.1.1.3)."""
+    sig_alg = tbs.signature_algorithm(signer.public_key(), algorithm)
+    body = tbs.tbs_certificate(sig_alg=sig_alg, exts=list(builder._extensions), **_builder_fields(builder))
+    return x509.load_der_x509_certificate(tbs.signed(body, sig_alg, signer.sign(body, algorithm)))
 
 
 def sign_crl(
-    builder: x509.CertificateRevocationListBuilder, signer: Signer, algorithm: Any
+    builder: x509.CertificateRevocationListBuilder, signer: Signer, algorithm: hashes.HashAlgorithm | None
 ) -> x509.CertificateRevocationList:
-    """Sign a CRL through ``signer`` (RFC 5280 §5.1)."""
-    if isinstance(signer, FileKey):
-        return builder.sign(signer.key, algorithm)
-    draft = builder.sign(_placeholder_for(signer.public_key()), algorithm)
-    alg = _signature_algorithm_der(draft.public_bytes(serialization.Encoding.DER))
-    return x509.load_der_x509_crl(_resign(draft.tbs_certlist_bytes, alg, signer, algorithm))
+    """Encode the TBSCertList and sign it once through ``signer`` (RFC 5280 §5.1.1.3)."""
+    if builder._issuer_name is None or builder._last_update is None:
+        raise ValueError("the CRL has no issuer or thisUpdate")
+    sig_alg = tbs.signature_algorithm(signer.public_key(), algorithm)
+    body = tbs.tbs_cert_list(sig_alg=sig_alg, issuer=builder._issuer_name, this_update=builder._last_update,
+                             next_update=builder._next_update, revoked=builder._revoked_certificates,
+                             exts=list(builder._extensions))
+    return x509.load_der_x509_crl(tbs.signed(body, sig_alg, signer.sign(body, algorithm)))
 
 
 def default_hash(pub: CertificateIssuerPublicKeyTypes) -> hashes.HashAlgorithm | None:

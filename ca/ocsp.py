@@ -13,17 +13,20 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from asn1crypto import algos as aalgos
+from asn1crypto import core as asn1core
 from asn1crypto import keys as akeys
 from asn1crypto import ocsp as aocsp
+from asn1crypto import x509 as ax509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.api import REASONS
 from ca.errors import ParseError
-from ca.keys import FileKey, Signer, _placeholder_for, default_hash
+from ca import tbs
+from ca.keys import Signer, default_hash
 
 #: RFC 6960 §2.1: requests are small; anything bigger is refused before parsing.
 MAX_REQUEST_BYTES = 16 * 1024
@@ -143,64 +146,58 @@ def build_response(
     responder's certificate goes into ``certs`` so clients can verify it (§4.2.2.2); the
     request's nonce is echoed (§4.4.1).
     """
-    cert_status = {Status.GOOD: ocsp.OCSPCertStatus.GOOD, Status.REVOKED: ocsp.OCSPCertStatus.REVOKED,
-                   Status.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN}[status]
-    flag = REASONS.get(reason or "unspecified") if status is Status.REVOKED else None
-    b = ocsp.OCSPResponseBuilder().add_response_by_hash(
-        issuer_name_hash=query.issuer_name_hash,
-        issuer_key_hash=query.issuer_key_hash,
-        serial_number=query.serial,
-        algorithm=query.hash_algorithm,
-        cert_status=cert_status,
-        this_update=this_update,
-        next_update=next_update,
-        revocation_time=revoked_at if status is Status.REVOKED else None,
-        # RFC 5280 §5.3.1: omit the reason rather than send "unspecified".
-        revocation_reason=None if flag in (None, x509.ReasonFlags.unspecified) else flag,
-    )
-    if responder.delegated:
-        b = b.certificates([responder.cert])
+    cert_status: aocsp.CertStatus
+    if status is Status.REVOKED:
+        assert revoked_at is not None
+        flag = REASONS.get(reason or "unspecified") or x509.ReasonFlags.unspecified
+        info: dict[str, Any] = {"revocation_time": _gtime(revoked_at)}
+        if flag is not x509.ReasonFlags.unspecified:  # RFC 5280 §5.3.1: omit rather than "unspecified"
+            info["revocation_reason"] = flag.name
+        cert_status = aocsp.CertStatus(name="revoked", value=aocsp.RevokedInfo(info))
+    else:
+        cert_status = aocsp.CertStatus(name=status.value, value=asn1core.Null())
+    single: dict[str, Any] = {
+        "cert_id": {
+            "hash_algorithm": {"algorithm": query.hash_algorithm.name},
+            "issuer_name_hash": query.issuer_name_hash,
+            "issuer_key_hash": query.issuer_key_hash,
+            "serial_number": query.serial,
+        },
+        "cert_status": cert_status,
+        "this_update": _gtime(this_update),
+    }
+    if next_update is not None:
+        single["next_update"] = _gtime(next_update)
+    data: dict[str, Any] = {
+        "responder_id": aocsp.ResponderId(name="by_key", value=issuer_hashes(responder.cert, hashes.SHA1())[1]),
+        "produced_at": _gtime(dt.datetime.now(dt.timezone.utc)),
+        "responses": [single],
+    }
     if query.nonce is not None:
-        b = b.add_extension(x509.OCSPNonce(query.nonce), False)
-    return _sign(b, responder)
+        data["response_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": query.nonce}]
+    return _sign(aocsp.ResponseData(data), responder)
 
 
-def _stand_in_certificate(key: Any) -> x509.Certificate:
-    """A throwaway certificate for the placeholder key: cryptography insists that the responder
-    certificate matches the key it signs with; the real ResponderID is written afterwards."""
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "placeholder")])
-    now = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()))
+def _gtime(value: dt.datetime) -> dt.datetime:
+    """GeneralizedTime without fractional seconds (RFC 5280 §4.1.2.5.2, as RFC 6960 §4.2.2.1 asks)."""
+    return value.astimezone(dt.timezone.utc).replace(microsecond=0)
 
 
-def _sign(builder: ocsp.OCSPResponseBuilder, responder: Responder) -> bytes:
-    """Sign through the responder's :class:`Signer`: cryptography encodes the response, the
-    signer signs its tbsResponseData (RFC 6960 §4.2.1), as :func:`ca.keys.sign_crl` does for CRLs.
-    The ResponderID is byKey: SHA-1 of the responder's public key (RFC 6960 §4.2.2.3)."""
+def _sign(tbs_data: aocsp.ResponseData, responder: Responder) -> bytes:
+    """Sign the tbsResponseData once through the responder's :class:`Signer` (RFC 6960 §4.2.1);
+    a delegated responder's certificate goes into ``certs`` (§4.2.2.2)."""
     signer = responder.signer
     algorithm = default_hash(signer.public_key())
-    if isinstance(signer, FileKey):
-        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder.cert)
-        return builder.sign(signer.key, algorithm).public_bytes(serialization.Encoding.DER)
-    placeholder = _placeholder_for(signer.public_key())
-    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, _stand_in_certificate(placeholder))
-    draft = builder.sign(placeholder, algorithm)
-    outer = aocsp.OCSPResponse.load(draft.public_bytes(serialization.Encoding.DER))
-    basic = outer["response_bytes"]["response"].parsed
-    tbs = basic["tbs_response_data"]
-    tbs["responder_id"] = aocsp.ResponderId(name="by_key",
-                                            value=issuer_hashes(responder.cert, hashes.SHA1())[1])
-    fields = {
-        "tbs_response_data": tbs,
-        "signature_algorithm": basic["signature_algorithm"],
-        "signature": signer.sign(tbs.dump(force=True), algorithm),
+    sig_alg = aalgos.SignedDigestAlgorithm.load(tbs.signature_algorithm(signer.public_key(), algorithm))
+    body = tbs_data.dump(force=True)
+    fields: dict[str, Any] = {
+        "tbs_response_data": aocsp.ResponseData.load(body),
+        "signature_algorithm": sig_alg,
+        "signature": signer.sign(body, algorithm),
     }
-    if basic["certs"].native is not None:
-        fields["certs"] = basic["certs"]
-    signed = aocsp.BasicOCSPResponse(fields)
+    if responder.delegated:
+        fields["certs"] = [ax509.Certificate.load(responder.cert.public_bytes(serialization.Encoding.DER))]
     return bytes(aocsp.OCSPResponse({
         "response_status": "successful",
-        "response_bytes": {"response_type": "basic_ocsp_response", "response": signed},
+        "response_bytes": {"response_type": "basic_ocsp_response", "response": aocsp.BasicOCSPResponse(fields)},
     }).dump())
