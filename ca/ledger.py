@@ -8,8 +8,10 @@ both dialects run the same statements. Invariants live in constraints, never in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ca.errors import AuthorizationError, LedgerError
+from ca.sqlite_writer import SqliteWriter
 
 metadata = sa.MetaData()
 
@@ -404,8 +407,14 @@ class Ledger:
             kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._nonces_pruned_at = 0.0  # remember_nonce() prunes old nonces now and then
+        #: Transactions begun, by kind ("read" / "write"): the unit-of-work tests count them.
+        self.transactions: Counter[str] = Counter()
+        self._writer: SqliteWriter | None = None
         if self.is_sqlite:
             self._sqlite_pragmas()
+            path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+            if path and path != ":memory:":
+                self._writer = SqliteWriter(path)
 
     def _sqlite_pragmas(self) -> None:
         sync_engine = self.engine.sync_engine
@@ -428,8 +437,64 @@ class Ledger:
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ledger_read") else "BEGIN IMMEDIATE")
 
     async def close(self) -> None:
-        """Release every pooled connection."""
+        """Release every pooled connection (and stop SQLite's writer thread)."""
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+            self._writer = SqliteWriter(self._writer.path)  # usable again after close, like the engine
         await self.engine.dispose()
+
+    # --- the unit of work (ca/unit_of_work.py) ----------------------------------------------
+    async def run_read(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """Run a synchronous read function in one read transaction."""
+        self.transactions["read"] += 1
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(ledger_read=True)
+                return await conn.run_sync(fn)
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"ledger read failed: {_reason(exc)}") from exc
+
+    async def run_write(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """Run a synchronous write function in one durable write transaction (on SQLite, in the
+        writer thread's next group commit). CAErrors raised by ``fn`` roll it back and pass through."""
+        self.transactions["write"] += 1
+        try:
+            if self._writer is not None:
+                return await self._writer.submit(fn)
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn)
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"ledger write failed: {_reason(exc)}") from exc
+
+    async def gate(self, query: Any) -> Any:
+        """:func:`ca.unit_of_work.read_gate` in one read transaction."""
+        from ca.unit_of_work import read_gate
+
+        now = time.time()
+        return await self.run_read(lambda conn: read_gate(conn, query, now))
+
+    async def commit_issue(self, unit: Any) -> None:
+        """:func:`ca.unit_of_work.apply_issue` in one write transaction."""
+        from ca.unit_of_work import apply_issue
+
+        now = time.time()
+        await self.run_write(lambda conn: apply_issue(conn, unit, now))
+
+    async def reserve_block(self, issuer: str, count: int) -> list[tuple[int, int]]:
+        """Reserve ``count`` serials of one CA, committed before any of them signs."""
+        from ca.unit_of_work import reserve_block
+
+        now = time.time()
+        return list(await self.run_write(lambda conn: reserve_block(conn, issuer, count, now)))
+
+    async def record_refusal(self, keys: Sequence[tuple[str, str]], audit: dict[str, Any] | None) -> None:
+        """A refusal's one write: throttle keys and (unless sampled out) its audit row."""
+        from ca.unit_of_work import record_failure
+
+        if not keys and audit is None:
+            return
+        now = time.time()
+        await self.run_write(lambda conn: record_failure(conn, keys, audit, now))
 
     async def migrate(self) -> int:
         """Apply pending migrations; return the schema version now in force."""
@@ -449,6 +514,7 @@ class Ledger:
             raise LedgerError(f"ledger migration failed: {exc}") from exc
 
     async def _write(self, fn: Callable[[AsyncConnection], Any]) -> Any:
+        self.transactions["write"] += 1
         try:
             async with self.engine.begin() as conn:
                 return await fn(conn)
@@ -458,6 +524,7 @@ class Ledger:
             raise LedgerError(f"ledger write failed: {_reason(exc)}") from exc
 
     async def _read(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
+        self.transactions["read"] += 1
         try:
             async with self.engine.connect() as conn:
                 await conn.execution_options(ledger_read=True)
@@ -609,10 +676,12 @@ class Ledger:
         """Forget failures older than every throttle window."""
         await self._write(lambda conn: conn.execute(auth_failures.delete().where(auth_failures.c.at < before)))
 
-    async def count_certificates(self, status: str = "issued") -> int:
-        """How many rows have this status."""
-        rows = await self._read(sa.select(sa.func.count()).select_from(certificates)
-                                .where(certificates.c.status == status))
+    async def count_certificates(self, status: str = "issued", *, channels: Sequence[str] = ()) -> int:
+        """How many rows have this status (only those that came in on ``channels``, when given)."""
+        q = sa.select(sa.func.count()).select_from(certificates).where(certificates.c.status == status)
+        if channels:
+            q = q.where(certificates.c.channel.in_(list(channels)))
+        rows = await self._read(q)
         return int(rows[0][0])
 
     async def revoke(self, issuer: str, serial: int, reason: str, at: float) -> bool:

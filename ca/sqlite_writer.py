@@ -1,0 +1,126 @@
+"""SQLite group commit: one writer thread, many units of work per fsync.
+
+docs/ARCHITECTURE.md, "The unit of work". SQLite serializes writers and, with
+``synchronous=FULL``, pays one fsync per commit. A thread of its own owns one write connection;
+units of work queue to it and run in one ``BEGIN IMMEDIATE`` transaction, each inside its own
+savepoint (a unit that fails rolls back alone), and one ``COMMIT`` makes the whole group durable.
+Every caller is answered only after that commit, so nothing is reported stored before it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+#: Most units in one commit (a bound on latency for the first unit of a long group).
+MAX_GROUP = 128
+
+
+@dataclass
+class _Unit:
+    fn: Callable[[sa.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = field(default=None)
+
+
+class SqliteWriter:
+    """Runs synchronous write functions in groups on one connection of its own."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.commits = 0  # group commits made (for tests and metrics)
+        self.engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
+                                       poolclass=sa.pool.StaticPool)
+
+        @sa.event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # SQLAlchemy drives BEGIN (savepoints need it)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+                self._thread.start()
+
+    async def submit(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """Run ``fn`` in the next group commit; its result once the group is durable."""
+        self._start()
+        loop = asyncio.get_running_loop()
+        unit = _Unit(fn, loop, loop.create_future())
+        self._queue.put(unit)
+        return await unit.future
+
+    def close(self) -> None:
+        """Finish queued units and stop the thread."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+        self.engine.dispose()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                group.append(nxt)
+            self._commit(group)
+
+    def _commit(self, group: list[_Unit]) -> None:
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    for unit in group:
+                        try:
+                            with conn.begin_nested():
+                                unit.result = unit.fn(conn)
+                        except Exception as exc:  # noqa: BLE001 - handed to the caller
+                            unit.error = exc
+            self.commits += 1
+        except Exception as exc:  # noqa: BLE001 - the commit itself failed: nothing is durable
+            for unit in group:
+                if unit.error is None:
+                    unit.error = exc
+        for unit in group:
+            try:
+                unit.loop.call_soon_threadsafe(_settle, unit)
+            except RuntimeError:  # the caller's event loop is gone: nobody waits for the answer
+                pass
+
+
+def _settle(unit: _Unit) -> None:
+    if unit.future.done():
+        return
+    if unit.error is not None:
+        unit.future.set_exception(unit.error)
+    else:
+        unit.future.set_result(unit.result)
