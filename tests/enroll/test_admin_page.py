@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509 import ocsp as xocsp
+from cryptography.x509.oid import NameOID
 
 from enroll.pki import DevPKI
 from tests.conftest import make_csr, require_tool
@@ -259,7 +260,9 @@ async def test_sign_in_approve_and_revoke_in_chromium(browser: Browser, srv: Adm
 
 
 async def test_page_escapes_hostile_subjects(browser: Browser, srv: AdminServer) -> None:
-    status, _ = srv.est_enroll("gateway", make_csr("<img src=x onerror=alert(1)>")[0])
+    # gateway's CN is a host name by policy; OU carries the hostile text instead
+    status, _ = srv.est_enroll("gateway", make_csr("xss-subject", extra_attrs=[
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "<img src=x onerror=alert(1)>")])[0])
     assert status == 200
     await browser.send("Page.navigate", url=f"{srv.base_https}/admin/")
     await browser.wait_for("document.getElementById('login') && !document.getElementById('login').hidden")
