@@ -349,6 +349,17 @@ def _key_transport(alg: cms.KeyEncryptionAlgorithm) -> KeyTransport:
     raise BadAlgError(f"key transport {name} not supported")
 
 
+def addressed_to(der: bytes, cert: x509.Certificate) -> bool:
+    """True when the EnvelopedData has a key-transport RecipientInfo for ``cert`` (RFC 5652
+    §6.2.1); False for anything that does not parse (decryption then fails in one shape)."""
+    try:
+        env = load_content_info(der, "enveloped_data")["content"]
+        acert = ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+        return any(ri.name == "ktri" and _recipient_matches(ri.chosen["rid"], acert) for ri in env["recipient_infos"])
+    except Exception:  # noqa: BLE001  (parse gate)
+        return False
+
+
 def decrypt_enveloped(
     der: bytes,
     decrypt: Decrypt,

@@ -270,6 +270,12 @@ class PkiMessage:
             raise BadRequestError("request without pkcsPKIEnvelope")
         return cms.decrypt_enveloped(self.signed.content, decrypt, recipients, allowed_ciphers)
 
+    def addressed_to(self, cert: x509.Certificate) -> bool:
+        """True when the pkcsPKIEnvelope has a RecipientInfo for ``cert`` (RFC 5652 §6.2.1)."""
+        if self.signed is None or self.signed.content is None:
+            return False
+        return cms.addressed_to(self.signed.content, cert)
+
     def build(
         self,
         message_data: bytes,

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 
 from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
-from ca.errors import CAError, RejectReason
+from ca.errors import CAError, NotFoundError, RejectReason
 from ca.issuer import Issuer
 from ca.ratelimit import Throttle
 from scep import cms
@@ -105,14 +105,23 @@ class RAKey(Protocol):
 class RA:
     """The registration authority answering for a CA (RFC 8894 §2.1.2).
 
+    ``cert``/``key`` sign CertReps (and decrypt requests addressed to ``cert``).
     ``is_ca``: the CA's own certificate and key act as RA (GetCACert is then a single DER).
-    ``extra``: certificates published after the RA certificate (e.g. a separate signing RA).
+    ``extra``: certificates published after the RA certificate(s) (e.g. its chain).
+    ``enc_cert``/``enc_key``: the Microsoft NDES layout's second RA certificate, for key
+    encipherment only; a request whose RecipientInfo names it is decrypted with ``enc_key``.
     """
 
     cert: x509.Certificate
     key: RAKey
     is_ca: bool = False
     extra: tuple[x509.Certificate, ...] = ()
+    enc_cert: x509.Certificate | None = None
+    enc_key: RAKey | None = None
+
+    def published(self) -> list[x509.Certificate]:
+        """The RA certificates GetCACert lists before the CA chain: signer, encryption RA, extra."""
+        return [self.cert, *([self.enc_cert] if self.enc_cert is not None else []), *self.extra]
 
 
 #: POSTs the JSON body to ``url`` and returns True only on an explicit allow (scep/http.py).
@@ -201,9 +210,9 @@ class ScepService:
         """Single DER when the CA is its own RA; else RA certificate(s) first, then the chain."""
         ra = self.ra(profile)
         chain = await self.issuer.ca_chain(profile.name)
-        if ra.is_ca and not ra.extra:
+        if ra.is_ca and not ra.extra and ra.enc_cert is None:
             return Reply(chain.issuer.public_bytes(serialization.Encoding.DER), CT_CA_CERT)
-        certs: list[x509.Certificate] = [ra.cert, *ra.extra]
+        certs: list[x509.Certificate] = ra.published()
         for c in chain.chain:
             if c not in certs:
                 certs.append(c)
@@ -279,7 +288,7 @@ class ScepService:
         msg.verify(allowed_digests=profile.digests)  # MessageCheckError / BadAlgError
         signer = msg.signer
         assert signer is not None  # verify() refuses a message without one
-        opened = msg.open(ra.key.decrypt, [ra.cert], profile.ciphers)
+        opened = self._open(profile, ra, msg)
         mtype = MessageType(msg.message_type)
         if mtype in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
             return await self._enroll(profile, msg, signer, opened, remote)
@@ -288,6 +297,14 @@ class ScepService:
         if mtype is MessageType.GET_CERT:
             return await self._get_cert(profile, msg, signer, opened)
         return await self._get_crl(profile, msg, signer, opened)
+
+    @staticmethod
+    def _open(profile: ScepProfile, ra: RA, msg: PkiMessage) -> cms.Decrypted:
+        """Decrypt with the encryption RA's key when the request is addressed to that certificate
+        (NDES layout), else with the signing RA's (RFC 8894 §2.1.2: the RA may have two keys)."""
+        if ra.enc_cert is not None and ra.enc_key is not None and msg.addressed_to(ra.enc_cert):
+            return msg.open(ra.enc_key.decrypt, [ra.enc_cert], profile.ciphers)
+        return msg.open(ra.key.decrypt, [ra.cert], profile.ciphers)
 
     # --- PKCSReq / RenewalReq (RFC 8894 §3.3.1) ---------------------------------------------------
     async def _enroll(
@@ -482,23 +499,82 @@ class ScepService:
         )
 
     # --- GetCert / GetCRL (RFC 8894 §3.3.4) -------------------------------------------------------
+    async def _ca_named(self, profile: ScepProfile, name: x509.Name) -> str | None:
+        """The CA an IssuerAndSerialNumber means by ``name``, or None.
+
+        Each CA's own subject names it. sscep builds the IssuerAndSerialNumber of GetCert and
+        GetCRL from the first certificate GetCACert returned, which is our RA (RFC 8894 §4.2
+        puts the RA first); serial numbers are random and unique per CA (DESIGN.md step 5), so
+        the subject of the profile's RA certificates or of any certificate in the profile's CA
+        chain names the profile's CA.
+        """
+        der = name.public_bytes()
+        for ca_name, ca in self.issuer.cas.items():
+            subject = (await ca.backend.ca_chain()).issuer.subject
+            if subject.public_bytes() == der or subject == name:
+                return ca_name
+        ra = self.ra(profile)
+        chain = await self.issuer.ca_chain(profile.name)
+        for c in (*ra.published(), *chain.chain):
+            if c.subject.public_bytes() == der or c.subject == name:
+                return self.issuer.profile(profile.name).ca
+        return None
+
+    async def _entitled(self, signer: x509.Certificate, cert: x509.Certificate, device: str | None,
+                        subject: str | None) -> bool:
+        """May the signer of a GetCert read ``cert``? (RFC 8894 §3.3.4 leaves it to the CA.)
+
+        Yes when the signer is the certificate itself, or holds its key (a self-signed signer
+        over the certificate's public key: the key that requested it), or is a certificate we
+        issued that is valid now, not revoked or retired, for the same device (the same subject
+        when the ledger has no device).
+        """
+        if signer.public_bytes(serialization.Encoding.DER) == cert.public_bytes(serialization.Encoding.DER):
+            return True
+        if _spki_sha256(signer.public_key()) == _spki_sha256(cert.public_key()):
+            return True
+        record = await self.issuer.certificate_status(signer)
+        if record is None or record.revoked or record.retired:
+            return False
+        if not signer.not_valid_before_utc <= _now() <= signer.not_valid_after_utc:
+            return False
+        if device is not None and record.device is not None:
+            return record.device == device
+        return subject is not None and record.subject == subject
+
     async def _get_cert(
         self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted
     ) -> CertRep:
+        """GetCert: the certificate named by issuer and serial, for an entitled signer only
+        (:meth:`_entitled`); the issuer may be named by the RA (:meth:`_ca_named`). Unknown,
+        not issued, and not entitled all get the same badCertId and no certificate."""
         ias = IssuerAndSerial.from_der(opened.plaintext)
-        cert = await self.issuer.find_certificate(ias.issuer, ias.serial)
-        if cert is None:
-            raise BadCertIdError(f"no certificate {ias.serial:x}", public_text="no such certificate")
+        ca_name = await self._ca_named(profile, ias.issuer)
+        if ca_name is None:
+            raise BadCertIdError(f"GetCert names an issuer we do not know: {ias.issuer.rfc4514_string()}",
+                                 public_text="no such certificate")
+        try:
+            record = await self.issuer.get_certificate(ias.serial, ca_name)
+        except NotFoundError:
+            raise BadCertIdError(f"no certificate {ias.serial:x} of CA {ca_name}",
+                                 public_text="no such certificate") from None
+        assert record.der is not None  # status "issued"
+        cert = x509.load_der_x509_certificate(record.der)
+        if not await self._entitled(signer, cert, record.device, record.subject):
+            raise BadCertIdError(f"GetCert signer {_principal(signer)} may not read certificate {ias.serial:x}",
+                                 public_text="no such certificate")
         return self._success(msg, signer, opened, cms.certs_only([cert]))
 
     async def _get_crl(
         self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted
     ) -> CertRep:
+        """GetCRL: the current CRL of the CA named as issuer (or by its RA, :meth:`_ca_named`).
+        A CRL is public (it is also published at the CDP), so the signer needs no entitlement."""
         ias = IssuerAndSerial.from_der(opened.plaintext)
-        chain = await self.issuer.ca_chain(profile.name)
-        if ias.issuer != chain.issuer.subject:
+        ca_name = await self._ca_named(profile, ias.issuer)
+        if ca_name is None:
             raise BadCertIdError("GetCRL for another issuer", public_text="unknown issuer")
-        crl = await self.issuer.crl(profile.name)
+        crl = await self.issuer.crl_for_ca(ca_name)
         return self._success(msg, signer, opened, cms.certs_only([], [crl]))
 
 
