@@ -46,6 +46,10 @@ class Decrypter(Protocol):
         ...
 
 
+class PrivateKey(Signer, Decrypter, Protocol):
+    """A key that signs and (RSA) decrypts: a PEM file or a PKCS#11 key."""
+
+
 class FileKey:
     """A private key loaded from a PEM file; both a :class:`Signer` and a :class:`Decrypter`."""
 
@@ -97,6 +101,50 @@ def load_file_key(path: Path, key_name: str, passphrase: bytes | None = None) ->
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
         raise ConfigError(key_name, f"{path}: unsupported key type {type(key).__name__}")
     return FileKey(key)
+
+
+def open_key(ref: Path | str, key_name: str, *, passphrase: bytes | None = None,
+             pkcs11: Any = None) -> PrivateKey:
+    """The key a config value names: an RFC 7512 ``pkcs11:`` URI (``pkcs11`` is the
+    ``[pkcs11]`` :class:`ca.pkcs11.Settings`) or a PEM file."""
+    if isinstance(ref, str) and ref.startswith("pkcs11:"):
+        from ca import pkcs11 as p11
+
+        return p11.load_key(ref, pkcs11, key_name)
+    return load_file_key(Path(ref), key_name, passphrase)
+
+
+def probe(key: Signer, key_name: str, *, decrypt: bool = False) -> None:
+    """Prove that ``key`` signs (and, for an RA, decrypts) with its public key (start-up check)."""
+    from cryptography.exceptions import InvalidSignature
+
+    pub = key.public_key()
+    data = os.urandom(32)
+    algorithm = default_hash(pub)
+    try:
+        sig = key.sign(data, algorithm)
+        if isinstance(pub, rsa.RSAPublicKey):
+            assert algorithm is not None
+            pub.verify(sig, data, padding.PKCS1v15(), algorithm)
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            assert algorithm is not None
+            pub.verify(sig, data, ec.ECDSA(algorithm))
+        elif isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(sig, data)
+    except InvalidSignature:
+        raise ConfigError(key_name, "the key's signature does not verify with its public key") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(key_name, f"the key cannot sign: {exc}") from None
+    if decrypt:
+        if not isinstance(pub, rsa.RSAPublicKey) or not isinstance(key, Decrypter):
+            raise ConfigError(key_name, "SCEP key transport needs an RSA key")
+        pad = padding.PKCS1v15()
+        try:
+            ok = key.decrypt(pub.encrypt(data, pad), pad) == data
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(key_name, f"the key cannot decrypt: {exc}") from None
+        if not ok:
+            raise ConfigError(key_name, "the key does not decrypt what its public key encrypted")
 
 
 def write_private_key(path: Path, key: CertificateIssuerPrivateKeyTypes, passphrase: bytes | None = None) -> None:

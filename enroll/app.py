@@ -26,7 +26,8 @@ from ca.authz import TrustStore
 from ca.identity import RevocationSource
 from ca.errors import CAError, ConfigError
 from ca.issuer import Issuer, IssuingCA
-from ca.keys import Signer, load_file_key
+from ca.keys import Signer, open_key, probe
+from ca.pkcs11 import Settings as Pkcs11Settings
 from ca.ledger import Ledger
 from ca.local import LocalCA
 from cryptography import x509
@@ -73,15 +74,18 @@ def build_cas(config: Config) -> dict[str, IssuingCA]:
                 raise ConfigError(f"cas.{name}.key_passphrase_env",
                                   f"environment variable {c.key_passphrase_env} is not set")
             passphrase = value.encode()
-        signer = load_file_key(c.key, f"cas.{name}.key", passphrase)
+        signer = open_key(c.key, f"cas.{name}.key", passphrase=passphrase, pkcs11=config.pkcs11)
+        probe(signer, f"cas.{name}.key")  # refuse to start with a key that cannot sign
         backend = LocalCA(name, CAChain(issuer=chain[0], chain=tuple(chain)), signer)
         out[name] = IssuingCA(name, backend, c.crl_url, c.crl_validity_hours, ocsp_url=c.ocsp_url,
-                              ca_issuers_url=c.ca_issuers_url, responder=_responder(c, chain[0], signer),
+                              ca_issuers_url=c.ca_issuers_url,
+                              responder=_responder(c, chain[0], signer, config.pkcs11),
                               ocsp_validity_seconds=c.ocsp_validity_minutes * 60)
     return out
 
 
-def _responder(c: CAConfig, ca_cert: x509.Certificate, ca_signer: Signer) -> ocsp.Responder:
+def _responder(c: CAConfig, ca_cert: x509.Certificate, ca_signer: Signer,
+               pkcs11: Pkcs11Settings | None = None) -> ocsp.Responder:
     """The CA key answers OCSP, unless a delegated responder (RFC 6960 §4.2.2.2) is configured."""
     if c.ocsp_cert is None or c.ocsp_key is None:
         return ocsp.Responder(ca_cert=ca_cert, cert=ca_cert, signer=ca_signer)
@@ -89,7 +93,8 @@ def _responder(c: CAConfig, ca_cert: x509.Certificate, ca_signer: Signer) -> ocs
     problem = ocsp.check_delegated_responder(ca_cert, cert)
     if problem:
         raise ConfigError(f"cas.{c.name}.ocsp_cert", f"{c.ocsp_cert} {problem}")
-    key = load_file_key(c.ocsp_key, f"cas.{c.name}.ocsp_key")
+    key = open_key(c.ocsp_key, f"cas.{c.name}.ocsp_key", pkcs11=pkcs11)
+    probe(key, f"cas.{c.name}.ocsp_key")
     if key.public_key() != cert.public_key():
         raise ConfigError(f"cas.{c.name}.ocsp_key", "the key does not match ocsp_cert")
     return ocsp.Responder(ca_cert=ca_cert, cert=cert, signer=key)

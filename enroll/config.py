@@ -17,6 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ca.errors import ConfigError
+from ca.pkcs11 import Settings as Pkcs11Settings
+from ca.pkcs11 import is_uri as is_pkcs11_uri
+from ca.pkcs11 import parse_uri as parse_pkcs11_uri
 from ca.profile import Profile, validate_profile
 
 
@@ -61,7 +64,7 @@ class CAConfig:
     name: str
     backend: str
     cert: Path
-    key: Path
+    key: Path | str  # a PEM file, or an RFC 7512 "pkcs11:" URI (ca/pkcs11.py)
     chain: tuple[Path, ...] = ()
     key_passphrase_env: str | None = None
     crl_url: str | None = None
@@ -69,7 +72,7 @@ class CAConfig:
     ocsp_url: str | None = None
     ca_issuers_url: str | None = None
     ocsp_cert: Path | None = None  # delegated OCSP signer (RFC 6960 §4.2.2.2); else the CA key signs
-    ocsp_key: Path | None = None
+    ocsp_key: Path | str | None = None  # PEM file or pkcs11: URI
     ocsp_validity_minutes: int = 60
 
 
@@ -104,10 +107,33 @@ class Config:
     admin: AdminConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
     trust_crl: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # store -> (file or URL, refresh s)
+    pkcs11: Pkcs11Settings | None = None  # [pkcs11]: the module keys named by pkcs11: URIs live in
 
     def resolve(self, p: str | Path) -> Path:
         """A path from the config, relative to the config file's directory."""
         return resolve(self.base_dir, p)
+
+
+def key_ref(base: Path, value: str, key: str) -> Path | str:
+    """A key setting: an RFC 7512 ``pkcs11:`` URI (validated, kept as text) or a file path."""
+    if is_pkcs11_uri(value):
+        parse_pkcs11_uri(value, key)
+        return value
+    return resolve(base, value)
+
+
+def _pkcs11_settings(raw: Mapping[str, Any], base: Path) -> Pkcs11Settings | None:
+    """``[pkcs11]``: module (the PKCS#11 shared library), pin_env or pin_file."""
+    t = _table(raw, "pkcs11", "")
+    if not t:
+        return None
+    _check_keys(t, {"module", "pin_env", "pin_file"}, "pkcs11")
+    pin_env = _get(t, "pin_env", str, "pkcs11", None)
+    pin_file = _get(t, "pin_file", str, "pkcs11", None)
+    if pin_env and pin_file:
+        raise ConfigError("pkcs11.pin_file", "set pin_env or pin_file, not both")
+    return Pkcs11Settings(module=str(resolve(base, _get(t, "module", str, "pkcs11"))), pin_env=pin_env or None,
+                          pin_file=resolve(base, pin_file) if pin_file else None)
 
 
 def resolve(base: Path, p: str | Path) -> Path:
@@ -237,7 +263,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document."""
     base = path.parent
     _check_keys(raw, {"server", "tls", "ledger", "log", "cas", "users", "trust", "profiles", "est", "scep",
-                      "admin"}, "")
+                      "admin", "pkcs11"}, "")
     s = _table(raw, "server", "", required=True)
     _check_keys(s, {"https", "http", "max_body_bytes", "workers", "base_url", "metrics_on_http",
                     "metrics_token_env"}, "server")
@@ -312,7 +338,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
 
         cas[name] = CAConfig(
             name=name, backend=backend,
-            cert=resolve(base, _get(c, "cert", str, p)), key=resolve(base, _get(c, "key", str, p)),
+            cert=resolve(base, _get(c, "cert", str, p)), key=key_ref(base, _get(c, "key", str, p), f"{p}.key"),
             chain=tuple(resolve(base, x) for x in _str_list(c, "chain", p)),
             key_passphrase_env=_get(c, "key_passphrase_env", str, p, None),
             crl_url=url("crl_url", f"/crl/{name}.crl"),
@@ -320,7 +346,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
             ocsp_url=url("ocsp_url", "/ocsp"),
             ca_issuers_url=url("ca_issuers_url", f"/ca/{name}.crt"),
             ocsp_cert=resolve(base, ocsp_cert) if ocsp_cert else None,
-            ocsp_key=resolve(base, ocsp_key) if ocsp_key else None,
+            ocsp_key=key_ref(base, ocsp_key, f"{p}.ocsp_key") if ocsp_key else None,
             ocsp_validity_minutes=ocsp_minutes,
         )
     if not cas:
@@ -370,10 +396,16 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     level = _get(lg, "level", str, "log", "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level", "must be debug, info, warning or error")
+    pkcs11 = _pkcs11_settings(raw, base)
+    if pkcs11 is None:
+        for name, c in cas.items():
+            for field_name, ref in (("key", c.key), ("ocsp_key", c.ocsp_key)):
+                if is_pkcs11_uri(ref):
+                    raise ConfigError(f"cas.{name}.{field_name}", "a pkcs11: URI needs [pkcs11] module")
     return Config(path=path, base_dir=base, server=server, tls=tls, ledger_url=ledger_url, cas=cas, users=users,
                   trust=trust, profiles=profiles, est=_table(raw, "est", ""), scep=_table(raw, "scep", ""),
                   log_level=level, admin=_admin(raw, base, tls, trust, profiles, cas), raw=raw,
-                  trust_crl=trust_crl)
+                  trust_crl=trust_crl, pkcs11=pkcs11)
 
 
 def _admin(raw: Mapping[str, Any], base: Path, tls: TLSConfig, trust: Mapping[str, tuple[Path, ...]],

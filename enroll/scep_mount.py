@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ca.errors import ConfigError
 from ca.issuer import Issuer
-from ca.keys import FileKey, load_file_key
-from enroll.config import Config, load_certs
+from ca.keys import open_key, probe
+from enroll.config import Config, key_ref, load_certs
 from scep.http import mount_routes, post_webhook
 from scep.service import RA, ScepService
 from scep.settings import ScepGlobal, ScepProfile, parse_global, scep_profiles
@@ -44,10 +44,12 @@ def _load_ras(config: Config, settings: ScepGlobal, profiles: dict[str, ScepProf
     out: dict[str, RA] = {}
     if settings.ra_cert and settings.ra_key:
         certs = load_certs(config.resolve(settings.ra_cert), "scep.ra_cert")
-        key = load_file_key(config.resolve(settings.ra_key), "scep.ra_key",
-                            _passphrase(settings.ra_key_passphrase_env, "scep.ra_key_passphrase_env"))
-        if not isinstance(key.key, rsa.RSAPrivateKey):
+        key = open_key(key_ref(config.base_dir, settings.ra_key, "scep.ra_key"), "scep.ra_key",
+                       passphrase=_passphrase(settings.ra_key_passphrase_env, "scep.ra_key_passphrase_env"),
+                       pkcs11=config.pkcs11)
+        if not isinstance(key.public_key(), rsa.RSAPublicKey):
             raise ConfigError("scep.ra_key", "SCEP key transport needs an RSA key")
+        probe(key, "scep.ra_key", decrypt=True)
         if certs[0].public_key() != key.public_key():
             raise ConfigError("scep.ra_key", "the key does not match scep.ra_cert")
         if not _key_usage_ok(certs[0]):
@@ -58,10 +60,11 @@ def _load_ras(config: Config, settings: ScepGlobal, profiles: dict[str, ScepProf
     for ca in cas_used:
         c = config.cas[ca]
         cert = load_certs(c.cert, f"cas.{ca}.cert")[0]
-        ca_key: FileKey = load_file_key(c.key, f"cas.{ca}.key", _passphrase(c.key_passphrase_env,
-                                                                         f"cas.{ca}.key_passphrase_env"))
-        if not isinstance(ca_key.key, rsa.RSAPrivateKey):
+        ca_key = open_key(c.key, f"cas.{ca}.key", pkcs11=config.pkcs11,
+                          passphrase=_passphrase(c.key_passphrase_env, f"cas.{ca}.key_passphrase_env"))
+        if not isinstance(ca_key.public_key(), rsa.RSAPublicKey):
             raise ConfigError("scep.ra_cert", f"CA {ca!r} has no RSA key: configure an RSA SCEP RA")
+        probe(ca_key, f"cas.{ca}.key", decrypt=True)
         out[ca] = RA(cert, ca_key, is_ca=True)
     return out
 

@@ -22,14 +22,14 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
+from cryptography.hazmat.primitives import serialization
 
 from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, NotFoundError, RejectReason
+from ca.keys import PrivateKey
 from ca.issuer import Issuer
 from ca.ratelimit import Throttle
 from scep import cms
@@ -89,16 +89,8 @@ def public_text(reason: RejectReason) -> str:
     return PUBLIC_TEXT.get(reason, "bad request")
 
 
-class RAKey(Protocol):
-    """The RA's private key: signs CertReps and unwraps request keys (``ca.keys.FileKey`` fits)."""
-
-    def sign(self, data: bytes, algorithm: hashes.HashAlgorithm | None) -> bytes:
-        """Sign (PKCS#1 v1.5 for RSA)."""
-        ...
-
-    def decrypt(self, ciphertext: bytes, pad: AsymmetricPadding) -> bytes:
-        """RSA key transport."""
-        ...
+#: The RA's private key: a ca.keys Signer (CertReps) and Decrypter (request keys), file or PKCS#11.
+RAKey = PrivateKey
 
 
 @dataclass(frozen=True)
