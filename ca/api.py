@@ -150,6 +150,9 @@ class CertificateTemplate:
     serial: int
     extensions: tuple[tuple[x509.ExtensionType, bool], ...] = field(default=())  # (value, critical)
     profile: str = ""
+    #: The device's request as received: a backend that cannot sign the template itself (an
+    #: upstream EST server, RFC 7030 §2.5; an external command) forwards it unchanged.
+    csr: x509.CertificateSigningRequest | None = None
 
 
 @runtime_checkable
@@ -179,4 +182,27 @@ class SupportsCRL(Protocol):
         next_update: dt.datetime,
     ) -> x509.CertificateRevocationList:
         """Sign a CRL listing ``revoked`` with CRL number ``number``."""
+        ...
+
+
+@runtime_checkable
+class IssuesOwnSerial(Protocol):
+    """A backend whose CA chooses the serial number itself, so the template's serial cannot be
+    honoured (an upstream EST server in RA mode, RFC 7030 §2.5, §3.7). The core then records the
+    certificate under the serial the CA chose (unique per issuer by the ledger's constraint) and
+    re-checks everything else against the template."""
+
+    def issues_own_serial(self) -> bool:
+        """True when the serial of a returned certificate is the CA's, not the template's."""
+        ...
+
+
+@runtime_checkable
+class RollsOver(Protocol):
+    """A CA with a configured successor (CA key rollover, RFC 4210 §4.4): from
+    :meth:`successor` on, the profiles of this CA issue from the named CA; this one keeps
+    answering for (CRLs, OCSP, renewals) the certificates it signed until they expire."""
+
+    def successor(self, now: dt.datetime) -> str | None:
+        """The name of the CA that issues instead of this one at ``now``, or None."""
         ...

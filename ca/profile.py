@@ -609,6 +609,7 @@ def build_template(
         not_after=not_after,
         serial=serial,
         extensions=tuple(exts),
+        csr=csr,
         profile=profile.name,
     )
 

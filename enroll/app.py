@@ -21,7 +21,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from ca import ocsp
-from ca.api import CAChain
+from ca.api import CABackend, CAChain
+from ca.rollover import RollingCA, publication
 from ca.authz import TrustStore
 from ca.identity import RevocationSource
 from ca.errors import CAError, ConfigError
@@ -67,6 +68,15 @@ def build_cas(config: Config) -> dict[str, IssuingCA]:
         chain = [certs[0], *certs[1:]]
         for p in c.chain:
             chain.extend(load_certs(p, f"cas.{name}.chain"))
+        if c.backend != "local":
+            # A CA this server does not hold the key of (ca/backends): it signs nothing else.
+            import enroll.backends  # noqa: F401  (registers the network backends)
+            from ca.backends import BackendSpec, create
+
+            remote = create(c.backend, BackendSpec(name, CAChain(issuer=chain[0], chain=tuple(chain)), c.options))
+            out[name] = IssuingCA(name, remote, c.crl_url, c.crl_validity_hours, ocsp_url=c.ocsp_url,
+                                  ca_issuers_url=c.ca_issuers_url, responder=None)
+            continue
         passphrase = None
         if c.key_passphrase_env:
             value = os.environ.get(c.key_passphrase_env)
@@ -76,12 +86,31 @@ def build_cas(config: Config) -> dict[str, IssuingCA]:
             passphrase = value.encode()
         signer = open_key(c.key, f"cas.{name}.key", passphrase=passphrase, pkcs11=config.pkcs11)
         probe(signer, f"cas.{name}.key")  # refuse to start with a key that cannot sign
-        backend = LocalCA(name, CAChain(issuer=chain[0], chain=tuple(chain)), signer)
+        backend: CABackend = LocalCA(name, _publication(config, name, chain), signer)
+        if c.next_ca is not None:
+            backend = RollingCA(backend, c.next_ca, c.activate_at)
         out[name] = IssuingCA(name, backend, c.crl_url, c.crl_validity_hours, ocsp_url=c.ocsp_url,
                               ca_issuers_url=c.ca_issuers_url,
                               responder=_responder(c, chain[0], signer, config.pkcs11),
                               ocsp_validity_seconds=c.ocsp_validity_minutes * 60)
     return out
+
+
+def _publication(config: Config, name: str, chain: list[x509.Certificate]) -> CAChain:
+    """The chain a local CA publishes, with the rollover certificates of ``next_ca`` (the
+    successor and the links) or of the CA it succeeds (ca/rollover.py, RFC 7030 §4.1.3)."""
+    def full(ca: str) -> list[x509.Certificate]:
+        c = config.cas[ca]
+        return [*load_certs(c.cert, f"cas.{ca}.cert"), *(x for p in c.chain for x in load_certs(p, f"cas.{ca}.chain"))]
+
+    def links(ca: str) -> list[x509.Certificate]:
+        return [x for p in config.cas[ca].rollover_certs for x in load_certs(p, f"cas.{ca}.rollover_certs")]
+
+    c = config.cas[name]
+    before = next((o for o, oc in config.cas.items() if oc.next_ca == name), None)
+    return publication(chain, successor=full(c.next_ca) if c.next_ca else (),
+                       links=links(name) if c.next_ca else (),
+                       predecessor=full(before) if before else (), predecessor_links=links(before) if before else ())
 
 
 def _responder(c: CAConfig, ca_cert: x509.Certificate, ca_signer: Signer,

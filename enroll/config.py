@@ -7,9 +7,10 @@ validated by ``enroll.est_mount`` / ``enroll.scep_mount``.
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,10 @@ class CAConfig:
     ocsp_cert: Path | None = None  # delegated OCSP signer (RFC 6960 §4.2.2.2); else the CA key signs
     ocsp_key: Path | str | None = None  # PEM file or pkcs11: URI
     ocsp_validity_minutes: int = 60
+    options: Mapping[str, Any] = field(default_factory=dict)  # a registered backend's own keys (ca/backends)
+    next_ca: str | None = None  # rollover: the [cas.NAME] that succeeds this CA (RFC 4210 §4.4)
+    rollover_certs: tuple[Path, ...] = ()  # link certificates published while rolling over
+    activate_at: dt.datetime | None = None  # from then on the successor issues for this CA's profiles
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,64 @@ def load_config(path: str | Path) -> Config:
     return parse_config(raw, path)
 
 
+def _backend_options(c: Mapping[str, Any], backend: str, p: str, base: Path) -> tuple[set[str], Mapping[str, Any]]:
+    """The keys and validated options of a registered backend kind (ca/backends); none for local."""
+    if backend == "local":
+        return set(), {}
+    import enroll.backends  # noqa: F401  (registers the kinds that need network clients)
+    from ca.backends import kind
+
+    k = kind(backend, f"{p}.backend")
+    return set(k.keys), k.validate({key: v for key, v in c.items() if key in k.keys}, p, base)
+
+
+def _when(c: Mapping[str, Any], key: str, p: str) -> dt.datetime | None:
+    """An RFC 3339 time (TOML datetime or string); a time without offset is UTC."""
+    v = c.get(key)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{p}.{key}", "must be an RFC 3339 time such as 2027-01-01T00:00:00Z") from None
+    if not isinstance(v, dt.datetime):
+        raise ConfigError(f"{p}.{key}", "must be an RFC 3339 time such as 2027-01-01T00:00:00Z")
+    return v if v.tzinfo is not None else v.replace(tzinfo=dt.timezone.utc)
+
+
+def _check_rollover(cas: Mapping[str, CAConfig]) -> None:
+    """``next_ca`` names another local CA; ``activate_at`` needs a successor; no cycles."""
+    for name, c in cas.items():
+        p = f"cas.{name}"
+        if c.next_ca is None:
+            if c.activate_at is not None or c.rollover_certs:
+                raise ConfigError(f"{p}.next_ca", "activate_at and rollover_certs need next_ca")
+            continue
+        nxt = cas.get(c.next_ca)
+        if nxt is None or c.next_ca == name:
+            raise ConfigError(f"{p}.next_ca", f"no other CA named {c.next_ca!r}")
+        if c.backend != "local" or nxt.backend != "local":
+            raise ConfigError(f"{p}.next_ca", "a rollover is between two local CAs")
+        seen = {name}
+        while nxt is not None and nxt.next_ca is not None:
+            if nxt.name in seen:
+                raise ConfigError(f"{p}.next_ca", "the successors form a cycle")
+            seen.add(nxt.name)
+            nxt = cas.get(nxt.next_ca)
+
+
+def active_ca(cas: Mapping[str, CAConfig], name: str, now: dt.datetime) -> str:
+    """The CA that issues for profiles of ``name`` at ``now``: its successor once activated
+    (``activate_at`` passed), transitively (RFC 4210 §4.4 key update)."""
+    for _ in range(len(cas)):
+        c = cas[name]
+        if c.next_ca is None or c.activate_at is None or now < c.activate_at:
+            return name
+        name = c.next_ca
+    return name
+
+
 def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document."""
     base = path.parent
@@ -313,11 +376,11 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         p = f"cas.{name}"
         if not isinstance(c, dict):
             raise ConfigError(p, "must be a table")
-        _check_keys(c, {"backend", "cert", "key", "chain", "key_passphrase_env", "crl_url", "crl_validity_hours",
-                        "ocsp_url", "ca_issuers_url", "ocsp_cert", "ocsp_key", "ocsp_validity_minutes"}, p)
         backend = _get(c, "backend", str, p, "local")
-        if backend != "local":
-            raise ConfigError(f"{p}.backend", f"unknown backend {backend!r} (available: local)")
+        kind, options = _backend_options(c, backend, p, base)
+        _check_keys(c, {"backend", "cert", "key", "chain", "key_passphrase_env", "crl_url", "crl_validity_hours",
+                        "ocsp_url", "ca_issuers_url", "ocsp_cert", "ocsp_key", "ocsp_validity_minutes",
+                        "next_ca", "rollover_certs", "activate_at"} | kind, p)
         ocsp_cert = _get(c, "ocsp_cert", str, p, None)
         ocsp_key = _get(c, "ocsp_key", str, p, None)
         if (ocsp_cert is None) != (ocsp_key is None):
@@ -328,17 +391,19 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
             raise ConfigError(f"{p}.ocsp_validity_minutes", "must be between 1 and 10080 (one week)")
 
         def url(key: str, default_path: str) -> str | None:
-            # Unset: derived from [server] base_url; "" leaves the extension out.
+            # Unset: derived from [server] base_url (only for CAs this server signs CRLs and OCSP
+            # for: a remote CA publishes its own); "" leaves the extension out.
             v = _get(c, key, str, p, None)  # noqa: B023
             if v is None:
-                return f"{base_url}{default_path}" if base_url else None
+                return f"{base_url}{default_path}" if base_url and backend == "local" else None  # noqa: B023
             if v and not v.startswith(("http://", "https://", "ldap://")):
                 raise ConfigError(f"{p}.{key}", "must be an http:// URL (or \"\" for none)")
             return v or None
 
         cas[name] = CAConfig(
             name=name, backend=backend,
-            cert=resolve(base, _get(c, "cert", str, p)), key=key_ref(base, _get(c, "key", str, p), f"{p}.key"),
+            cert=resolve(base, _get(c, "cert", str, p)),
+            key=key_ref(base, _get(c, "key", str, p), f"{p}.key") if backend == "local" else Path(),
             chain=tuple(resolve(base, x) for x in _str_list(c, "chain", p)),
             key_passphrase_env=_get(c, "key_passphrase_env", str, p, None),
             crl_url=url("crl_url", f"/crl/{name}.crl"),
@@ -348,9 +413,14 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
             ocsp_cert=resolve(base, ocsp_cert) if ocsp_cert else None,
             ocsp_key=key_ref(base, ocsp_key, f"{p}.ocsp_key") if ocsp_key else None,
             ocsp_validity_minutes=ocsp_minutes,
+            options=options,
+            next_ca=_get(c, "next_ca", str, p, None),
+            rollover_certs=tuple(resolve(base, x) for x in _str_list(c, "rollover_certs", p)),
+            activate_at=_when(c, "activate_at", p),
         )
     if not cas:
         raise ConfigError("cas", "define at least one CA")
+    _check_rollover(cas)
 
     users: dict[str, str] = {}
     for name, u in _table(raw, "users", "").items():
@@ -391,6 +461,11 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
                 for name, pt in _table(raw, "profiles", "", required=True).items()}
     if not profiles:
         raise ConfigError("profiles", "define at least one profile")
+    # CA rollover: once a successor is activated, the profiles of the old CA issue from it
+    # (`enroll ca activate`); the old CA stays configured for its CRLs, OCSP and renewals.
+    now = dt.datetime.now(dt.timezone.utc)
+    profiles = {name: pr if active_ca(cas, pr.ca, now) == pr.ca else replace(pr, ca=active_ca(cas, pr.ca, now))
+                for name, pr in profiles.items()}
     lg = _table(raw, "log", "")
     _check_keys(lg, {"level"}, "log")
     level = _get(lg, "level", str, "log", "info")
