@@ -64,7 +64,7 @@ def _full_builder(ca_key: object, name: x509.Name, not_after: dt.datetime) -> x5
             .serial_number(2**158 + 77).not_valid_before(now).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), True)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("a.example"),
                                                         x509.IPAddress(__import__("ipaddress").ip_address("::1"))]),
                            False)
