@@ -107,7 +107,9 @@ def main(ctx: click.Context, config_path: str) -> None:
 @click.option("--https-port", default=8443, show_default=True)
 @click.option("--http-port", default=8080, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing config and development PKI.")
-def init(directory: str, https_port: int, http_port: int, force: bool) -> None:
+@click.option("--ndes-ra", is_flag=True,
+              help="SCEP RA in the Microsoft NDES layout: a signing and an encryption RA certificate (PyScep).")
+def init(directory: str, https_port: int, http_port: int, force: bool, ndes_ra: bool) -> None:
     """Create the embedded default: a development PKI under certs/ and a commented enroll.toml."""
     from enroll.setup import init_directory
 
@@ -115,7 +117,7 @@ def init(directory: str, https_port: int, http_port: int, force: bool) -> None:
     cfg = base / DEFAULT_CONFIG
     if cfg.exists() and not force:
         raise click.ClickException(f"{cfg} exists; use --force to overwrite it and its PKI")
-    res = init_directory(base, https_port=https_port, http_port=http_port, record_client=True)
+    res = init_directory(base, https_port=https_port, http_port=http_port, record_client=True, ndes_ra=ndes_ra)
     secrets_file = res.certs_dir / "dev-secrets.txt"
     click.echo(f"wrote {cfg}")
     click.echo(f"wrote development PKI in {base / 'certs'} (trust anchor: certs/root-ca.pem)")

@@ -1,7 +1,9 @@
 """The embedded default's development PKI, made by ``enroll init`` (and by the tests).
 
 Root CA -> issuing CA -> {SCEP RA, TLS server, example client}; plus a stand-in manufacturer CA
-with an example IDevID for the bootstrap profile. Keys are written mode 0600.
+with an example IDevID for the bootstrap profile. Keys are written mode 0600. With
+:func:`with_ndes_ra` the SCEP RA becomes the Microsoft NDES pair: a signing RA (digitalSignature)
+and an encryption RA (keyEncipherment only), both issued by the issuing CA.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -46,6 +48,7 @@ def make_cert(
     sans: list[x509.GeneralName] | None = None,
     key_encipherment: bool = False,
     not_before: dt.datetime | None = None,
+    digital_signature: bool = True,
 ) -> x509.Certificate:
     """One certificate with the extensions RFC 5280 §4.2 expects for its role."""
     now = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
@@ -63,7 +66,7 @@ def make_cert(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True,
+                digital_signature=digital_signature,
                 content_commitment=False,
                 key_encipherment=key_encipherment,
                 data_encipherment=False,
@@ -100,6 +103,7 @@ class DevPKI:
     client: Pair
     manufacturer: Pair
     idevid: Pair
+    ra_enc: Pair | None = None  # the NDES layout's encryption RA (with_ndes_ra); ra then only signs
 
 
 def make_dev_pki(hostnames: tuple[str, ...] = ("localhost",),
@@ -130,6 +134,18 @@ def make_dev_pki(hostnames: tuple[str, ...] = ("localhost",),
     return DevPKI(root, issuing, ra, tls, client, manufacturer, idevid)
 
 
+def with_ndes_ra(pki: DevPKI) -> DevPKI:
+    """The same PKI with the Microsoft NDES RA layout (RFC 8894 §2.1.2 allows separate RA keys):
+    a signing RA with digitalSignature only and an encryption RA with keyEncipherment only, as
+    clients such as PyScep select them."""
+    sign_key = rsa.generate_private_key(65537, 2048)
+    sign = Pair(make_cert(_name("Enroll Dev SCEP RA"), sign_key, pki.issuing, days=1825), sign_key)
+    enc_key = rsa.generate_private_key(65537, 2048)
+    enc = Pair(make_cert(_name("Enroll Dev SCEP RA Encryption"), enc_key, pki.issuing, days=1825,
+                         key_encipherment=True, digital_signature=False), enc_key)
+    return replace(pki, ra=sign, ra_enc=enc)
+
+
 def pem(*certs: x509.Certificate) -> bytes:
     """Certificates as concatenated PEM."""
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
@@ -147,6 +163,8 @@ def write_dev_pki(pki: DevPKI, certs_dir: Path) -> None:
         "manufacturer-ca": (pki.manufacturer, ()),
         "example-idevid": (pki.idevid, ()),
     }
+    if pki.ra_enc is not None:
+        files["scep-ra-enc"] = (pki.ra_enc, ())
     for stem, (pair, extra) in files.items():
         (certs_dir / f"{stem}.pem").write_bytes(pem(pair.cert, *extra))
         write_private_key(certs_dir / f"{stem}.key", pair.key)

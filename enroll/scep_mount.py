@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ca.errors import ConfigError
 from ca.issuer import Issuer
-from ca.keys import open_key, probe
+from ca.keys import PrivateKey, open_key, probe
 from enroll.config import Config, key_ref, load_certs
 from scep.http import mount_routes, post_webhook
 from scep.service import RA, ScepService
@@ -29,13 +29,29 @@ def _passphrase(env: str | None, key: str) -> bytes | None:
     return value.encode()
 
 
-def _key_usage_ok(cert: x509.Certificate) -> bool:
-    """RFC 8894 §2.1.2: the RA (or CA) certificate must allow signing and key encipherment."""
+def _key_usage_ok(cert: x509.Certificate, *, sign: bool = True, encipher: bool = True) -> bool:
+    """RFC 8894 §2.1.2: the RA (or CA) certificate must allow signing and key encipherment (in the
+    NDES layout the signing RA only signing, the encryption RA only key encipherment)."""
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return True
-    return bool(ku.digital_signature and ku.key_encipherment) or bool(ku.key_cert_sign and ku.digital_signature)
+    if ku.key_cert_sign and ku.digital_signature and sign and encipher:
+        return True
+    return (ku.digital_signature or not sign) and (ku.key_encipherment or not encipher)
+
+
+def _load_ra_pair(config: Config, cert_key: str, cert_path: str, key_key: str, key_path: str,
+                  passphrase_env: str | None, passphrase_key: str) -> tuple[list[x509.Certificate], PrivateKey]:
+    certs = load_certs(config.resolve(cert_path), cert_key)
+    key = open_key(key_ref(config.base_dir, key_path, key_key), key_key,
+                   passphrase=_passphrase(passphrase_env, passphrase_key), pkcs11=config.pkcs11)
+    if not isinstance(key.public_key(), rsa.RSAPublicKey):
+        raise ConfigError(key_key, "SCEP key transport needs an RSA key")
+    probe(key, key_key, decrypt=True)
+    if certs[0].public_key() != key.public_key():
+        raise ConfigError(key_key, f"the key does not match {cert_key}")
+    return certs, key
 
 
 def _load_ras(config: Config, settings: ScepGlobal, profiles: dict[str, ScepProfile]) -> dict[str, RA]:
@@ -43,19 +59,26 @@ def _load_ras(config: Config, settings: ScepGlobal, profiles: dict[str, ScepProf
     cas_used = {config.profiles[p].ca for p in profiles}
     out: dict[str, RA] = {}
     if settings.ra_cert and settings.ra_key:
-        certs = load_certs(config.resolve(settings.ra_cert), "scep.ra_cert")
-        key = open_key(key_ref(config.base_dir, settings.ra_key, "scep.ra_key"), "scep.ra_key",
-                       passphrase=_passphrase(settings.ra_key_passphrase_env, "scep.ra_key_passphrase_env"),
-                       pkcs11=config.pkcs11)
-        if not isinstance(key.public_key(), rsa.RSAPublicKey):
-            raise ConfigError("scep.ra_key", "SCEP key transport needs an RSA key")
-        probe(key, "scep.ra_key", decrypt=True)
-        if certs[0].public_key() != key.public_key():
-            raise ConfigError("scep.ra_key", "the key does not match scep.ra_cert")
-        if not _key_usage_ok(certs[0]):
+        certs, key = _load_ra_pair(config, "scep.ra_cert", settings.ra_cert, "scep.ra_key", settings.ra_key,
+                                   settings.ra_key_passphrase_env, "scep.ra_key_passphrase_env")
+        enc_cert: x509.Certificate | None = None
+        enc_key: PrivateKey | None = None
+        if settings.ra_encryption_cert and settings.ra_encryption_key:
+            enc_certs, enc_key = _load_ra_pair(
+                config, "scep.ra_encryption_cert", settings.ra_encryption_cert, "scep.ra_encryption_key",
+                settings.ra_encryption_key, settings.ra_encryption_key_passphrase_env,
+                "scep.ra_encryption_key_passphrase_env")
+            enc_cert = enc_certs[0]
+            if not _key_usage_ok(enc_cert, sign=False):
+                raise ConfigError("scep.ra_encryption_cert", "keyUsage must include keyEncipherment")
+            if enc_cert.issuer != certs[0].issuer:
+                raise ConfigError("scep.ra_encryption_cert", "must be issued by the CA that issued scep.ra_cert")
+            if not _key_usage_ok(certs[0], encipher=False):
+                raise ConfigError("scep.ra_cert", "keyUsage must include digitalSignature")
+        elif not _key_usage_ok(certs[0]):
             raise ConfigError("scep.ra_cert", "keyUsage must include digitalSignature and keyEncipherment")
         for ca in cas_used:
-            out[ca] = RA(certs[0], key, is_ca=False, extra=tuple(certs[1:]))
+            out[ca] = RA(certs[0], key, is_ca=False, extra=tuple(certs[1:]), enc_cert=enc_cert, enc_key=enc_key)
         return out
     for ca in cas_used:
         c = config.cas[ca]

@@ -11,6 +11,11 @@ Example::
     ra_cert = "certs/scep-ra.pem"     # RA certificate (+ optional chain) that signs CertReps
     ra_key = "certs/scep-ra.key"      # its RSA key (mode 0600); omit both: the CA is its own RA
     # ra_key_passphrase_env = "ENROLL_SCEP_RA_PASSPHRASE"
+    # Microsoft NDES layout (PyScep needs it): a second RA certificate for key encipherment only
+    # (keyUsage keyEncipherment, no digitalSignature), issued by the same CA; `enroll init --ndes-ra`.
+    # ra_encryption_cert = "certs/scep-ra-enc.pem"
+    # ra_encryption_key = "certs/scep-ra-enc.key"
+    # ra_encryption_key_passphrase_env = "ENROLL_SCEP_RA_ENC_PASSPHRASE"
     paths = ["/scep", "/cgi-bin/pkiclient.exe", "/certsrv/mscep/mscep.dll"]
 
     [profiles.router.scep]
@@ -49,7 +54,8 @@ LEGACY_DIGESTS = frozenset({"sha1"})
 #: Added only where ``allow_md5 = true`` (Juniper: DES3 + MD5); never by ``allow_legacy`` alone.
 MD5_DIGESTS = frozenset({"md5"})
 
-_GLOBAL_KEYS = {"default_profile", "ra_cert", "ra_key", "ra_key_passphrase_env", "paths"}
+_GLOBAL_KEYS = {"default_profile", "ra_cert", "ra_key", "ra_key_passphrase_env", "ra_encryption_cert",
+                "ra_encryption_key", "ra_encryption_key_passphrase_env", "paths"}
 _PROFILE_KEYS = {
     "auth",
     "challenge_hash",
@@ -71,6 +77,9 @@ class ScepGlobal:
     ra_cert: str | None = None
     ra_key: str | None = None
     ra_key_passphrase_env: str | None = None
+    ra_encryption_cert: str | None = None
+    ra_encryption_key: str | None = None
+    ra_encryption_key_passphrase_env: str | None = None
     paths: tuple[str, ...] = DEFAULT_PATHS
 
 
@@ -160,11 +169,21 @@ def parse_global(table: Mapping[str, Any]) -> ScepGlobal:
     ra_key = _opt_str(table, "ra_key", "scep")
     if (ra_cert is None) != (ra_key is None):
         raise ConfigError("scep.ra_key" if ra_key is None else "scep.ra_cert", "ra_cert and ra_key go together")
+    enc_cert = _opt_str(table, "ra_encryption_cert", "scep")
+    enc_key = _opt_str(table, "ra_encryption_key", "scep")
+    if (enc_cert is None) != (enc_key is None):
+        raise ConfigError("scep.ra_encryption_key" if enc_key is None else "scep.ra_encryption_cert",
+                          "ra_encryption_cert and ra_encryption_key go together")
+    if enc_cert is not None and ra_cert is None:
+        raise ConfigError("scep.ra_encryption_cert", "needs scep.ra_cert and scep.ra_key (the signing RA)")
     return ScepGlobal(
         default_profile=_opt_str(table, "default_profile", "scep"),
         ra_cert=ra_cert,
         ra_key=ra_key,
         ra_key_passphrase_env=_opt_str(table, "ra_key_passphrase_env", "scep"),
+        ra_encryption_cert=enc_cert,
+        ra_encryption_key=enc_key,
+        ra_encryption_key_passphrase_env=_opt_str(table, "ra_encryption_key_passphrase_env", "scep"),
         paths=tuple(paths),
     )
 

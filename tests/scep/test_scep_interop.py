@@ -3,6 +3,8 @@
 micromdm scepclient (legacy DES/SHA-1: static and one-time challenge, renewal), strongSwan
 ``pki --scepca/--scep`` (enroll, renewal with the old certificate, manual approval completed by
 polling) and certmonger's ``scep-submit`` run directly (GetCACaps, GetCACert, an enrollment).
+Every test runs against both RA layouts: the single RA of the embedded default and the Microsoft
+NDES pair of ``enroll init --ndes-ra`` (a signing and an encryption RA certificate).
 Skipped when a tool is missing unless ENROLL_REQUIRE_INTEROP=1.
 """
 
@@ -20,9 +22,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from enroll.pki import DevPKI, with_ndes_ra
 from scep import cms
 from scep.message import PkiMessage, new_nonce
-from tests.conftest import RunningServer, require_tool
+from tests.conftest import RunningServer, require_tool, start_server
+from tests.scep.conftest import add_scep_test_profiles
 
 pytestmark = pytest.mark.interop
 
@@ -36,6 +40,13 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd[0]} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc
+
+
+@pytest.fixture(params=["single-ra", "ndes-ra"])
+def scep_server(request: pytest.FixtureRequest, tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
+    """`enroll serve` with the SCEP test profiles, in each RA layout (overrides tests/scep/conftest.py)."""
+    pki = with_ndes_ra(dev_pki) if request.param == "ndes-ra" else dev_pki
+    yield from start_server(tmp_path, pki, lambda init: add_scep_test_profiles(init.config_path))
 
 
 def _db(server: RunningServer) -> sqlite3.Connection:
@@ -217,7 +228,8 @@ def test_certmonger_scep_submit_caps_cacert_and_enroll(scep_server: RunningServe
     pem = run([exe, "-u", url, "-C"]).stdout
     certs = x509.load_pem_x509_certificates(pem.encode())
     ra = certs[0]
-    issuing = [c for c in certs[1:] if c.subject != c.issuer][0]
+    issuing = [c for c in certs[1:] if c.subject != c.issuer
+               and c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca][0]
     assert "SCEP RA" in ra.subject.rfc4514_string()
     root = [c for c in certs if c.subject == c.issuer][0]
     (tmp_path / "ra.pem").write_bytes(ra.public_bytes(serialization.Encoding.PEM))

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from ca.errors import ConfigError, LedgerError
+from ca.errors import CAError, ConfigError, LedgerError, RejectReason
 from ca.issuer import Issuer
 from scep import cms
 from scep.asn1 import FailInfo, PkiStatus
@@ -248,11 +248,11 @@ async def test_core_error_detail_never_reaches_the_client(env: Env, monkeypatch:
 
 
 async def test_rejected_outcome_detail_never_reaches_the_client(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Rejected outcome from issue() (the ledger fails to reserve a serial) carries the detail."""
+    """A Rejected outcome from issue() (the CA backend is down) carries the detail."""
     async def down(*_a: Any, **_kw: Any) -> Any:
-        raise LedgerError(SECRET)
+        raise CAError(SECRET, reason=RejectReason.UNAVAILABLE)
 
-    monkeypatch.setattr(env.issuer.ledger, "reserve_serial", down)
+    monkeypatch.setattr(env.issuer.cas["issuing"].backend, "sign", down)
     key = rsa_key(53)
     rep = await _assert_failure(env, _pkcsreq(env, simple_csr(key, "outage-2", env.challenge), key,
                                               txid="OUTAGE-2"), FailInfo.BAD_REQUEST)
