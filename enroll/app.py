@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from cryptography.hazmat.primitives import serialization
 
 from ca import ocsp
@@ -368,8 +369,12 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
     """The application: EST, SCEP, CRLs, health and metrics, over one issuance core."""
     metrics = metrics or Metrics()
     issuer = issuer or build_issuer(config, metrics)
-    app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[_metrics_middleware, _refuse_content_encoding])
+    middlewares: list[Middleware] = [_metrics_middleware, _refuse_content_encoding]
+    if config.server.trusted_proxies:
+        from enroll import proxy
+
+        middlewares.insert(1, proxy.middleware(proxy.ProxyPolicy.from_config(config.server)))
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[ISSUER] = issuer
     app[METRICS] = metrics

@@ -46,6 +46,10 @@ class ServerConfig:
     base_url: str | None = None  # where relying parties reach /crl, /ocsp, /ca (plain HTTP)
     metrics_on_http: bool = False  # /metrics also on the plain-HTTP listener (always on HTTPS)
     metrics_token_env: str | None = None  # environment variable holding the /metrics bearer token
+    # A TLS-terminating load balancer (enroll/proxy.py): the peers whose X-Forwarded-For and
+    # client-certificate header are believed, and that header's name; everyone else's are dropped.
+    trusted_proxies: tuple[str, ...] = ()
+    client_cert_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,32 @@ def active_ca(cas: Mapping[str, CAConfig], name: str, now: dt.datetime) -> str:
     return name
 
 
+def _trusted_proxies(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Addresses or CIDR networks (``10.0.0.0/24``, ``::1``); host bits set are an error."""
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ConfigError("server.trusted_proxies", f"{value!r} is not an address or network: {exc}") from None
+    return values
+
+
+def _header_name(value: str | None) -> str | None:
+    """An HTTP field name (RFC 9110 §5.1 token) that is not one the server itself relies on."""
+    import re
+
+    if value is None:
+        return None
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ConfigError("server.client_cert_header", f"{value!r} is not an HTTP header name")
+    if value.lower() in ("authorization", "host", "content-type", "content-length", "x-forwarded-for",
+                         "x-forwarded-proto", "transfer-encoding", "cookie"):
+        raise ConfigError("server.client_cert_header", f"{value!r} is a header with another meaning")
+    return value
+
+
 def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document."""
     base = path.parent
@@ -329,7 +359,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
                       "admin", "pkcs11"}, "")
     s = _table(raw, "server", "", required=True)
     _check_keys(s, {"https", "http", "max_body_bytes", "workers", "base_url", "metrics_on_http",
-                    "metrics_token_env"}, "server")
+                    "metrics_token_env", "trusted_proxies", "client_cert_header"}, "server")
     base_url = _get(s, "base_url", str, "server", None)
     if base_url is not None:
         base_url = base_url.rstrip("/")
@@ -343,6 +373,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         base_url=base_url,
         metrics_on_http=_get(s, "metrics_on_http", bool, "server", False),
         metrics_token_env=_get(s, "metrics_token_env", str, "server", None) or None,
+        trusted_proxies=_trusted_proxies(_str_list(s, "trusted_proxies", "server")),
+        client_cert_header=_header_name(_get(s, "client_cert_header", str, "server", None) or None),
     )
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
@@ -350,6 +382,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("server.workers", "must be between 1 and 256")
     if not server.https and not server.http:
         raise ConfigError("server", "listens nowhere: set https and/or http")
+    if server.client_cert_header and not server.trusted_proxies:
+        raise ConfigError("server.client_cert_header", "is honoured only from trusted_proxies: list the proxies")
 
     t = _table(raw, "tls", "", required=bool(server.https))
     _check_keys(t, {"cert", "key", "client_trust", "min_version"}, "tls")

@@ -9,6 +9,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography import x509
@@ -30,8 +31,27 @@ EST_PREFIX = "/.well-known/est"
 EST_SERVICE = web.AppKey("est_service", EstService)
 
 
+@dataclass(frozen=True)
+class ForwardedTls:
+    """The TLS facts a trusted TLS-terminating proxy forwarded: the client certificate it
+    received (unverified: the core checks it like a handshake's, RFC 7030 §3.3.2), or None."""
+
+    certificate: x509.Certificate | None
+
+
+#: Set only by the front middleware (enroll/proxy.py) for a request from ``[server]
+#: trusted_proxies`` that the proxy says arrived over HTTPS.
+FORWARDED_TLS = web.RequestKey("est_forwarded_tls", ForwardedTls)
+
+
 def tls_info(request: web.Request) -> TlsInfo | None:
-    """TLS facts of the request's connection, or None on plain HTTP."""
+    """TLS facts of the request's connection, or None on plain HTTP.
+
+    Behind a trusted TLS-terminating proxy they are the forwarded ones: the client's certificate
+    and ``via_proxy`` (the client's session has no channel binding we could check)."""
+    forwarded = request.get(FORWARDED_TLS)
+    if forwarded is not None:
+        return TlsInfo(version=None, peer_certificate=forwarded.certificate, remote=request.remote, via_proxy=True)
     transport = request.transport
     sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
     if sslobj is None:

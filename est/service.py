@@ -88,6 +88,9 @@ class Credentials:
     password: str = field(repr=False)
     malformed: bool = False
 
+    # The client's TLS session ended at a trusted TLS-terminating proxy ([server] trusted_proxies);
+    # peer_certificate is the one it forwarded, and no channel binding of that session is known here.
+    via_proxy: bool = False
 
 @dataclass(frozen=True)
 class EstResponse:
@@ -565,6 +568,9 @@ class EstService:
         """The typed policy the core applies to this label's client certificates."""
         return CertificatePolicy(rule.client_trust, rule.client_profiles or (rule.profile,), rule.bind_identity)
 
+        if tls.via_proxy:
+            raise BadRequest("this label requires PoP linking (RFC 7030 §3.5), which cannot be checked through a "
+                             "TLS-terminating proxy: the client's TLS session ends at the proxy; use TLS passthrough")
     # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
     def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
                   requester: Requester) -> None:
