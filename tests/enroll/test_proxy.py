@@ -308,3 +308,86 @@ def test_nginx_rendering_keeps_every_directive_but_addresses() -> None:
             assert "ssl_verify_client optional_no_ca;" in out and "$ssl_client_escaped_cert" in out
 
 
+
+
+# --- several nodes on one PostgreSQL behind the terminating proxy ------------------------------
+
+NODES = 3
+
+
+@pytest.fixture
+def pg_nodes_behind_nginx(tmp_path: Path, dev_pki: DevPKI,
+                          request: pytest.FixtureRequest) -> Iterator[tuple[list[Path], InitResult, Nginx, str]]:
+    """Three `enroll serve` nodes sharing one PostgreSQL database, nginx terminating TLS in front."""
+    import re
+    import subprocess
+    import sys
+
+    from enroll.setup import init_directory
+    from tests.conftest import _wait_listening, free_port, missing_peer
+    from tests.enroll.test_multinode import _node_config
+
+    pg = request.getfixturevalue("pg_cluster")
+    if pg is None:
+        missing_peer("PostgreSQL (Debian postgresql)")
+    url = str(pg.new_database())
+    ports = [(free_port(), free_port()) for _ in range(NODES)]
+    init = init_directory(tmp_path / "node0", https_port=ports[0][0], http_port=ports[0][1], pki=dev_pki)
+    text, n = re.subn(r'(?m)^url = "sqlite:///var/enroll.db"$', f'url = "{url}"', init.config_path.read_text())
+    assert n == 1
+    init.config_path.write_text(text)
+    _trust_nginx(init)
+    configs = [init.config_path] + [_node_config(tmp_path / "node0", tmp_path / f"node{i}", *ports[i])
+                                    for i in range(1, NODES)]
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"node{i}.log" for i in range(NODES)]
+    try:
+        for cfg, log in zip(configs, logs):
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(cfg), "serve"], stdout=out,
+                                              stderr=subprocess.STDOUT, cwd=cfg.parent))
+        for (_, http_port), proc, log in zip(ports, procs, logs):
+            _wait_listening(http_port, proc, log)
+        record_example_client(init.config_path)
+        certs = init.certs_dir
+        with nginx(tmp_path / "nginx", "enroll-terminate.conf", tls_nodes=[p[0] for p in ports],
+                   plain_nodes=[p[1] for p in ports], cert=certs / "tls-server.pem", key=certs / "tls-server.key") as px:
+            yield logs, init, px, url
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+async def test_est_and_scep_through_the_proxy_to_three_nodes_on_postgresql(
+        pg_nodes_behind_nginx: tuple[list[Path], InitResult, Nginx, str]) -> None:
+    logs, init, px, url = pg_nodes_behind_nginx
+    certs = init.certs_dir
+    got: list[x509.Certificate] = []
+    for i in range(2 * NODES):  # nginx round-robins every request over the three nodes
+        async with EstClient(px.base_https, trust_anchor=certs / "root-ca.pem", label="gateway",
+                             client_cert=certs / "example-client.pem", client_key=certs / "example-client.key") as est:
+            got.append((await est.enroll(build_csr(ec.generate_private_key(ec.SECP256R1()),
+                                                   _subject(f"lb-est-{i}")))).certificate)
+    for i in range(NODES):
+        key = rsa.generate_private_key(65537, 2048)
+        reply = await ScepClient(px.base_http + "/scep/router").enroll(
+            simple_csr(key, f"lb-scep-{i}", challenge=init.scep_challenge), key)
+        assert reply.status is PkiStatus.SUCCESS, reply
+        got.append(reply.certificates[0])
+    serials = {c.serial_number for c in got}
+    assert len(serials) == 3 * NODES
+    ledger = Ledger(url)
+    try:
+        stored = {r.serial for r in await ledger.list_certificates(limit=100_000) if r.status == "issued"}
+    finally:
+        await ledger.close()
+    assert serials <= stored
+    # every node took part: each one's audit log shows issuance
+    for log in logs:
+        assert '"event": "issue", "ok": true' in log.read_text(), log.name
