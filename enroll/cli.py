@@ -109,7 +109,18 @@ def main(ctx: click.Context, config_path: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing config and development PKI.")
 @click.option("--ndes-ra", is_flag=True,
               help="SCEP RA in the Microsoft NDES layout: a signing and an encryption RA certificate (PyScep).")
-def init(directory: str, https_port: int, http_port: int, force: bool, ndes_ra: bool) -> None:
+@click.option("--pkcs11", "pkcs11_uri", default=None, metavar="URI",
+              help="Generate the issuing CA, SCEP RA and OCSP keys inside this PKCS#11 token "
+                   "(RFC 7512, e.g. pkcs11:token=Enroll); the root key stays a file.")
+@click.option("--pkcs11-module", default="/usr/lib/softhsm/libsofthsm2.so", show_default=True, metavar="PATH",
+              help="The PKCS#11 module (shared library) of the token.")
+@click.option("--pin-env", default="ENROLL_PKCS11_PIN", show_default=True, metavar="NAME",
+              help="Environment variable holding the token's user PIN (written to [pkcs11] pin_env).")
+@click.option("--pkcs11-key-type", default="rsa-2048", show_default=True,
+              type=click.Choice(["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"]),
+              help="Issuing CA and OCSP key type in the token (the SCEP RA key is RSA-2048).")
+def init(directory: str, https_port: int, http_port: int, force: bool, ndes_ra: bool, pkcs11_uri: str | None,
+         pkcs11_module: str, pin_env: str, pkcs11_key_type: str) -> None:
     """Create the embedded default: a development PKI under certs/ and a commented enroll.toml."""
     from enroll.setup import init_directory
 
@@ -117,7 +128,12 @@ def init(directory: str, https_port: int, http_port: int, force: bool, ndes_ra: 
     cfg = base / DEFAULT_CONFIG
     if cfg.exists() and not force:
         raise click.ClickException(f"{cfg} exists; use --force to overwrite it and its PKI")
-    res = init_directory(base, https_port=https_port, http_port=http_port, record_client=True, ndes_ra=ndes_ra)
+    if pkcs11_uri is not None:
+        _check_pkcs11_init(pkcs11_uri, pkcs11_module, pin_env, ndes_ra)
+    res = init_directory(base, https_port=https_port, http_port=http_port, record_client=pkcs11_uri is None,
+                         ndes_ra=ndes_ra)
+    if pkcs11_uri is not None:
+        _init_pkcs11(res, pkcs11_uri, pkcs11_module, pin_env, pkcs11_key_type)
     secrets_file = res.certs_dir / "dev-secrets.txt"
     click.echo(f"wrote {cfg}")
     click.echo(f"wrote development PKI in {base / 'certs'} (trust anchor: certs/root-ca.pem)")
@@ -125,6 +141,40 @@ def init(directory: str, https_port: int, http_port: int, force: bool, ndes_ra: 
     if getattr(res, "admin_token", ""):
         click.echo(f"admin page https://127.0.0.1:{https_port}/admin/ (ADMIN_TOKEN in {secrets_file})")
     click.echo(f"next: enroll -c {cfg} serve   (HTTPS {https_port}: EST+SCEP, HTTP {http_port}: SCEP)")
+
+
+def _check_pkcs11_init(uri: str, module: str, pin_env: str, ndes_ra: bool) -> None:
+    """Refuse `init --pkcs11` before anything is written when it cannot work."""
+    from ca import pkcs11 as p11
+    from enroll.pkcs11_init import token_of
+
+    if ndes_ra:
+        raise click.ClickException("--pkcs11 makes a single SCEP RA key in the token; drop --ndes-ra")
+    if not Path(module).is_file():
+        raise click.ClickException(f"PKCS#11 module {module} does not exist (Debian: apt install softhsm2, "
+                                   "or --pkcs11-module PATH)")
+    try:
+        token = token_of(uri)
+        p11.read_pin(token, p11.Settings(module=module, pin_env=pin_env), "--pkcs11")
+    except ConfigError as exc:
+        raise click.ClickException(f"{exc}") from None
+
+
+def _init_pkcs11(res: Any, uri: str, module: str, pin_env: str, key_type: str) -> None:
+    """Move the issuing CA, SCEP RA and OCSP keys of a fresh `enroll init` into the token."""
+    from ca import pkcs11 as p11
+    from enroll.pkcs11_init import move_keys_to_token
+    from enroll.setup import record_example_client
+
+    settings = p11.Settings(module=module, pin_env=None if "pin-source=" in uri else pin_env)
+    try:
+        uris = move_keys_to_token(res, uri, settings, key_type)
+    except ConfigError as exc:
+        raise click.ClickException(f"PKCS#11: {exc}") from None
+    record_example_client(res.config_path)
+    for what, key_uri in (("issuing CA", uris.issuing), ("SCEP RA", uris.ra), ("OCSP responder", uris.ocsp)):
+        click.echo(f"generated the {what} key in the token: {key_uri} (non-extractable)")
+    click.echo(f"[pkcs11] module = {module}" + (f", PIN from ${pin_env}" if settings.pin_env else ""))
 
 
 @main.command()

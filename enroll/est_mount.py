@@ -25,6 +25,7 @@ def settings(config: Any) -> EstSettings:
         server_max_body=config.server.max_body_bytes,
         tls_cert=config.tls.cert,
         tls_key=config.tls.key,
+        pkcs11=config.pkcs11,
     )
 
 

@@ -16,11 +16,14 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca.keys import write_private_key
+from ca.keys import FileKey, Signer, default_hash, sign_certificate, write_private_key
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,19 @@ class Pair:
     key: CertificateIssuerPrivateKeyTypes
 
 
+_FILE_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, dsa.DSAPrivateKey, ed25519.Ed25519PrivateKey,
+              ed448.Ed448PrivateKey)
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """A certificate whose private key stays in a PKCS#11 token (ca/pkcs11.py), used through
+    the :class:`ca.keys.Signer` it is."""
+
+    cert: x509.Certificate
+    key: Signer
+
+
 def _name(cn: str, org: str = "Enroll Development") -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -38,8 +54,8 @@ def _name(cn: str, org: str = "Enroll Development") -> x509.Name:
 
 def make_cert(
     subject: x509.Name,
-    key: CertificateIssuerPrivateKeyTypes,
-    issuer: Pair | None,
+    key: CertificateIssuerPrivateKeyTypes | Signer,
+    issuer: Pair | TokenPair | None,
     *,
     ca: bool = False,
     path_length: int | None = None,
@@ -87,9 +103,32 @@ def make_cert(
         b = b.add_extension(x509.ExtendedKeyUsage(eku), False)
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), False)
+    if isinstance(issuer, TokenPair):
+        # A token key signs the TBSCertificate through the Signer (RFC 5280 §4.1.1.3).
+        return sign_certificate(b, issuer.key, default_hash(issuer.key.public_key()))
+    if not isinstance(signer_key, _FILE_KEYS):
+        raise TypeError("a self-signed certificate needs a private key object")
     algorithm = hashes.SHA384() if isinstance(signer_key, ec.EllipticCurvePrivateKey) and \
         signer_key.curve.key_size >= 384 else hashes.SHA256()
     return b.sign(signer_key, algorithm)
+
+
+def recertify(cert: x509.Certificate, public_key: CertificatePublicKeyTypes,
+              issuer: Pair | TokenPair) -> x509.Certificate:
+    """``cert`` again (subject, validity, extensions) for ``public_key``, issued by ``issuer``
+    with a fresh serial: the key identifiers follow the new key and issuer (RFC 5280 §4.2.1.1-2).
+    ``enroll init --pkcs11`` moves the development PKI's keys into a token with it."""
+    b = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(issuer.cert.subject)
+         .public_key(public_key).serial_number(secrets.randbits(127) | (1 << 64))
+         .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    for ext in cert.extensions:
+        if not isinstance(ext.value, x509.SubjectKeyIdentifier | x509.AuthorityKeyIdentifier):
+            b = b.add_extension(ext.value, ext.critical)
+    b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+    ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
+    signer: Signer = issuer.key if isinstance(issuer, TokenPair) else FileKey(issuer.key)
+    return sign_certificate(b, signer, default_hash(signer.public_key()))
 
 
 @dataclass(frozen=True)

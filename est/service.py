@@ -23,13 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
-    PrivateKeyTypes,
 )
 
 from ca.api import AuthMethod, BindIdentity, Channel, IssueRequest, Issued, Pending, Rejected, Requester
 from ca.identity import CertificatePolicy
 from ca.errors import AuthorizationError, CAError, ConfigError
-from ca.keys import check_key_file_mode
+from ca.keys import Signer, check_key_file_mode, open_key, probe
 from ca.ratelimit import Throttle
 from est import asn1, quirks, wire
 from est.errors import (
@@ -134,7 +133,7 @@ class EstSettings:
     line_length: int | None = None  # [est] base64_line_length; None: per client (est/quirks.py)
     max_body_bytes: int = DEFAULT_MAX_BODY
     signer_cert: x509.Certificate | None = None
-    signer_key: PrivateKeyTypes | None = field(default=None, repr=False)
+    signer_key: Signer | None = field(default=None, repr=False)  # RFC 7030 §4.4.2 key-package signer
 
 
 class ProfileLike(Protocol):
@@ -285,8 +284,10 @@ def parse_settings(
     server_max_body: int | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    pkcs11: Any = None,
 ) -> EstSettings:
-    """Validate ``[est]`` and the per-profile tables into :class:`EstSettings`."""
+    """Validate ``[est]`` and the per-profile tables into :class:`EstSettings` (``pkcs11``: the
+    ``[pkcs11]`` settings, for a serverkeygen signer named by a pkcs11: URI)."""
     unknown = set(est) - _EST_KEYS
     if unknown:
         raise ConfigError(f"est.{sorted(unknown)[0]}", "unknown key")
@@ -330,13 +331,18 @@ def parse_settings(
         cert_path, key_path = tls_cert, tls_key
     needs_signer = any(r.keks or r.recipients or r.serverkeygen for r in by_profile.values())
     if cert_path is not None and key_path is not None and needs_signer:
+        # The signer goes through ca.keys like every other key: a PEM file (mode 0600) or a
+        # pkcs11: URI (RFC 7512), probed at start.
+        key_name = "est.serverkeygen_signer_key" if est.get("serverkeygen_signer_key") is not None else "tls.key"
+        key_ref = key_path if str(key_path).startswith("pkcs11:") else Path(resolve(key_path))
+        signer_key = open_key(key_ref, key_name, pkcs11=pkcs11)
+        probe(signer_key, key_name)
         try:
-            check_key_file_mode(Path(resolve(key_path)), "est.serverkeygen_signer_key"
-                                if est.get("serverkeygen_signer_key") is not None else "tls.key")
             signer_cert = _load_pem_certs(Path(resolve(cert_path)), "est.serverkeygen_signer_cert")[0]
-            signer_key = serialization.load_pem_private_key(Path(resolve(key_path)).read_bytes(), None)
         except (OSError, ValueError, TypeError, IndexError) as exc:
-            raise ConfigError("est.serverkeygen_signer_key", f"cannot load: {exc}") from None
+            raise ConfigError("est.serverkeygen_signer_cert", f"cannot load: {exc}") from None
+        if signer_cert.public_key() != signer_key.public_key():
+            raise ConfigError(key_name, "the serverkeygen signer key does not match its certificate")
     for name in by_profile:
         # KEKs are secret keys like any other: mode 0600 (parse_rule has read them already).
         for kid, kek_path in (profiles[name].est.get("serverkeygen_keks") or {}).items():

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from ca.keys import FileKey, Signer
 from est.asn1 import Oid, RawAsymmetricKeyPackage
 from est.errors import BadRequest, ProtocolError
 
@@ -399,17 +400,19 @@ def subject_key_identifier(cert: x509.Certificate) -> bytes:
         return bytes(x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest)
 
 
-def _signature_algorithm(key: PrivateKeyTypes) -> tuple[str, str]:
-    """(digest name, asn1crypto signature algorithm name) for the server's signing key."""
-    if isinstance(key, rsa.RSAPrivateKey):
+def _signature_algorithm(signer: Signer) -> tuple[str, str]:
+    """(digest name, asn1crypto signature algorithm name) for the server's signing key
+    (RFC 5754 §3.2-3.3, RFC 8419 §3 for Ed25519)."""
+    key = signer.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
         return "sha256", "sha256_rsa"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+    if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.key_size > 384:
             return "sha512", "sha512_ecdsa"
         if key.curve.key_size > 256:
             return "sha384", "sha384_ecdsa"
         return "sha256", "sha256_ecdsa"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+    if isinstance(key, ed25519.Ed25519PublicKey):
         return "sha512", "ed25519"
     raise ValueError(f"unsupported signing key {type(key).__name__}")
 
@@ -421,18 +424,25 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {
 }
 
 
-def _sign(key: PrivateKeyTypes, data: bytes, digest: str) -> bytes:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, apadding.PKCS1v15(), _HASHES[digest])
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(_HASHES[digest]))
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        return key.sign(data)
+def _sign(signer: Signer, data: bytes, digest: str) -> bytes:
+    """Sign through the :class:`ca.keys.Signer` (a PEM key or a PKCS#11 key): PKCS#1 v1.5 or
+    ECDSA over ``digest``; Ed25519 hashes internally (RFC 8032)."""
+    if isinstance(signer.public_key(), ed25519.Ed25519PublicKey):
+        return signer.sign(data, None)
+    return signer.sign(data, _HASHES[digest])
+
+
+def as_signer(key: Signer | PrivateKeyTypes) -> Signer:
+    """A :class:`ca.keys.Signer` for a cryptography private key (RSA, EC, Ed25519); a Signer as is."""
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        return FileKey(key)
+    if isinstance(key, Signer):
+        return key
     raise ValueError(f"unsupported signing key {type(key).__name__}")
 
 
 def _signed_key_package(
-    pkcs8_der: bytes, signer_key: PrivateKeyTypes, signer_cert: x509.Certificate
+    pkcs8_der: bytes, signer_key: Signer, signer_cert: x509.Certificate
 ) -> bytes:
     """SignedData (v3, eContentType id-ct-KP-aKeyPackage) over an AsymmetricKeyPackage holding
     the one generated key, signed by the party that generated it (RFC 7030 §4.4.2)."""
@@ -498,13 +508,13 @@ _WRAP_BY_LEN = {16: "aes128_wrap", 24: "aes192_wrap", 32: "aes256_wrap"}
 def build_server_generated_key(
     pkcs8_der: bytes,
     *,
-    signer_key: PrivateKeyTypes,
+    signer_key: Signer | PrivateKeyTypes,
     signer_cert: x509.Certificate,
     recipient: KekRecipient | KeyTransRecipient,
 ) -> bytes:
     """The encrypted /serverkeygen key part (RFC 7030 §4.4.2): ContentInfo(EnvelopedData(
     SignedData(AsymmetricKeyPackage))), content encrypted with AES-256-CBC (RFC 3565)."""
-    inner = _signed_key_package(pkcs8_der, signer_key, signer_cert)
+    inner = _signed_key_package(pkcs8_der, as_signer(signer_key), signer_cert)
     cek = os.urandom(32)
     iv = os.urandom(16)
     padder = padding.PKCS7(128).padder()

@@ -244,3 +244,57 @@ def test_removed_key_refuses_to_start_naming_the_key(softhsm: SoftHSM, dev_pki: 
     done = config_check(embedded)
     assert done.returncode != 0
     assert "cas.issuing.key" in done.stderr and "no private key" in done.stderr
+
+
+# --- the EST serverkeygen signer (RFC 7030 §4.4.2) through the token --------------------------------
+
+
+@pytest.mark.parametrize("key_type", ["rsa-2048", "ec-p256"])
+def test_token_key_signs_the_server_generated_key_package(softhsm: SoftHSM, dev_pki: DevPKI, key_type: str) -> None:
+    """The SignedData around a server-generated key is signed through the Signer: its signature
+    verifies with the embedded certificate of the token key (RFC 5652 §5.6)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from est import wire
+
+    uri, cert = token_ca(softhsm, dev_pki, key_type)
+    signer = p11.load_key(uri, softhsm.settings, "est.serverkeygen_signer_key")
+    p8 = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    kek = wire.KekRecipient(b"kek-1", os.urandom(32))
+    der = wire.build_server_generated_key(p8, signer_key=signer, signer_cert=cert, recipient=kek)
+    opened = wire.open_server_generated_key(der, kek=kek)
+    assert opened.pkcs8_der == p8 and opened.signer == cert
+
+
+def _token_serverkeygen_signer(embedded: InitResult, softhsm: SoftHSM, uri: str, cert: x509.Certificate) -> None:
+    from tests.est.conftest import prepare
+
+    (embedded.certs_dir / "skg-signer.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    text = embedded.config_path.read_text()
+    assert text.count("[est]\n") == 1
+    text = text.replace("[est]\n", f'[est]\nserverkeygen_signer_cert = "certs/skg-signer.pem"\n'
+                                   f'serverkeygen_signer_key = "{uri}"\n')
+    text += f'\n[pkcs11]\nmodule = "{softhsm.settings.module}"\npin_env = "ENROLL_TEST_PIN"\n'
+    embedded.config_path.write_text(text)
+    prepare(embedded)  # the skg profile (serverkeygen with a KEK): the signer is needed and loaded
+
+
+def test_config_check_loads_a_token_serverkeygen_signer(softhsm: SoftHSM, dev_pki: DevPKI,
+                                                        embedded: InitResult) -> None:
+    uri, cert = token_ca(softhsm, dev_pki)
+    _token_serverkeygen_signer(embedded, softhsm, uri, cert)
+    done = config_check(embedded)
+    assert done.returncode == 0, done.stderr
+    wrong = config_check(embedded, ENROLL_TEST_PIN="0000")
+    assert wrong.returncode != 0
+    assert "est.serverkeygen_signer_key" in wrong.stderr and "wrong PIN" in wrong.stderr
+
+
+def test_config_check_refuses_a_serverkeygen_signer_that_does_not_match_its_certificate(
+        softhsm: SoftHSM, dev_pki: DevPKI, embedded: InitResult) -> None:
+    uri, _ = token_ca(softhsm, dev_pki)
+    _token_serverkeygen_signer(embedded, softhsm, uri, dev_pki.tls.cert)
+    done = config_check(embedded)
+    assert done.returncode != 0
+    assert "est.serverkeygen_signer_key" in done.stderr and "does not match" in done.stderr
