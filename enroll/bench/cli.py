@@ -38,6 +38,8 @@ def _load_options(f: Any) -> Any:
         click.option("--spawn", is_flag=True, help="Start a throwaway `enroll serve` for the run (and stop it)."),
         click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
                      help="With --spawn: `enroll serve --workers N`."),
+        click.option("--softhsm", is_flag=True,
+                     help="With --spawn: the CA, SCEP RA and OCSP keys in a throwaway SoftHSM2 token (PKCS#11)."),
         click.option("--timeout", default=60.0, show_default=True, help="Per-request timeout, seconds."),
         click.option("--max-seconds", default=900.0, show_default=True, help="Stop sending after this long."),
         click.option("--json", "json_out", default=None, metavar="FILE|-", help="Write the report as JSON."),
@@ -69,7 +71,8 @@ def bench() -> None:
               help="With --spawn: the issuing CA's key type.")
 def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | None, db_pid: int | None,
             ledger_url: str | None,
-            spawn: bool, workers: int, timeout: float, max_seconds: float, json_out: str | None, mode: str,
+            spawn: bool, workers: int, softhsm: bool, timeout: float, max_seconds: float, json_out: str | None,
+            mode: str,
             auth: str, fresh: bool, label: str | None, ca_bundle: str | None, client_cert: str | None,
             client_key: str | None, basic: str | None, ca_key: str) -> None:
     """EST simpleenroll / simplereenroll load against URL (https://host:port) or a spawned server."""
@@ -78,7 +81,7 @@ def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | Non
     srv = None
     try:
         if spawn:
-            srv = bench_server.spawn(ca_key=ca_key, workers=workers, ledger_url=ledger_url)
+            srv = bench_server.spawn(ca_key=ca_key, workers=workers, ledger_url=ledger_url, softhsm=softhsm)
             certs = srv.certs
             target = EstTarget(f"https://127.0.0.1:{srv.https_port}", certs / "root-ca.pem", label or "gateway",
                                certs / "example-client.pem", certs / "example-client.key",
@@ -95,6 +98,8 @@ def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | Non
         report = asyncio.run(runner.run_est(opts))
         if srv is not None:
             report["spawned"] = {"workers": workers, "ca_key": ca_key, "ledger": _scheme(srv.ledger_url)}
+            if softhsm:
+                report["spawned"]["keys"] = "softhsm2"
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -122,7 +127,7 @@ def _scheme(url: str) -> str:
               help="RSA-2048 device keys in the pool (each request has its own CSR and transaction).")
 def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | None, db_pid: int | None,
              ledger_url: str | None,
-             spawn: bool, workers: int, timeout: float, max_seconds: float, json_out: str | None,
+             spawn: bool, workers: int, softhsm: bool, timeout: float, max_seconds: float, json_out: str | None,
              challenge: str | None, one_time: bool, one_time_file: str | None, profile: str | None, cipher: str,
              digest: str, keys: int) -> None:
     """SCEP PKCSReq load against URL (http://host:port/path) or a spawned server (RSA-2048 CA)."""
@@ -131,7 +136,7 @@ def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | No
     srv = None
     try:
         if spawn:
-            srv = bench_server.spawn(ca_key="rsa-2048", workers=workers, ledger_url=ledger_url)
+            srv = bench_server.spawn(ca_key="rsa-2048", workers=workers, ledger_url=ledger_url, softhsm=softhsm)
             if challenge is None and not one_time:
                 one_time = True
             profile = profile or ("benchscep" if one_time else "router")
@@ -154,6 +159,8 @@ def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | No
         if srv is not None:
             report["spawned"] = {"workers": workers, "ca_key": "rsa-2048", "profile": profile,
                                  "ledger": _scheme(srv.ledger_url)}
+            if softhsm:
+                report["spawned"]["keys"] = "softhsm2"
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:

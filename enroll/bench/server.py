@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ca.pkcs11 import Settings as Pkcs11Settings
 from enroll.pki import DevPKI, Pair, make_cert
 from enroll.setup import InitResult, init_directory, record_example_client
 
@@ -98,10 +100,39 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+@dataclass(frozen=True)
+class Token:
+    """A PKCS#11 token for the CA, RA and OCSP keys (``enroll init --pkcs11``), reachable by this
+    process and the servers it spawns (their environment is this one's)."""
+
+    uri: str
+    settings: Pkcs11Settings
+
+
+def softhsm_token(base: Path, pin_env: str = "ENROLL_BENCH_PIN") -> Token:
+    """A throwaway SoftHSM2 token under ``base`` (its own ``SOFTHSM2_CONF``, set in os.environ
+    before any PKCS#11 module is loaded here, so spawned servers find it too)."""
+    from enroll.pkcs11_init import DEFAULT_MODULE
+
+    util = shutil.which("softhsm2-util")
+    if util is None or not Path(DEFAULT_MODULE).is_file():
+        raise RuntimeError(f"--softhsm needs softhsm2-util and {DEFAULT_MODULE} (Debian: apt install softhsm2)")
+    (base / "tokens").mkdir(parents=True, exist_ok=True)
+    conf = base / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    pin = secrets.token_hex(8)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ[pin_env] = pin
+    subprocess.run([util, "--init-token", "--free", "--label", "EnrollBench", "--pin", pin,
+                    "--so-pin", secrets.token_hex(8)], check=True, capture_output=True, timeout=60)
+    return Token("pkcs11:token=EnrollBench", Pkcs11Settings(module=DEFAULT_MODULE, pin_env=pin_env))
+
+
 def write_config(base: Path, *, ca_key: str = "rsa-2048", ledger_url: str | None = None,
                  pki: DevPKI | None = None, https_port: int | None = None,
-                 http_port: int | None = None) -> InitResult:
-    """``enroll init`` into ``base`` with the bench PKI, the given ledger, and the bench profiles."""
+                 http_port: int | None = None, token: Token | None = None) -> InitResult:
+    """``enroll init`` into ``base`` with the bench PKI, the given ledger, and the bench profiles;
+    with ``token``, the CA, RA and OCSP keys generated in it (``enroll init --pkcs11``)."""
     init = init_directory(base, https_port=https_port or free_port(), http_port=http_port or free_port(),
                           pki=pki or bench_pki(ca_key))
     text = init.config_path.read_text()
@@ -110,6 +141,10 @@ def write_config(base: Path, *, ca_key: str = "rsa-2048", ledger_url: str | None
         if n != 1:
             raise RuntimeError("could not set [ledger] url in the generated config")
     init.config_path.write_text(text + BENCH_PROFILES)
+    if token is not None:
+        from enroll.pkcs11_init import move_keys_to_token
+
+        move_keys_to_token(init, token.uri, token.settings, ca_key)
     record_example_client(init.config_path)  # the EST load authenticates with it (mTLS)
     return init
 
@@ -156,12 +191,15 @@ def ledger_url_of(init: InitResult) -> str:
 
 
 def spawn(*, ca_key: str = "rsa-2048", workers: int = 1, ledger_url: str | None = None,
-          base: Path | None = None, pki: DevPKI | None = None, startup_timeout: float = 60.0) -> SpawnedServer:
-    """Write a bench config and start ``enroll serve --workers N`` on free loopback ports."""
+          base: Path | None = None, pki: DevPKI | None = None, startup_timeout: float = 60.0,
+          softhsm: bool = False) -> SpawnedServer:
+    """Write a bench config and start ``enroll serve --workers N`` on free loopback ports
+    (``softhsm``: the CA, RA and OCSP keys in a throwaway SoftHSM2 token)."""
     own = None
     if base is None:
         own = base = Path(tempfile.mkdtemp(prefix="enroll-bench-"))
-    init = write_config(base / "srv", ca_key=ca_key, ledger_url=ledger_url, pki=pki)
+    token = softhsm_token(base / "softhsm") if softhsm else None
+    init = write_config(base / "srv", ca_key=ca_key, ledger_url=ledger_url, pki=pki, token=token)
     from enroll.config import load_config
 
     config = load_config(init.config_path)

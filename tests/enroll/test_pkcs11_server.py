@@ -342,3 +342,18 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=60)
     assert done.returncode == 0, f"{cmd[0]} exited {done.returncode}:\n{done.stdout!r}\n{done.stderr!r}"
     return done
+
+
+# --- enroll bench with the keys in SoftHSM2 ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["est", "scep"])
+def test_bench_spawns_a_softhsm2_ca(hsm: Hsm, protocol: str) -> None:
+    """`enroll bench {est,scep} --spawn --softhsm`: every enrollment signed by the token CA (and, for
+    SCEP, decrypted and answered by the token RA) and recorded in the ledger."""
+    from tests.enroll.test_bench import assert_report, bench
+
+    r = bench(protocol, "--spawn", "--softhsm", "--count", "12", "-c", "3", *(["--keys", "2"] if protocol == "scep"
+                                                                                else []))
+    assert r["spawned"]["keys"] == "softhsm2"
+    assert_report(r, 12)
