@@ -1,7 +1,8 @@
 """`enroll init --pkcs11` and a real `enroll serve` whose issuing CA, SCEP RA and OCSP keys live
-in a SoftHSM2 token: EST (our client, strongSwan ``pki --est``), SCEP (micromdm scepclient), a
-CRL over HTTP and an OCSP answer, both verified with the public keys read from the token; and the
-start-up refusals (wrong PIN, missing token, removed key) with a message naming the key.
+in a SoftHSM2 token: EST (our client, strongSwan ``pki --est``, /serverkeygen whose key package a
+token key signs), SCEP (micromdm scepclient), a CRL over HTTP and an OCSP answer, both verified
+with the public keys read from the token; the start-up refusals (wrong PIN, missing token, removed
+key) with a message naming the key; and `enroll bench --spawn --softhsm`.
 
 Every token operation runs in a subprocess (``enroll``, or ``python -c`` with python-pkcs11) with
 this module's ``SOFTHSM2_CONF``: SoftHSM2 reads it once per process, at C_Initialize, so the
@@ -10,6 +11,7 @@ session token directory of tests/ca/test_pkcs11.py and this one never meet in on
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -24,13 +26,17 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
 
 from enroll.bench.server import free_port
 from enroll.config import load_config
-from est.client import EstClient
+from est import asn1, wire
+from est.client import EstClient, build_csr
 from tests.conftest import enroll_serve, make_csr, require_tool
+from tests.est.conftest import EXTRA_PROFILES as EST_PROFILES
+from tests.est.conftest import KEK, KEK_ID
 from tests.scep.conftest import add_scep_test_profiles
 
 MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
@@ -171,10 +177,23 @@ def token_server(hsm: Hsm, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert done.returncode == 0, done.stderr
     config_path = base / "srv" / "enroll.toml"
     add_scep_test_profiles(config_path)
+    _token_serverkeygen_signer(config_path, token)
     config = load_config(config_path)
     srv = TokenServer(hsm, token, base / "srv", config.server.https[0].port, config.server.http[0].port)
     with enroll_serve(config_path, srv.http_port, base / "serve.log"):
         yield srv
+
+
+def _token_serverkeygen_signer(config_path: Path, token: str) -> None:
+    """The EST test profiles (skg: /serverkeygen with a KEK) and the token's OCSP key as the
+    serverkeygen signer (RFC 7030 §4.4.2), by URI: any Signer may sign the key package."""
+    (config_path.parent / "kek-1.hex").write_text(KEK.hex() + "\n")
+    (config_path.parent / "kek-1.hex").chmod(0o600)
+    text = config_path.read_text()
+    assert text.count("[est]\n") == 1
+    text = text.replace("[est]\n", f'[est]\nserverkeygen_signer_cert = "certs/ocsp.pem"\n'
+                                   f'serverkeygen_signer_key = "pkcs11:token={token};object=ocsp"\n')
+    config_path.write_text(text + EST_PROFILES.format())
 
 
 # --- enroll init --pkcs11 ---------------------------------------------------------------------------
@@ -229,6 +248,34 @@ async def test_est_enrollment_with_our_client_is_signed_by_the_token_key(token_s
     assert token_server.cert("issuing-ca").public_key() == ca_key
     result.certificate.verify_directly_issued_by(token_server.cert("issuing-ca"))
     assert result.certificate.subject.rfc4514_string() == "CN=hsm-gw-1"
+
+
+async def test_serverkeygen_key_package_is_signed_by_the_token_key(token_server: TokenServer) -> None:
+    """/serverkeygen with a KEK (RFC 7030 §4.4.2): the SignedData around the generated key verifies
+    with the embedded signer certificate, whose key is the token's (the configured pkcs11: URI)."""
+    import ssl
+
+    import aiohttp
+
+    csr = build_csr(ec.generate_private_key(ec.SECP256R1()), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                                            "hsm-skg")]),
+                    extra_attributes=[(asn1.Oid.DECRYPT_KEY_IDENTIFIER, KEK_ID)])
+    ctx = ssl.create_default_context(cafile=str(token_server.certs / "root-ca.pem"))
+    auth = "Basic " + base64.b64encode(f"estuser:{token_server.secret('EST_PASSWORD')}".encode()).decode()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"https://127.0.0.1:{token_server.https_port}/.well-known/est/skg/serverkeygen",
+                             data=base64.b64encode(csr.public_bytes(serialization.Encoding.DER)), ssl=ctx,
+                             headers={"Content-Type": "application/pkcs10", "Authorization": auth}) as resp:
+            assert resp.status == 200, await resp.text()
+            ctype, body = resp.headers["Content-Type"], await resp.read()
+    result = wire.parse_serverkeygen_response(ctype, body)
+    assert result.encrypted
+    opened = wire.open_server_generated_key(result.key_der, kek=wire.KekRecipient(KEK_ID, KEK))
+    assert opened.signer == token_server.cert("ocsp")
+    assert opened.signer.public_key() == token_server.hsm.public_key(token_server.token, "ocsp")
+    (cert,) = [c for c in result.certificates if c.subject.rfc4514_string() == "CN=hsm-skg"]
+    assert cert.public_key() == opened.private_key.public_key()
+    cert.verify_directly_issued_by(token_server.cert("issuing-ca"))
 
 
 def test_strongswan_pki_est_enrolls_from_the_token_ca(token_server: TokenServer, tmp_path: Path) -> None:
