@@ -209,6 +209,55 @@ async def _metrics_middleware(request: web.Request,
         metrics.latency.labels(group).observe(time.perf_counter() - started)
 
 
+class InFlight:
+    """Requests being handled in this process, so that a stop can drain them (enroll/server.py):
+    listeners close first, requests in flight finish (reading the rest of their bodies), and
+    answers given meanwhile close their connection."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if self.count == 0:
+                self._idle.set()
+        return self._idle
+
+    def enter(self) -> None:
+        self.count += 1
+        self._event().clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._event().set()
+
+    async def idle(self) -> None:
+        """Until no request is being handled."""
+        await self._event().wait()
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
+@web.middleware
+async def _in_flight_middleware(request: web.Request,
+                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                ) -> web.StreamResponse:
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter()
+    try:
+        resp = await handler(request)
+        if in_flight.draining:
+            resp.force_close()  # no further request on this connection: the process is stopping
+        return resp
+    finally:
+        in_flight.leave()
+
+
 @web.middleware
 async def _refuse_content_encoding(request: web.Request,
                                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -369,16 +418,17 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
     """The application: EST, SCEP, CRLs, health and metrics, over one issuance core."""
     metrics = metrics or Metrics()
     issuer = issuer or build_issuer(config, metrics)
-    middlewares: list[Middleware] = [_metrics_middleware, _refuse_content_encoding]
+    middlewares: list[Middleware] = [_in_flight_middleware, _metrics_middleware, _refuse_content_encoding]
     if config.server.trusted_proxies:
         from enroll import proxy
 
-        middlewares.insert(1, proxy.middleware(proxy.ProxyPolicy.from_config(config.server)))
+        middlewares.insert(2, proxy.middleware(proxy.ProxyPolicy.from_config(config.server)))
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[ISSUER] = issuer
     app[METRICS] = metrics
     app[METRICS_TOKEN] = metrics_token(config) or ""
+    app[IN_FLIGHT] = InFlight()
 
     async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         await issuer.ledger.migrate()

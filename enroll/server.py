@@ -22,7 +22,7 @@ import aiohttp.http_exceptions
 import aiohttp.web_response
 from aiohttp import web
 
-from enroll.app import config_warnings, create_app, validate
+from enroll.app import IN_FLIGHT, InFlight, config_warnings, create_app, validate
 from enroll.config import Config, Listen
 from enroll.tls import server_context
 
@@ -46,6 +46,10 @@ MAX_CONNECTIONS = 1024  # open connections per worker process; more are dropped 
 #: and every SWEEP_EVERY seconds; ``ENROLL_RESERVATION_TIMEOUT`` overrides (tests use 0).
 RESERVATION_TIMEOUT = float(os.environ.get("ENROLL_RESERVATION_TIMEOUT", "300"))
 SWEEP_EVERY = 60.0
+
+#: On SIGTERM, requests in flight get this long to finish (their bodies still read) before the
+#: process stops; packaging/enroll.service waits longer (TimeoutStopSec).
+DRAIN_TIMEOUT = 30.0
 
 # No version disclosure: aiohttp would answer "Server: Python/3.x aiohttp/3.x" on every response,
 # including the parser's own 400s, which never reach the application's signals.
@@ -229,8 +233,24 @@ async def serve_sockets(config: Config, bound: list[Bound], ready: asyncio.Event
         sweeper = asyncio.create_task(_sweep_forever(app[ISSUER].ledger))
         await stop.wait()
         sweeper.cancel()
+        await drain(runner, app[IN_FLIGHT])
     finally:
         await runner.cleanup()
+
+
+async def drain(runner: web.AppRunner, in_flight: "InFlight", timeout: float = DRAIN_TIMEOUT) -> None:
+    """Stop without dropping an enrollment: close the listeners (a load balancer sends new
+    connections elsewhere), let every request in flight finish, bodies still arriving included
+    (aiohttp's own shutdown stops reading them), then return for the runner's cleanup."""
+    for site in list(runner.sites):
+        await site.stop()
+    in_flight.draining = True
+    if in_flight.count:
+        log.info(json.dumps({"event": "draining", "pid": os.getpid(), "requests": in_flight.count}))
+    try:
+        await asyncio.wait_for(in_flight.idle(), timeout)
+    except TimeoutError:
+        log.warning(json.dumps({"event": "drain-timeout", "pid": os.getpid(), "requests": in_flight.count}))
 
 
 async def _migrate(config: Config) -> None:
