@@ -146,7 +146,7 @@ def init(directory: str, https_port: int, http_port: int, force: bool, ndes_ra: 
 def _check_pkcs11_init(uri: str, module: str, pin_env: str, ndes_ra: bool) -> None:
     """Refuse `init --pkcs11` before anything is written when it cannot work."""
     from ca import pkcs11 as p11
-    from enroll.pkcs11_init import token_of
+    from enroll.pkcs11_init import preflight, token_of
 
     if ndes_ra:
         raise click.ClickException("--pkcs11 makes a single SCEP RA key in the token; drop --ndes-ra")
@@ -155,7 +155,9 @@ def _check_pkcs11_init(uri: str, module: str, pin_env: str, ndes_ra: bool) -> No
                                    "or --pkcs11-module PATH)")
     try:
         token = token_of(uri)
-        p11.read_pin(token, p11.Settings(module=module, pin_env=pin_env), "--pkcs11")
+        settings = p11.Settings(module=module, pin_env=None if token.pin_source else pin_env)
+        p11.read_pin(token, settings, "--pkcs11")
+        preflight(uri, settings)
     except ConfigError as exc:
         raise click.ClickException(f"{exc}") from None
 
@@ -163,10 +165,10 @@ def _check_pkcs11_init(uri: str, module: str, pin_env: str, ndes_ra: bool) -> No
 def _init_pkcs11(res: Any, uri: str, module: str, pin_env: str, key_type: str) -> None:
     """Move the issuing CA, SCEP RA and OCSP keys of a fresh `enroll init` into the token."""
     from ca import pkcs11 as p11
-    from enroll.pkcs11_init import move_keys_to_token
+    from enroll.pkcs11_init import move_keys_to_token, token_of
     from enroll.setup import record_example_client
 
-    settings = p11.Settings(module=module, pin_env=None if "pin-source=" in uri else pin_env)
+    settings = p11.Settings(module=module, pin_env=None if token_of(uri).pin_source else pin_env)
     try:
         uris = move_keys_to_token(res, uri, settings, key_type)
     except ConfigError as exc:

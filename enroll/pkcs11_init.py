@@ -55,6 +55,21 @@ def _key_uri(token: p11.KeyUri, label: str) -> str:
     return str(p11.KeyUri(token.token, label, None, token.pin_source))
 
 
+def preflight(token_uri: str, settings: p11.Settings) -> None:
+    """Before anything is written: the module loads, the token is there, the PIN logs in, and
+    none of the :data:`LABELS` is taken (ConfigError naming the problem otherwise)."""
+    token = token_of(token_uri)
+    for label in LABELS.values():
+        uri = _key_uri(token, label)
+        try:
+            p11.load_key(uri, settings, "--pkcs11")
+        except ConfigError as exc:
+            if exc.problem.startswith("no private key"):  # ca/pkcs11.py: the label is free
+                continue
+            raise
+        raise ConfigError("--pkcs11", f"{uri} already exists in the token: delete it or use another token")
+
+
 def move_keys_to_token(init: InitResult, token_uri: str, settings: p11.Settings,
                        key_type: str = "rsa-2048") -> TokenKeys:
     """Generate the issuing CA (``key_type``), SCEP RA (RSA-2048: SCEP key transport, RFC 8894

@@ -224,9 +224,21 @@ def test_init_pkcs11_generates_non_extractable_keys_and_config_check_passes(toke
 def test_init_pkcs11_refuses_a_token_that_already_holds_the_keys(token_server: TokenServer, tmp_path: Path) -> None:
     again = token_server.hsm.init(tmp_path / "again", token_server.token)
     assert again.returncode != 0
-    assert "issuing-ca" in again.stderr and "already exists" in again.stderr
+    assert "object=issuing-ca" in again.stderr and "already exists" in again.stderr
+    assert not (tmp_path / "again").exists(), "refused before anything is written"
     # the first directory's keys are untouched: its config still checks
     assert enroll("config", "check", config=token_server.config_path).returncode == 0
+
+
+@pytest.mark.parametrize("case", ["missing token", "wrong PIN"])
+def test_init_pkcs11_refuses_before_writing_anything(hsm: Hsm, tmp_path: Path, case: str) -> None:
+    token = "NoSuchToken" if case == "missing token" else hsm.new_token(f"Spare{next(_spares)}")
+    done = hsm.init(tmp_path / "x", token) if case == "missing token" else \
+        enroll("init", "--dir", str(tmp_path / "x"), "--pkcs11", f"pkcs11:token={token}", "--pkcs11-module",
+               hsm.module, "--pin-env", PIN_ENV, env={PIN_ENV: "0000"})
+    assert done.returncode != 0
+    assert ("no PKCS#11 token labelled 'NoSuchToken'" if case == "missing token" else "wrong PIN") in done.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_init_pkcs11_refuses_a_uri_naming_an_object(hsm: Hsm, tmp_path: Path) -> None:
