@@ -743,6 +743,52 @@ def _write_config(config: Config, text: str) -> None:
     config.path.write_text(text)
 
 
+@main.command("backup")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The archive to write (a tar, mode 0600).")
+@click.option("--no-keys", is_flag=True, help="Leave private key files out of the archive.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.pass_context
+def backup_cmd(ctx: click.Context, out: str, no_keys: bool, quiet: bool) -> None:
+    """Archive the config, the files it names and an online snapshot of the SQLite ledger,
+    with a manifest of SHA-256 hashes (PostgreSQL: use pg_dump for the database)."""
+    from enroll.backup import BackupError, backup
+
+    config = _config(ctx)
+    try:
+        manifest = backup(config.path, Path(out), include_keys=not no_keys,
+                          progress=(lambda _: None) if quiet else _progress("backup"))
+    except (BackupError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not manifest["ledger"]["included"]:
+        click.echo(f"note: the ledger is not in the archive: {manifest['ledger']['note']}", err=True)
+    click.echo(out)
+
+
+@main.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="An empty or new directory to restore into.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+def restore_cmd(archive: str, directory: str, quiet: bool) -> None:
+    """Verify every file of a backup against its manifest, then restore it into DIR."""
+    from enroll.backup import BackupError, restore
+
+    try:
+        config_path = restore(Path(archive), Path(directory), progress=(lambda _: None) if quiet else _progress("restore"))
+    except (BackupError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored; next: enroll -c {config_path} config check && enroll -c {config_path} serve")
+
+
+def _progress(what: str) -> Callable[[str], None]:
+    """Progress lines for long CLI work, on stderr so stdout stays the result."""
+
+    def say(line: str) -> None:
+        click.echo(f"{what}: {line}", err=True)
+
+    return say
+
+
 def load_certs_first(path: Path) -> x509.Certificate:
     """The first certificate of a PEM file."""
     from enroll.config import load_certs
