@@ -4,8 +4,9 @@ drains: a request in flight when SIGTERM arrives still gets its certificate."""
 
 from __future__ import annotations
 
-import base64
 import asyncio
+import base64
+import re
 import signal
 import socket
 import ssl
@@ -128,3 +129,76 @@ def test_sigterm_drains_an_enrollment_in_flight(tmp_path: Path, dev_pki: DevPKI)
                 await ledger.close()
 
         assert asyncio.run(status()) == "issued"
+
+
+# --- monitoring: alert rules and dashboard name only metrics the server exports ---------------
+
+def _exported() -> dict[str, set[str]]:
+    """Every sample name enroll/metrics.py exports, with its label names."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from enroll.metrics import Metrics
+
+    m = Metrics()
+    m.requests.labels("est", "POST", "200").inc()
+    m.latency.labels("est").observe(0.01)
+    m.observe_issuance("gateway", "est", "issued", 0.01)
+    m.ocsp.labels("good").inc()
+    m.set_fleet({"gateway": {"valid": 1, "revoked": 0, "expiring_0": 0, "expiring_1": 1}}, ["gateway"])
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(m.render().decode()):
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out
+
+
+def _check_expr(expr: str, exported: dict[str, set[str]]) -> list[str]:
+    problems = []
+    names = re.findall(r"\b(enroll_[a-z0-9_]+)(?:\{([^}]*)\})?", expr)
+    if not names and "up{" not in expr:
+        problems.append(f"{expr!r} names no enroll metric")
+    for name, matchers in names:
+        if name not in exported:
+            problems.append(f"{name} is not exported (expr {expr!r})")
+            continue
+        for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers):
+            if label not in exported[name]:
+                problems.append(f"{name} has no label {label!r} (expr {expr!r})")
+    return problems
+
+
+def test_prometheus_alert_rules_use_exported_metrics() -> None:
+    import yaml
+
+    exported = _exported()
+    rules = yaml.safe_load((ROOT / "packaging" / "prometheus-alerts.yml").read_text())
+    problems = []
+    seen = []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            seen.append(rule["alert"])
+            assert rule["labels"]["severity"] in ("info", "warning", "critical"), rule
+            assert rule["annotations"]["summary"], rule
+            problems += _check_expr(rule["expr"], exported)
+    assert len(seen) == len(set(seen)) >= 5, seen
+    assert not problems, problems
+    # and the check itself catches a renamed metric
+    assert _check_expr("rate(enroll_issuances_total[5m])", exported)
+    assert _check_expr('enroll_issuance_total{result="issued"}', exported)
+
+
+def test_grafana_dashboard_uses_exported_metrics() -> None:
+    import json
+
+    exported = _exported()
+    dash = json.loads((ROOT / "packaging" / "grafana-dashboard.json").read_text())
+    assert dash["uid"] and dash["title"] and dash["panels"]
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= len(dash["panels"])
+    problems = [p for e in exprs for p in _check_expr(e, exported)]
+    assert not problems, problems
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in exported}
+    used = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for e in exprs
+            for n in re.findall(r"\b(enroll_[a-z0-9_]+)", e)}
+    assert families <= used, f"metrics without a panel: {sorted(families - used)}"
+
