@@ -354,6 +354,11 @@ class AdminAPI:
                 "recent": [cert_json(r, now) for r in recent], "expiring": [cert_json(r, now) for r in expiring],
                 "admin": who.principal}
 
+    async def charts(self, request: web.Request, who: Requester) -> dict[str, Any]:
+        """The admin page's charts: certificates issued per UTC day and profile (last 30 days),
+        valid certificates expiring per week (next 13 weeks), refusals by reason class (30 days)."""
+        return await chart_data(self.issuer, time.time())
+
     async def certificates(self, request: web.Request, who: Requester) -> dict[str, Any]:
         q = request.query
         state = q.get("state") or None
@@ -487,10 +492,71 @@ class AdminAPI:
         return {"items": [audit_json(a) for a in rows], "next_cursor": str(rows[-1].id) if more else None}
 
 
+CHART_DAYS = 30
+CHART_WEEKS = 13  # 91 days ahead
+
+
+def _buckets(column: Any, edges: list[float]) -> list[Any]:
+    """One ``count`` per [edges[i], edges[i+1]) of ``column``, computed by the database (portable
+    SQL: SUM of CASE, as SQLite and PostgreSQL differ on date and floor functions)."""
+    import sqlalchemy as sa
+
+    return [sa.func.sum(sa.case((sa.and_(column >= lo, column < hi), 1), else_=0)) for lo, hi in zip(edges, edges[1:])]
+
+
+async def chart_data(issuer: Issuer, now: float) -> dict[str, Any]:
+    """Aggregates for the admin page's charts, counted in the ledger."""
+    import sqlalchemy as sa
+
+    from ca.ledger import audit_log, certificates
+    from ca.ratelimit import reason_class
+
+    c, a = certificates.c, audit_log.c
+    today = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [today - dt.timedelta(days=CHART_DAYS - 1 - i) for i in range(CHART_DAYS)]
+    day_edges = [d.timestamp() for d in days] + [(today + dt.timedelta(days=1)).timestamp()]
+    ledger = issuer.ledger
+    # The ledger has no aggregate queries of its own yet: read through its read path.
+    rows: list[Any] = await ledger._read(sa.select(c.profile, *_buckets(c.issued_at, day_edges))  # noqa: SLF001
+                                         .where(c.status == "issued", c.issued_at >= day_edges[0])
+                                         .group_by(c.profile))
+    per_day = {r[0]: [int(v or 0) for v in r[1:]] for r in rows}
+    for name in issuer.profiles:
+        per_day.setdefault(name, [0] * CHART_DAYS)
+    week_edges = [now + i * 7 * 86400 for i in range(CHART_WEEKS + 1)]
+    valid = sa.and_(c.status == "issued", c.revoked_at.is_(None), c.retired_at.is_(None),
+                    c.not_after >= now, c.not_after < week_edges[-1])
+    row = (await ledger._read(sa.select(*_buckets(c.not_after, week_edges)).where(valid)))[0]  # noqa: SLF001
+    expiring = [int(row[i] or 0) for i in range(CHART_WEEKS)]
+    since = now - CHART_DAYS * 86400
+    refusals: dict[str, int] = {}
+    counted: list[Any] = await ledger._read(  # noqa: SLF001
+        sa.select(a.reason, sa.func.count()).where(a.ok.is_(False), a.at >= since,
+                                                   a.event != "refusals-suppressed").group_by(a.reason))
+    for r in counted:
+        cls = reason_class(r[0] or "")
+        refusals[cls] = refusals.get(cls, 0) + int(r[1])
+    summaries: list[Any] = await ledger._read(  # noqa: SLF001
+        sa.select(a.detail).where(a.event == "refusals-suppressed", a.at >= since))
+    for r in summaries:
+        for key, n in (json.loads(r[0] or "{}").get("suppressed") or {}).items():
+            cls = key.rsplit(" ", 1)[-1]
+            refusals[cls] = refusals.get(cls, 0) + int(n)
+    return {
+        "days": [d.date().isoformat() for d in days],
+        "issued_per_day": dict(sorted(per_day.items())),
+        "weeks": [iso(t) for t in week_edges[:-1]],
+        "expiring_per_week": expiring,
+        "refusals": [{"reason": k, "count": v} for k, v in sorted(refusals.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "since": iso(since),
+    }
+
+
 #: (method, path below API, handler name, mutating)
 ROUTES: tuple[tuple[str, str, str, bool], ...] = (
     ("GET", "/health", "health", False),
     ("GET", "/overview", "overview", False),
+    ("GET", "/charts", "charts", False),
     ("GET", "/certificates", "certificates", False),
     ("GET", "/certificates/{serial}", "certificate", False),
     ("POST", "/certificates/{serial}/revoke", "revoke", True),
@@ -673,6 +739,8 @@ def openapi() -> dict[str, Any]:
                               ok(_ref("Health")), op_id="health")},
         "/overview": {"get": op("Fleet overview: counts by profile, expiring soon, recent enrollments",
                                 ok(_ref("Overview")), op_id="overview")},
+        "/charts": {"get": op("Chart data: issued per day and profile (30 days), expiring per week (13 weeks), "
+                              "refusals by reason class (30 days)", ok(_ref("Charts")), op_id="charts")},
         "/certificates": {"get": op("List issued certificates, newest first (or soonest expiring)",
                                     ok(_page_of("Certificate")), [
                                         q("profile", "only this profile"),
@@ -765,6 +833,15 @@ def openapi() -> dict[str, Any]:
                                                  "entries": {"type": "integer"}}},
         "Health": {"type": "object", "properties": {"status": _STR, "ledger": _STR, "cas": {"type": "object"},
                                                     "pending": {"type": "integer"}, "admin": _STR}},
+        "Charts": {"type": "object", "properties": {
+            "days": {"type": "array", "items": _STR},
+            "issued_per_day": {"type": "object", "additionalProperties": {"type": "array",
+                                                                          "items": {"type": "integer"}}},
+            "weeks": {"type": "array", "items": _TS},
+            "expiring_per_week": {"type": "array", "items": {"type": "integer"}},
+            "refusals": {"type": "array", "items": {"type": "object", "properties": {
+                "reason": _STR, "count": {"type": "integer"}}}},
+            "since": _TS}},
         "Overview": {"type": "object", "properties": {
             "profiles": {"type": "object", "additionalProperties": {"type": "object", "properties": {
                 "valid": {"type": "integer"}, "revoked": {"type": "integer"},

@@ -73,6 +73,91 @@ function reasonSelect(id, exclude) {
   return el("select", { id }, REASONS.filter(r => r !== exclude).map(r => el("option", { value: r }, r.replaceAll("_", " "))));
 }
 
+// --- charts: inline SVG from /charts, no library --------------------------------------------------------
+const SVG = "http://www.w3.org/2000/svg";
+const PALETTE = ["#0b5cad", "#1e7a34", "#8a5a00", "#7b3fa0", "#b3261e", "#00707a", "#5c6670", "#c2185b"];
+
+function svgEl(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+// Vertical bars, one per column; each column a stack of (series, value) segments.
+function barChart(id, title, labels, series, opts) {
+  const W = 720, H = 200, left = 36, bottom = 22, top = 8;
+  const totals = labels.map((_, i) => series.reduce((a, s) => a + s.values[i], 0));
+  const max = Math.max(1, ...totals);
+  const step = (W - left) / labels.length, bw = Math.max(2, step * 0.75);
+  const y = v => top + (H - top - bottom) * (1 - v / max);
+  const svg = svgEl("svg", { id, class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
+    "data-max": max });
+  svg.append(svgEl("line", { x1: left, x2: W, y1: y(0), y2: y(0), stroke: "#d8dde2" }),
+    svgEl("text", { x: left - 4, y: y(max) + 4, "text-anchor": "end", class: "axis" }, max),
+    svgEl("text", { x: left - 4, y: y(0), "text-anchor": "end", class: "axis" }, 0));
+  labels.forEach((label, i) => {
+    let base = 0;
+    const x = left + i * step + (step - bw) / 2;
+    for (const s of series) {
+      const v = s.values[i];
+      if (!v) continue;
+      svg.append(svgEl("rect", { x, y: y(base + v), width: bw, height: y(base) - y(base + v), fill: s.color,
+        class: "bar", "data-label": label, "data-series": s.name, "data-count": v },
+        svgEl("title", {}, `${label}${s.name ? " " + s.name : ""}: ${v}`)));
+      base += v;
+    }
+    if (opts.every && i % opts.every === 0) {
+      svg.append(svgEl("text", { x: x + bw / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, opts.short(label)));
+    }
+  });
+  return svg;
+}
+
+// Horizontal bars, one per row (refusal reasons).
+function rowChart(id, title, rows) {
+  const W = 720, rh = 22, left = 160;
+  const H = Math.max(1, rows.length) * rh + 4;
+  const max = Math.max(1, ...rows.map(r => r.count));
+  const svg = svgEl("svg", { id, class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
+    "data-max": max });
+  rows.forEach((r, i) => {
+    const w = (W - left - 60) * r.count / max;
+    svg.append(svgEl("text", { x: left - 6, y: i * rh + 15, "text-anchor": "end", class: "axis" }, r.reason),
+      svgEl("rect", { x: left, y: i * rh + 3, width: Math.max(1, w), height: rh - 6, fill: "#b3261e", class: "bar",
+        "data-label": r.reason, "data-count": r.count }, svgEl("title", {}, `${r.reason}: ${r.count}`)),
+      svgEl("text", { x: left + w + 6, y: i * rh + 15, class: "axis" }, r.count));
+  });
+  return svg;
+}
+
+function legend(series) {
+  return el("ul", { class: "legend" }, series.map(s => el("li", {},
+    svgEl("svg", { width: 10, height: 10, viewBox: "0 0 10 10" }, svgEl("rect", { width: 10, height: 10, fill: s.color })),
+    " ", s.name)));
+}
+
+async function charts() {
+  const c = await api("GET", "/charts");
+  const profiles = Object.keys(c.issued_per_day);
+  const series = profiles.map((name, i) => ({ name, color: PALETTE[i % PALETTE.length], values: c.issued_per_day[name] }));
+  const issuedTotal = series.reduce((a, s) => a + s.values.reduce((x, y) => x + y, 0), 0);
+  const expTotal = c.expiring_per_week.reduce((a, b) => a + b, 0);
+  return el("section", { id: "charts" },
+    el("h3", {}, `Issued per day, last ${c.days.length} days (${issuedTotal})`),
+    barChart("chart-issued", "certificates issued per day by profile", c.days,
+      series.filter(s => s.values.some(v => v)), { every: 5, short: d => d.slice(5) }),
+    legend(series.filter(s => s.values.some(v => v))),
+    el("h3", {}, `Expiring per week, next ${c.expiring_per_week.length} weeks (${expTotal})`),
+    barChart("chart-expiring", "valid certificates expiring per week", c.weeks.map(w => w.slice(0, 10)),
+      [{ name: "", color: "#8a5a00", values: c.expiring_per_week }], { every: 2, short: w => w.slice(5) }),
+    el("h3", {}, "Refusals by reason, last 30 days"),
+    c.refusals.length ? rowChart("chart-refusals", "refusals by reason", c.refusals) : el("p", { id: "no-refusals" }, "None."));
+}
+
 // --- views ------------------------------------------------------------------------------------------
 async function overview() {
   const o = await api("GET", "/overview");
@@ -91,6 +176,10 @@ async function overview() {
       el("tbody", {}, rows)),
     el("h3", {}, "Expiring soon"), certTable(o.expiring),
     el("h3", {}, "Recent enrollments"), certTable(o.recent));
+  try {
+    const section = await charts();
+    document.getElementById("profiles").after(section);
+  } catch (e) { say("charts: " + e.message, true); }
 }
 
 async function certs(params) {
