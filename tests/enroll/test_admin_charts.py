@@ -134,3 +134,21 @@ async def test_charts_in_chromium_draw_the_api_numbers(chart_browser: Browser,
         scales = {round(b[size] / b["count"], 3) for b in bars}
         assert max(scales) - min(scales) < 0.01 * max(scales), (size, bars)
     assert browser.problems() == []
+
+
+async def test_chart_queries_run_on_sqlite_and_postgresql(issuer: Any) -> None:
+    from ca.api import Issued
+    from enroll.admin_api import chart_data
+    from tests.conftest import request
+
+    outcome = await issuer.issue(request(make_csr("chart-1")[0]))
+    assert isinstance(outcome, Issued)
+    for reason in ("badRequest: one", "badRequest: two", "401: no credentials"):
+        await issuer.ledger.audit(event="issue", ok=False, channel="est", profile="gateway", requester=None,
+                                  reason=reason, csr_sha256=None, serial=None, detail=None)
+    await issuer.ledger.audit(event="refusals-suppressed", ok=False, channel="est", profile=None, requester=None,
+                              reason="", csr_sha256=None, serial=None,
+                              detail={"suppressed": {"est-enroll 401": 5}, "total": 5})
+    c = await chart_data(issuer, time.time())
+    assert c["issued_per_day"]["gateway"][-1] == 1 and sum(c["expiring_per_week"]) == 0
+    assert c["refusals"] == [{"reason": "401", "count": 6}, {"reason": "badRequest", "count": 2}]
