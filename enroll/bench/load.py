@@ -161,11 +161,13 @@ class RunStats:
 
 async def run(jobs: list[Job], *, endpoints: Callable[[int], Endpoint], concurrency: int, fresh: bool = False,
               server_pid: int | None = None, timeout: float = 60.0, deadline: float | None = None,
-              db_pid: int | None = None) -> RunStats:
+              db_pid: int | None = None, progress: Callable[[str], None] | None = None,
+              progress_every: float = 5.0) -> RunStats:
     """Send every job once with ``concurrency`` devices; device ``i`` connects to ``endpoints(i)``.
 
     Jobs pinned to a device (``Job.device``) are sent by that device only. Stops early at
-    ``deadline`` seconds (remaining jobs are not sent)."""
+    ``deadline`` seconds (remaining jobs are not sent). ``progress`` gets a line every
+    ``progress_every`` seconds (answers so far, failures, rate)."""
     queues: list[list[Job]] = [[] for _ in range(concurrency)]
     shared: list[Job] = []
     for j in jobs:
@@ -212,6 +214,16 @@ async def run(jobs: list[Job], *, endpoints: Callable[[int], Endpoint], concurre
             rss_samples.append((time.monotonic() - t0, rss))
             await asyncio.sleep(0.25)
 
+    async def reporter() -> None:
+        assert progress is not None
+        t0 = time.monotonic()
+        while True:
+            await asyncio.sleep(progress_every)
+            done = len(answers)
+            failed = sum(1 for a in answers if a.error or a.status not in (200, 202))
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            progress(f"{done}/{len(jobs)} answered, {failed} failed, {rate:.0f}/s")
+
     rss_start = procstat.rss_bytes(pids) if pids else None
     db_pids = procstat.process_tree(db_pid) if db_pid else []
     db0 = procstat.cpu_seconds(db_pids) if db_pids else None
@@ -220,7 +232,12 @@ async def run(jobs: list[Job], *, endpoints: Callable[[int], Endpoint], concurre
     busy0 = procstat.machine_busy_seconds()
     t0 = time.perf_counter()
     sample_task = asyncio.create_task(sampler()) if pids else None
-    await asyncio.gather(*(device(i) for i in range(concurrency)))
+    report_task = asyncio.create_task(reporter()) if progress is not None else None
+    try:
+        await asyncio.gather(*(device(i) for i in range(concurrency)))
+    finally:
+        if report_task is not None:
+            report_task.cancel()
     elapsed = time.perf_counter() - t0
     own = procstat.own_cpu_seconds() - own0
     busy = procstat.machine_busy_seconds() - busy0

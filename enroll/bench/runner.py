@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +126,8 @@ async def run_est(o: EstOptions) -> dict[str, Any]:
         kind = "est-simpleenroll"
     extra["prepare_s"] = round(time.perf_counter() - prep0, 2)
     stats = await load.run(jobs, endpoints=endpoints, concurrency=o.concurrency, fresh=o.fresh,
-                           server_pid=o.server_pid, timeout=o.timeout, deadline=o.max_seconds, db_pid=o.db_pid)
+                           server_pid=o.server_pid, timeout=o.timeout, deadline=o.max_seconds, db_pid=o.db_pid,
+                           progress=progress_line("est"))
     ok, serials, errors, _ = est_load.judge(stats.answers)
     extra.update({"connections": "fresh" if o.fresh else "reused", "auth": o.auth, "url": t.url,
                   "label": t.label, "host": machine()})
@@ -134,6 +137,15 @@ async def run_est(o: EstOptions) -> dict[str, Any]:
                             extra=extra)
     report["rss_samples_mb"] = _thin(stats.rss_samples)
     return report
+
+
+def progress_line(what: str) -> Callable[[str], None]:
+    """Progress of a timed run on stderr (stdout keeps the report)."""
+
+    def say(line: str) -> None:
+        print(f"bench {what}: {line}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _thin(samples: list[tuple[float, int]], n: int = 20) -> list[tuple[float, float]]:
@@ -188,7 +200,7 @@ async def run_scep(o: ScepOptions) -> dict[str, Any]:
     prepare = time.perf_counter() - prep0
     ep = load.Endpoint(target.host, target.port, None)
     stats = await load.run(jobs, endpoints=lambda i: ep, concurrency=o.concurrency, server_pid=o.server_pid,
-                           timeout=o.timeout, deadline=o.max_seconds, db_pid=o.db_pid)
+                           timeout=o.timeout, deadline=o.max_seconds, db_pid=o.db_pid, progress=progress_line("scep"))
     ok, serials, errors = scep_load.judge(stats.answers)
     extra: dict[str, Any] = {"url": o.url, "cipher": o.cipher, "digest": o.digest, "prepare_s": round(prepare, 2),
                              "challenge": "one-time" if o.one_time is not None else ("static" if o.challenge else "none"),
