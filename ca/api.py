@@ -2,7 +2,7 @@
 
 EST and SCEP turn their wire messages into an :class:`IssueRequest`, hand it to
 :meth:`ca.issuer.Issuer.issue`, and turn the :data:`Outcome` back into their own answer
-(DESIGN.md, "The issuance contract"). Backends only sign what the core built
+(docs/ARCHITECTURE.md, "The issuance contract"). Backends only sign what the core built
 (:class:`CertificateTemplate`) and report their CA chain.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -79,6 +80,61 @@ class Requester:
 
 
 @dataclass(frozen=True)
+class CertificatePolicy:
+    """Which certificates authenticate on one label or SCEP profile (typed, from protocol config).
+
+    ``trust``: the trust store names; ``client_profiles``: the profiles whose certificates (issued
+    by us) are accepted; ``bind_identity``: how the requested names must relate to the
+    certificate (:mod:`ca.identity`).
+    """
+
+    trust: tuple[str, ...]
+    client_profiles: tuple[str, ...]
+    bind_identity: BindIdentity = BindIdentity.NONE
+
+
+#: Vouches for a request when the other proofs fail (a SCEP webhook): the protocol layer's own
+#: check, run by the core only after the ledger-backed proofs are exhausted.
+Voucher = Callable[[], Awaitable["Requester | None"]]
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a requester offers to prove who it is; the core verifies it inside the unit of work
+    (docs/ARCHITECTURE.md, "Authentication"), with the ledger facts of the same read.
+
+    ``accept`` lists the alternatives the label or profile allows; an alternative needs every
+    method it names (EST ``basic+client-cert``). ``identity`` and ``namespace`` key the throttle
+    for secrets (the Basic user, or the SCEP subject).
+    """
+
+    accept: tuple[frozenset[AuthMethod], ...]
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = None
+    policy: CertificatePolicy | None = None
+    challenge: str | None = field(default=None, repr=False)
+    voucher: Voucher | None = field(default=None, repr=False)
+    remote: str | None = None
+    identity: str | None = None
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """A protocol's enrollment or renewal, not yet authenticated: the core authenticates
+    ``claims``, checks ``renewal_of`` by the lifecycle rule, and issues in one unit of work."""
+
+    csr: x509.CertificateSigningRequest
+    profile: str
+    channel: Channel
+    claims: Claims
+    transaction_id: str | None = None
+    renewal_of: x509.Certificate | None = None
+    nonce: tuple[str, bytes] | None = None
+
+
+@dataclass(frozen=True)
 class IssueRequest:
     """A CSR that a protocol layer has authenticated and wants a certificate for.
 
@@ -93,6 +149,10 @@ class IssueRequest:
     channel: Channel
     transaction_id: str | None = None
     renewal_of: x509.Certificate | None = None
+    #: Recorded in the same commit as the certificate; a replay loses (RFC 8894 §3.2.1.5).
+    nonce: tuple[str, bytes] | None = None
+    #: A one-time challenge digest that authenticated the request, consumed in the same commit.
+    one_time_challenge: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +179,7 @@ class Rejected:
 
     reason: RejectReason
     detail: str
+    retry_after: int | None = None  # THROTTLED: seconds before another attempt is considered
 
 
 Outcome = Issued | Pending | Rejected

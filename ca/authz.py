@@ -2,7 +2,7 @@
 
 Secrets are stored as scrypt hashes and compared in constant time. Client certificates are
 checked here, per trust store, by an explicit chain build: the TLS handshake only proves the
-peer holds the key of *some* certificate under the union of all anchors (DESIGN.md, platform).
+peer holds the key of *some* certificate under the union of all anchors (docs/ARCHITECTURE.md, "Authentication").
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ class RejectReason(enum.Enum):
     POLICY = "policy"  # the profile forbids what was asked (EST 403, SCEP badRequest)
     REJECTED = "rejected"  # an operator rejected a pending request (EST 403, SCEP badRequest)
     UNAVAILABLE = "unavailable"  # storage or backend down (EST 503, SCEP badRequest)
+    THROTTLED = "throttled"  # too many failed attempts: wait (EST 429 + Retry-After, SCEP badRequest)
 
 
 class CAError(Exception):
@@ -41,7 +42,7 @@ class CAError(Exception):
 
 
 class ParseError(CAError):
-    """Untrusted bytes did not parse (the parse gate, DESIGN.md issuance contract step 1)."""
+    """Untrusted bytes did not parse (the parse gate, docs/ARCHITECTURE.md issuance contract step 1)."""
 
     reason = RejectReason.BAD_REQUEST
 
@@ -50,6 +51,16 @@ class AuthenticationError(CAError):
     """Credentials were missing or wrong."""
 
     reason = RejectReason.UNAUTHENTICATED
+
+
+class ThrottledError(CAError):
+    """Too many failed attempts from this client or for this identity (ca/ratelimit.py)."""
+
+    reason = RejectReason.THROTTLED
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class AuthorizationError(CAError):

@@ -29,27 +29,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ca.api import BindIdentity
+from ca.api import BindIdentity, CertificatePolicy
 from ca.errors import AuthorizationError, PolicyError
 from ca.profile import sans_of
 
 #: A CRL larger than this is refused (a trust store's CRL is fetched from configuration, but a
 #: URL may still answer with anything).
 MAX_CRL_BYTES = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class CertificatePolicy:
-    """Which certificates authenticate on one label or SCEP profile (typed, from protocol config).
-
-    ``trust``: the trust store names; ``client_profiles``: the profiles whose certificates (issued
-    by us) are accepted; ``bind_identity``: how the requested names must relate to the
-    certificate.
-    """
-
-    trust: tuple[str, ...]
-    client_profiles: tuple[str, ...]
-    bind_identity: BindIdentity = BindIdentity.NONE
 
 
 class RevocationSource:

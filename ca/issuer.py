@@ -3,7 +3,7 @@
 EST and SCEP authenticate their requester, then call :meth:`Issuer.issue`; it verifies proof of
 possession, applies the profile, handles manual approval and idempotence, reserves a random
 serial in the ledger, has the CA backend sign, re-checks and stores the certificate and audits
-the decision, all before the protocol answers (DESIGN.md, "The issuance contract").
+the decision, all before the protocol answers (docs/ARCHITECTURE.md, "The issuance contract").
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -26,6 +26,12 @@ from ca.api import (
     AuthMethod,
     BindIdentity,
     CABackend,
+    CertificatePolicy,
+    CertificateTemplate,
+    Claims,
+    EnrollRequest,
+    IssuesOwnSerial,
+    RollsOver,
     CAChain,
     Channel,
     IssueRequest,
@@ -37,11 +43,15 @@ from ca.api import (
     SupportsCRL,
 )
 from ca import ocsp
-from ca.identity import CertificatePolicy, Standing, check_binding, lifecycle_refusal
+from ca.serials import SerialPool
+from ca.ratelimit import Throttle
+from ca.unit_of_work import GateFacts, GateQuery, IssueCommit, LostRace, audit_values
+from ca.identity import Standing, check_binding, lifecycle_refusal
 from ca.authz import TrustStore, challenge_digest, hash_secret, new_challenge, verify_secret_async
 from ca.errors import (
     AuthenticationError,
     AuthorizationError,
+    ThrottledError,
     CAError,
     LedgerError,
     NotFoundError,
@@ -111,6 +121,43 @@ def _actor(by: Actor) -> Requester | None:
     return Requester(AuthMethod.OPERATOR, by)
 
 
+@dataclass(frozen=True)
+class _TrustedPath:
+    """A client certificate's chain to one store, and which CA of ours signed it (if any)."""
+
+    store: TrustStore
+    path: list[x509.Certificate]
+    ca: IssuingCA | None
+
+
+def _accepts(claims: Claims, method: AuthMethod) -> bool:
+    return any(method in entry for entry in claims.accept)
+
+
+def _offers_secret(claims: Claims) -> bool:
+    """True when the claims try a password or challenge (what the throttle counts)."""
+    return (claims.password is not None and _accepts(claims, AuthMethod.BASIC)) or bool(
+        claims.challenge and (_accepts(claims, AuthMethod.CHALLENGE) or _accepts(claims, AuthMethod.ONE_TIME_CHALLENGE)))
+
+
+def _stored_requester(text: str, method: str | None, remote: str | None) -> Requester:
+    """The requester a ledger row recorded (``method:principal``), for a retransmission."""
+    kind, _, principal = text.partition(":")
+    try:
+        auth = AuthMethod(method or kind)
+    except ValueError:
+        auth = AuthMethod.OPERATOR
+    return Requester(auth, principal or text, None, remote)
+
+
+def _as_issue(req: EnrollRequest, requester: Requester) -> IssueRequest:
+    return IssueRequest(req.csr, req.profile, requester, req.channel, req.transaction_id, req.renewal_of, req.nonce)
+
+
+def _valid_now(cert: x509.Certificate) -> bool:
+    return cert.not_valid_before_utc <= _now() <= cert.not_valid_after_utc
+
+
 def _standing(record: CertRecord) -> Standing:
     return Standing(serial=record.serial, profile=record.profile, revoked=record.revoked,
                     on_hold=record.on_hold, retired=record.retired, not_after=record.not_after)
@@ -146,6 +193,7 @@ class Issuer:
         self.users = dict(users or {})
         self.trust = dict(trust or {})
         self.observer = observer
+        self.serials = SerialPool(ledger)
 
     # --- lookups ---------------------------------------------------------------------------
     def profile(self, name: str) -> Profile:
@@ -156,7 +204,14 @@ class Issuer:
             raise NotFoundError(f"no profile {name!r}") from None
 
     def _ca_of(self, profile: Profile) -> IssuingCA:
-        return self.cas[profile.ca]
+        """The CA a profile issues from now: its own, or its successor once a rollover is
+        active (:class:`ca.api.RollsOver`, RFC 4210 §4.4)."""
+        ca = self.cas[profile.ca]
+        if isinstance(ca.backend, RollsOver):
+            nxt = ca.backend.successor(_now())
+            if nxt is not None and nxt in self.cas:
+                return self.cas[nxt]
+        return ca
 
     async def ca_chain(self, profile_name: str) -> CAChain:
         """The chain of the CA a profile issues from (EST /cacerts, SCEP GetCACert)."""
@@ -173,6 +228,10 @@ class Issuer:
                 continue
             return ca
         return None
+
+    async def issued_by_us(self, cert: x509.Certificate) -> bool:
+        """True when one of our CAs signed ``cert`` (a signature check; no ledger access)."""
+        return await self._ca_for_certificate(cert) is not None
 
     async def certificate_status(self, cert: x509.Certificate) -> CertRecord | None:
         """Our ledger row for exactly this certificate, or None if we did not issue it."""
@@ -201,32 +260,50 @@ class Issuer:
         anomaly), revoked, on hold, retired, expired or from a profile the policy does not list,
         or when an external store's CRL lists it or is not current (RFC 5280 §6.3, fail closed).
         """
+        trusted = await self._trusted_path(cert, policy, intermediates)
+        record = None
+        if trusted.ca is not None:
+            record = await self.ledger.find_by_serial(trusted.ca.name, cert.serial_number)
+        return await self._certificate_verdict(cert, policy, trusted, record, channel=channel, profile=profile,
+                                               remote=remote)
+
+    async def _trusted_path(self, cert: x509.Certificate, policy: CertificatePolicy,
+                            intermediates: Sequence[x509.Certificate] = ()) -> _TrustedPath:
+        """The chain to one of the policy's stores (no I/O); AuthenticationError when none."""
         now = _now()
-        store = path = None
         for name in policy.trust:
             store = self.trust.get(name)
             path = store.path(cert, intermediates, now) if store is not None else None
-            if path is not None:
-                break
-        if store is None or path is None:
-            raise AuthenticationError("the client certificate does not chain to a trust store of this label")
-        ca = await self._ca_for_certificate(cert)
-        if ca is not None:
-            record = await self._own_record(ca, cert, channel=channel, profile=profile, remote=remote)
-            refusal = lifecycle_refusal(_standing(record), cert, policy.client_profiles, now)
+            if store is not None and path is not None:
+                return _TrustedPath(store, path, await self._ca_for_certificate(cert))
+        raise AuthenticationError("the client certificate does not chain to a trust store of this label")
+
+    async def _certificate_verdict(self, cert: x509.Certificate, policy: CertificatePolicy, trusted: _TrustedPath,
+                                   record: CertRecord | None, *, channel: Channel, profile: str | None,
+                                   remote: str | None) -> Requester:
+        """The lifecycle rule on a trusted path, with our ledger row (read by the caller)."""
+        if trusted.ca is not None:
+            record = await self._checked_record(trusted.ca, cert, record, channel=channel, profile=profile,
+                                                remote=remote)
+            refusal = lifecycle_refusal(_standing(record), cert, policy.client_profiles, _now())
             if refusal is not None:
                 raise AuthorizationError(refusal)
-        elif store.revocation is not None:
-            await store.revocation.check(cert, path[1] if len(path) > 1 else cert)
+        elif trusted.store.revocation is not None:
+            await trusted.store.revocation.check(cert, trusted.path[1] if len(trusted.path) > 1 else cert)
         return Requester(AuthMethod.TLS_CLIENT_CERT, cert.subject.rfc4514_string(), cert, remote,
                          policy.bind_identity)
 
     async def _own_record(self, ca: IssuingCA, cert: x509.Certificate, *, channel: Channel,
                           profile: str | None, remote: str | None) -> CertRecord:
-        """Our ledger row for a certificate our CA signed; an unknown one is audited as an anomaly
-        (a certificate of our CA that we never recorded means a leaked key or a lost record)."""
-        der = cert.public_bytes(serialization.Encoding.DER)
+        """Our ledger row for a certificate our CA signed (:meth:`_checked_record`)."""
         record = await self.ledger.find_by_serial(ca.name, cert.serial_number)
+        return await self._checked_record(ca, cert, record, channel=channel, profile=profile, remote=remote)
+
+    async def _checked_record(self, ca: IssuingCA, cert: x509.Certificate, record: CertRecord | None, *,
+                              channel: Channel, profile: str | None, remote: str | None) -> CertRecord:
+        """``record`` if it is exactly this certificate, issued; a certificate of our CA that the
+        ledger does not know is audited as an anomaly (a leaked key or a lost record) and refused."""
+        der = cert.public_bytes(serialization.Encoding.DER)
         if record is None or record.der != der or record.status != "issued":
             await self.audit("client-cert-anomaly", ok=False, channel=channel, profile=profile,
                              requester=Requester(AuthMethod.NONE, cert.subject.rfc4514_string(), cert, remote),
@@ -247,11 +324,17 @@ class Issuer:
         :meth:`authenticate_certificate`.
         """
         profile = self.profile(profile_name)
-        now = _now()
         ca = await self._ca_for_certificate(cert)
-        if ca is None or not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+        if ca is None or not _valid_now(cert):
             return None
-        record = await self._own_record(ca, cert, channel=channel, profile=profile.name, remote=remote)
+        record = await self.ledger.find_by_serial(ca.name, cert.serial_number)
+        return await self._renewal_verdict(cert, profile, ca, record, channel=channel, remote=remote)
+
+    async def _renewal_verdict(self, cert: x509.Certificate, profile: Profile, ca: IssuingCA,
+                               record: CertRecord | None, *, channel: Channel, remote: str | None) -> CertRecord:
+        """:meth:`renewable`'s rule on a ledger row already read."""
+        record = await self._checked_record(ca, cert, record, channel=channel, profile=profile.name, remote=remote)
+        now = _now()
         refusal = lifecycle_refusal(_standing(record), cert, (profile.name,), now)
         if refusal is not None:
             raise AuthorizationError(refusal)
@@ -273,7 +356,7 @@ class Issuer:
 
     # --- issuance --------------------------------------------------------------------------
     async def issue(self, request: IssueRequest) -> Outcome:
-        """Run the issuance contract (DESIGN.md) and return ``Issued | Pending | Rejected``."""
+        """Run the issuance contract (docs/ARCHITECTURE.md) and return ``Issued | Pending | Rejected``."""
         started = time.perf_counter()
         outcome = await self._issue(request)
         if self.observer is not None:
@@ -281,9 +364,284 @@ class Issuer:
             self.observer(request.profile, request.channel.value, kind, time.perf_counter() - started)
         return outcome
 
-    async def _issue(self, req: IssueRequest) -> Outcome:
-        csr = req.csr
+    async def enroll(self, req: EnrollRequest) -> Outcome:
+        """A protocol's enrollment or renewal, authenticated and issued in one unit of work
+        (docs/ARCHITECTURE.md, "The unit of work"): one read gates it, one write commits it."""
+        started = time.perf_counter()
+        outcome = await self._enroll(req)
+        if self.observer is not None:
+            kind = type(outcome).__name__.lower()
+            self.observer(req.profile, req.channel.value, kind, time.perf_counter() - started)
+        return outcome
+
+    async def _enroll(self, req: EnrollRequest) -> Outcome:
+        csr, claims = req.csr, req.claims
         csr_sha = sha256_hex(csr.public_bytes(serialization.Encoding.DER))
+        requester = Requester(AuthMethod.NONE, claims.identity or "unauthenticated", claims.certificate, claims.remote)
+        failed_keys: list[tuple[str, str]] = []
+        try:
+            profile = self.profile(req.profile)
+            ca = self._ca_of(profile)
+            chain = await ca.backend.ca_chain()
+            # The request's own checks; a refusal waits until the requester is authenticated, so
+            # that it is answered as before (credentials first) and audited under its name.
+            deferred: CAError | None = None
+            draft: CertificateTemplate | None = None
+            sans: list[str] = []
+            device: str | None = None
+            spki = ""
+            try:
+                verify_csr(csr, profile)
+                check_key(profile, csr.public_key())
+                spki = spki_sha256(csr.public_key())
+                refuse_forbidden_requests(csr, profile)
+                draft = build_template(csr, profile, chain.issuer, 1, _now(), **ca.template_urls())
+                sans = sans_of(draft.extensions)
+                device = device_key(profile.name, draft.subject, sans)
+            except CAError as exc:
+                deferred = exc
+            # What the proofs need from the ledger, found without it.
+            trusted: _TrustedPath | None = None
+            cert_ca: IssuingCA | None = None
+            if req.renewal_of is not None:
+                cert_ca = await self._ca_for_certificate(req.renewal_of)
+                if cert_ca is None or not _valid_now(req.renewal_of):
+                    raise AuthorizationError("the certificate being renewed was not issued by this server "
+                                             "or is outside its validity period")
+            elif claims.certificate is not None and claims.policy is not None \
+                    and _accepts(claims, AuthMethod.TLS_CLIENT_CERT):
+                try:
+                    trusted = await self._trusted_path(claims.certificate, claims.policy)
+                    cert_ca = trusted.ca
+                except AuthenticationError:
+                    trusted = None  # chains to none of the stores: the certificate proves nothing here
+            authenticating = req.renewal_of if req.renewal_of is not None else claims.certificate
+            if authenticating is not None and (cert_ca is not None or trusted is not None):
+                # A certificate that chains to our stores names who is refused: always audited.
+                requester = Requester(AuthMethod.TLS_CLIENT_CERT if req.channel is Channel.EST
+                                      else AuthMethod.RENEWAL_SIGNER, authenticating.subject.rfc4514_string(),
+                                      authenticating, claims.remote)
+            throttle = Throttle(self.ledger)
+            keys = throttle.keys(claims.remote, claims.identity, claims.namespace) if _offers_secret(claims) else []
+            one_time = (challenge_digest(claims.challenge)
+                        if claims.challenge and _accepts(claims, AuthMethod.ONE_TIME_CHALLENGE) else None)
+            facts = await self.ledger.gate(GateQuery(
+                profile=profile.name, transaction_id=req.transaction_id, pending_lookup=profile.manual,
+                pending_csr_sha256=None if req.transaction_id else csr_sha, device=device,
+                certificate=(cert_ca.name, authenticating.serial_number)
+                if cert_ca is not None and authenticating is not None else None,
+                challenge_digest=one_time, throttle_keys=tuple(keys), throttle_since=throttle.clock() - throttle.window,
+                nonce=(req.nonce[0], req.nonce[1].hex()) if req.nonce is not None else None))
+            if req.transaction_id is not None:
+                # A retransmission of a known transaction gets the same answer without being
+                # authenticated again, and without spending a one-time challenge (RFC 8894 §3.3.1).
+                if facts.prior is not None:
+                    requester = _stored_requester(facts.prior.requester, facts.prior.auth_method, claims.remote)
+                    return await self._replayed(profile, _as_issue(req, requester), facts.prior, spki, csr_sha)
+                if facts.pending is not None and facts.pending.spki_sha256 == spki:
+                    requester = _stored_requester(facts.pending.requester, None, claims.remote)
+                    return await self._pending_flow(_as_issue(req, requester), profile, facts.pending, csr_sha, spki)
+            if facts.nonce_seen:
+                raise PolicyError("replayed senderNonce", reason=RejectReason.BAD_REQUEST)
+            consume: str | None = None
+            if req.renewal_of is not None:
+                assert cert_ca is not None
+                await self._renewal_verdict(req.renewal_of, profile, cert_ca, facts.certificate, channel=req.channel,
+                                            remote=claims.remote)
+                method = next(iter(claims.accept[0])) if claims.accept and claims.accept[0] else \
+                    AuthMethod.RENEWAL_SIGNER
+                requester = Requester(method, req.renewal_of.subject.rfc4514_string(), req.renewal_of, claims.remote)
+            else:
+                wait = throttle.wait(facts.throttle, claims.remote, claims.identity, claims.namespace) if keys else 0.0
+                if wait > 0:
+                    raise ThrottledError("too many failed authentication attempts from this client or for this "
+                                         "identity; retry later", retry_after=max(1, math.ceil(wait)))
+                try:
+                    requester, consume = await self._authenticate(claims, facts, profile, req.channel, trusted, one_time)
+                except AuthenticationError:
+                    failed_keys = keys
+                    raise
+            if deferred is not None:
+                raise deferred
+            assert draft is not None and device is not None
+            bound = requester.certificate
+            if bound is not None and requester.binding is not BindIdentity.NONE:
+                check_binding(requester.binding, bound, draft.subject, sans)
+            if facts.device_retired:
+                raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
+            issue_req = IssueRequest(csr, profile.name, requester, req.channel, req.transaction_id, req.renewal_of,
+                                     req.nonce, consume)
+            if profile.manual:
+                return await self._pending_flow(issue_req, profile, facts.pending, csr_sha, spki)
+            return await self._issue_now(issue_req, profile, ca, chain, draft, csr_sha, spki, device, sans)
+        except CAError as exc:
+            await self._refused(req, requester, exc, csr_sha, failed_keys)
+            return Rejected(exc.reason, exc.detail, getattr(exc, "retry_after", None))
+
+    async def authenticate(self, claims: Claims, profile_name: str, channel: Channel) -> Requester:
+        """Verify ``claims`` alone (one gate read; a failed secret is recorded for the throttle),
+        for an operation that issues through :meth:`issue` afterwards (EST serverkeygen)."""
+        profile = self.profile(profile_name)
+        trusted: _TrustedPath | None = None
+        if claims.certificate is not None and claims.policy is not None and _accepts(claims, AuthMethod.TLS_CLIENT_CERT):
+            try:
+                trusted = await self._trusted_path(claims.certificate, claims.policy)
+            except AuthenticationError:
+                trusted = None
+        throttle = Throttle(self.ledger)
+        keys = throttle.keys(claims.remote, claims.identity, claims.namespace) if _offers_secret(claims) else []
+        cert = claims.certificate
+        facts = await self.ledger.gate(GateQuery(
+            profile=profile.name, throttle_keys=tuple(keys), throttle_since=throttle.clock() - throttle.window,
+            certificate=(trusted.ca.name, cert.serial_number) if trusted is not None and trusted.ca is not None
+            and cert is not None else None))
+        wait = throttle.wait(facts.throttle, claims.remote, claims.identity, claims.namespace) if keys else 0.0
+        if wait > 0:
+            raise ThrottledError("too many failed authentication attempts from this client or for this identity; "
+                                 "retry later", retry_after=max(1, math.ceil(wait)))
+        try:
+            requester, _ = await self._authenticate(claims, facts, profile, channel, trusted, None)
+        except AuthenticationError:
+            if keys:
+                await self.ledger.record_refusal(keys, None)
+            raise
+        return requester
+
+    async def poll(self, profile_name: str, transaction_id: str, signer: x509.Certificate, *,
+                   channel: Channel, remote: str | None = None) -> Outcome:
+        """A client polls a pending request by transaction (SCEP CertPoll, RFC 8894 §3.3.3): one
+        read finds the request (or its certificate) and the signer's standing; the signer must
+        hold the requested key, or be a valid certificate of ours for the same subject (a
+        renewal that went pending). An approved request is issued now, from the stored CSR."""
+        profile = self.profile(profile_name)
+        signer_spki = spki_sha256(signer.public_key())
+        ca = await self._ca_for_certificate(signer)
+        facts = await self.ledger.gate(GateQuery(
+            profile=profile.name, transaction_id=transaction_id, pending_lookup=True,
+            certificate=(ca.name, signer.serial_number) if ca is not None else None))
+        try:
+            pending = facts.pending
+            if pending is None:
+                prior = facts.prior
+                if prior is not None and prior.der is not None and prior.spki_sha256 == signer_spki:
+                    chain = await self.cas[prior.issuer].backend.ca_chain()
+                    return Issued(x509.load_der_x509_certificate(prior.der), chain.chain, prior.serial, replayed=True)
+                raise NotFoundError("no request with this transactionID", reason=RejectReason.BAD_CERT_ID)
+            if signer_spki != pending.spki_sha256:
+                rec = facts.certificate
+                mine = (rec is not None and rec.der == signer.public_bytes(serialization.Encoding.DER)
+                        and rec.status == "issued" and not rec.revoked and not rec.retired and _valid_now(signer))
+                if not (mine and pending.subject is not None and signer.subject.rfc4514_string() == pending.subject):
+                    raise NotFoundError("CertPoll signer does not match the request", reason=RejectReason.BAD_CERT_ID)
+            requester = _stored_requester(pending.requester, None, remote)
+            csr = x509.load_der_x509_csr(pending.csr_der)
+            return await self._pending_flow(IssueRequest(csr, profile.name, requester, channel, transaction_id),
+                                            profile, pending, pending.csr_sha256, pending.spki_sha256)
+        except CAError as exc:
+            await self.audit("poll", ok=False, channel=channel, profile=profile.name,
+                             requester=Requester(AuthMethod.NONE, signer.subject.rfc4514_string(), signer, remote),
+                             reason=f"{exc.reason.value}: {exc.detail}", detail={"transaction_id": transaction_id})
+            return Rejected(exc.reason, exc.detail)
+
+    async def certificate_for(self, ca_name: str, serial: int, signer: x509.Certificate) -> x509.Certificate:
+        """An issued certificate for a requester entitled to it (SCEP GetCert, RFC 8894 §3.3.4,
+        which leaves the rule to the CA): the signer is the certificate itself, or holds its
+        key, or is a certificate of ours valid now, not revoked or retired, for the same device
+        (the same subject when the ledger has no device). Anything else, unknown or not
+        entitled, is one :class:`NotFoundError` (no oracle)."""
+        signer_ca = await self._ca_for_certificate(signer)
+        keys = [(ca_name, serial)] + ([(signer_ca.name, signer.serial_number)] if signer_ca is not None else [])
+        found = await self.ledger.find_by_serials(keys)
+        record, signer_rec = found[0], (found[1] if len(found) > 1 else None)
+        if record is None or record.status != "issued" or record.der is None:
+            raise NotFoundError(f"no certificate {serial_hex(serial)} of CA {ca_name}", reason=RejectReason.BAD_CERT_ID)
+        cert = x509.load_der_x509_certificate(record.der)
+        signer_der = signer.public_bytes(serialization.Encoding.DER)
+        entitled = signer_der == record.der or spki_sha256(signer.public_key()) == record.spki_sha256
+        if not entitled and signer_rec is not None and signer_rec.der == signer_der and signer_rec.status == "issued" \
+                and not signer_rec.revoked and not signer_rec.retired and _valid_now(signer):
+            entitled = (signer_rec.device == record.device if record.device is not None and signer_rec.device
+                        is not None else record.subject is not None and signer_rec.subject == record.subject)
+        if not entitled:
+            raise NotFoundError(f"signer {signer.subject.rfc4514_string()} may not read certificate "
+                                f"{serial_hex(serial)}", reason=RejectReason.BAD_CERT_ID)
+        return cert
+
+    async def _authenticate(self, claims: Claims, facts: GateFacts, profile: Profile, channel: Channel,
+                            trusted: _TrustedPath | None, one_time: str | None) -> tuple[Requester, str | None]:
+        """The requester ``claims`` prove, with the gate's facts; the one-time challenge digest to
+        consume in the commit (None when none was used). Raises the refusal that says most."""
+        ok: dict[AuthMethod, Requester] = {}
+        cert_refusal: AuthorizationError | None = None
+        if trusted is not None and claims.certificate is not None and claims.policy is not None:
+            try:
+                ok[AuthMethod.TLS_CLIENT_CERT] = await self._certificate_verdict(
+                    claims.certificate, claims.policy, trusted, facts.certificate, channel=channel,
+                    profile=profile.name, remote=claims.remote)
+            except AuthorizationError as exc:
+                cert_refusal = exc
+        if claims.password is not None and claims.user is not None and _accepts(claims, AuthMethod.BASIC):
+            if await self.verify_password(claims.user, claims.password):
+                ok[AuthMethod.BASIC] = Requester(AuthMethod.BASIC, claims.user,
+                                                 claims.certificate if AuthMethod.TLS_CLIENT_CERT in ok else None,
+                                                 claims.remote)
+        if claims.challenge:
+            if _accepts(claims, AuthMethod.CHALLENGE) and await self.check_static_challenge(profile.name,
+                                                                                          claims.challenge):
+                ok[AuthMethod.CHALLENGE] = Requester(AuthMethod.CHALLENGE, "challenge", None, claims.remote)
+            elif one_time is not None and facts.challenge_valid:
+                ok[AuthMethod.ONE_TIME_CHALLENGE] = Requester(AuthMethod.ONE_TIME_CHALLENGE, "one-time-challenge",
+                                                              None, claims.remote)
+        for entry in claims.accept:
+            if not entry or not entry <= ok.keys():
+                continue
+            if AuthMethod.TLS_CLIENT_CERT in entry:
+                who = ok[AuthMethod.TLS_CLIENT_CERT]
+                if AuthMethod.BASIC in entry:
+                    who = replace(who, principal=f"{claims.user} ({who.principal})")
+                return who, None
+            method = next(iter(entry))
+            return ok[method], one_time if method is AuthMethod.ONE_TIME_CHALLENGE else None
+        if claims.voucher is not None:
+            vouched = await claims.voucher()
+            if vouched is not None:
+                return vouched, None
+        if cert_refusal is not None:
+            raise cert_refusal
+        cert_ok = AuthMethod.TLS_CLIENT_CERT in ok
+        if any(AuthMethod.BASIC in e and (AuthMethod.TLS_CLIENT_CERT not in e or cert_ok) for e in claims.accept):
+            raise AuthenticationError("password authentication required" if claims.password is None
+                                      else "password authentication failed")
+        if any(e & {AuthMethod.CHALLENGE, AuthMethod.ONE_TIME_CHALLENGE} for e in claims.accept):
+            raise AuthenticationError("challenge missing or wrong")
+        if claims.certificate is None:
+            raise AuthorizationError("a client certificate is required (RFC 7030 §3.3.2)")
+        raise AuthorizationError("the client certificate does not chain to a trust store of this label")
+
+    async def _refused(self, req: EnrollRequest, requester: Requester, exc: CAError, csr_sha: str,
+                       failed_keys: Sequence[tuple[str, str]]) -> None:
+        """A refusal's one write: the throttle's failure keys and the audit row (sampled when the
+        requester authenticated nobody, :meth:`audit`)."""
+        values: dict[str, Any] = dict(
+            event="issue", ok=False, channel=req.channel.value, profile=req.profile, requester=_describe(requester),
+            reason=f"{exc.reason.value}: {exc.detail}", csr_sha256=csr_sha, serial=None,
+            detail={"transaction_id": req.transaction_id} if req.transaction_id else None)
+        await self.flush_refusal_summaries()
+        admitted = requester.method is not AuthMethod.NONE or self._refusal_sampler().admit(
+            req.channel.value, "issue", values["reason"], requester.remote)
+        if admitted:
+            self._log(values)
+        try:
+            await self.ledger.record_refusal(list(failed_keys), audit_values(**values) if admitted else None)
+        except LedgerError:
+            log.error(json.dumps({"event": "audit-write-failed", "audit": "issue"}))
+
+    async def _issue(self, req: IssueRequest) -> Outcome:
+        """One unit of work (docs/ARCHITECTURE.md): checks in memory, one gate read, sign, one
+        write that re-asserts what the read found."""
+        csr = req.csr
+        csr_der = csr.public_bytes(serialization.Encoding.DER)
+        csr_sha = sha256_hex(csr_der)
         try:
             profile = self.profile(req.profile)
             if req.requester.method is AuthMethod.NONE:
@@ -293,39 +651,39 @@ class Issuer:
             check_key(profile, public_key)
             refuse_forbidden_requests(csr, profile)
             spki = spki_sha256(public_key)
-            if req.transaction_id:
-                prior = await self._replayed(profile, req, spki)
-                if prior is not None:
-                    return prior
             ca = self._ca_of(profile)
             chain = await ca.backend.ca_chain()
-            # Dry run of the policy before anything is stored or reserved.
+            # The template is built once; the serial is filled in when one is taken.
             draft = build_template(csr, profile, chain.issuer, 1, _now(), **ca.template_urls())
-            device = device_key(profile.name, draft.subject, sans_of(draft.extensions))
+            sans = sans_of(draft.extensions)
+            device = device_key(profile.name, draft.subject, sans)
             bound = req.requester.certificate
             if bound is not None and req.requester.binding is not BindIdentity.NONE:
-                check_binding(req.requester.binding, bound, draft.subject, sans_of(draft.extensions))
-            if profile.manual and req.requester.method is not AuthMethod.OPERATOR:
-                if await self.ledger.device_retired(device):
-                    raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
-                return await self._pending_flow(req, profile, csr_sha, spki)
-            return await self._issue_now(req, profile, ca, chain, csr_sha, spki, device=device)
+                check_binding(req.requester.binding, bound, draft.subject, sans)
+            manual = profile.manual and req.requester.method is not AuthMethod.OPERATOR
+            facts = await self.ledger.gate(GateQuery(
+                profile=profile.name, transaction_id=req.transaction_id, pending_lookup=manual,
+                pending_csr_sha256=None if req.transaction_id else csr_sha, device=device))
+            if facts.prior is not None:
+                return await self._replayed(profile, req, facts.prior, spki, csr_sha)
+            if facts.device_retired:
+                raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
+            if manual:
+                return await self._pending_flow(req, profile, facts.pending, csr_sha, spki)
+            return await self._issue_now(req, profile, ca, chain, draft, csr_sha, spki, device, sans)
         except CAError as exc:
             await self.audit("issue", ok=False, channel=req.channel, profile=req.profile,
                              requester=req.requester, reason=f"{exc.reason.value}: {exc.detail}",
                              csr_sha256=csr_sha, detail={"transaction_id": req.transaction_id})
             return Rejected(exc.reason, exc.detail)
 
-    async def _replayed(self, profile: Profile, req: IssueRequest, spki: str) -> Outcome | None:
-        assert req.transaction_id is not None
-        prior = await self.ledger.find_by_transaction(profile.name, req.transaction_id)
-        if not prior:
-            return None
-        if prior[0].spki_sha256 != spki:
+    async def _replayed(self, profile: Profile, req: IssueRequest, rec: CertRecord, spki: str,
+                        csr_sha: str) -> Outcome:
+        """The same transaction again: the same certificate, never a second one (RFC 8894 §3.2.1.1)."""
+        if rec.spki_sha256 != spki:
             raise PolicyError("transactionID already used with a different key",
                               reason=RejectReason.BAD_REQUEST)
-        rec = prior[0]
-        if rec.csr_sha256 != sha256_hex(req.csr.public_bytes(serialization.Encoding.DER)):
+        if rec.csr_sha256 != csr_sha:
             # RFC 8894 §3.3.1: a resend repeats the request; a new CSR needs a new transaction.
             raise PolicyError("transactionID already used with a different CSR",
                               reason=RejectReason.BAD_REQUEST)
@@ -336,9 +694,8 @@ class Issuer:
                          detail={"transaction_id": req.transaction_id})
         return Issued(x509.load_der_x509_certificate(rec.der), chain.chain, rec.serial, replayed=True)
 
-    async def _pending_flow(self, req: IssueRequest, profile: Profile, csr_sha: str, spki: str) -> Outcome:
-        rec = await self.ledger.find_pending(
-            profile.name, transaction_id=req.transaction_id, csr_sha256=None if req.transaction_id else csr_sha)
+    async def _pending_flow(self, req: IssueRequest, profile: Profile, rec: PendingRecord | None,
+                            csr_sha: str, spki: str) -> Outcome:
         if rec is not None and rec.spki_sha256 != spki:
             raise PolicyError("transactionID already used with a different key", reason=RejectReason.BAD_REQUEST)
         if rec is not None and rec.csr_sha256 != csr_sha:
@@ -369,53 +726,63 @@ class Issuer:
             return Pending(rec.id, profile.retry_after)
         ca = self._ca_of(profile)
         chain = await ca.backend.ca_chain()
-        from dataclasses import replace
-
         approved = replace(req, csr=x509.load_der_x509_csr(rec.csr_der))  # issue what was approved
+        draft = build_template(approved.csr, profile, chain.issuer, 1, _now(), **ca.template_urls())
+        sans = sans_of(draft.extensions)
+        device = device_key(profile.name, draft.subject, sans)
         try:
-            return await self._issue_now(approved, profile, ca, chain, rec.csr_sha256, rec.spki_sha256,
-                                         pending_id=rec.id)
+            return await self._issue_now(approved, profile, ca, chain, draft, rec.csr_sha256, rec.spki_sha256,
+                                         device, sans, pending_id=rec.id)
         except BaseException:
             await self.ledger.transition_pending(rec.id, ["issuing"], "approved")
             raise
 
     async def _issue_now(self, req: IssueRequest, profile: Profile, ca: IssuingCA, chain: CAChain,
-                         csr_sha: str, spki: str, pending_id: int | None = None,
-                         device: str | None = None) -> Issued:
-        row_id = serial = None
-        for _ in range(8):
-            serial = secrets.randbits(159)
-            if serial < 2**64:
-                continue
-            row_id = await self.ledger.reserve_serial(
-                issuer=ca.name, serial=serial, profile=profile.name, channel=req.channel.value,
-                requester=_describe(req.requester) or "", auth_method=req.requester.method.value,
-                csr_sha256=csr_sha, spki_sha256=spki, transaction_id=req.transaction_id,
-                renews_serial=req.renewal_of.serial_number if req.renewal_of is not None else None,
-                refuse_retired=device)
-            if row_id is not None:
-                break
-        if row_id is None or serial is None:
-            raise LedgerError("could not reserve a unique serial number")
-        template = build_template(req.csr, profile, chain.issuer, serial, _now(), **ca.template_urls())
-        sans = sans_of(template.extensions)
-        device = device_key(profile.name, template.subject, sans)
-        cert = await ca.backend.sign(template)
-        check_issued(cert, template, chain.issuer)
+                         draft: CertificateTemplate, csr_sha: str, spki: str, device: str, sans: list[str],
+                         pending_id: int | None = None) -> Issued:
+        """Take a reserved serial, sign once, and commit everything in one write."""
+        reserved = await self.serials.take(ca.name)
+        template = replace(draft, serial=reserved.serial, csr=req.csr)
+        try:
+            cert = await ca.backend.sign(template)
+        except BaseException:
+            self.serials.give_back(ca.name, reserved)  # nothing was signed with it
+            raise
+        own_serial = isinstance(ca.backend, IssuesOwnSerial) and ca.backend.issues_own_serial()
+        check_issued(cert, replace(template, serial=cert.serial_number) if own_serial else template, chain.issuer)
+        der = cert.public_bytes(serialization.Encoding.DER)
         detail: dict[str, Any] = {"device": device}
         if req.transaction_id:
             detail["transaction_id"] = req.transaction_id
         if req.renewal_of is not None:
             detail["renews"] = serial_hex(req.renewal_of.serial_number)
-        audit = dict(event="renew" if req.renewal_of is not None else "issue", ok=True, channel=req.channel.value,
-                     profile=profile.name, requester=_describe(req.requester), reason="issued", csr_sha256=csr_sha,
-                     serial=serial, detail=detail)
-        await self.ledger.store_issued(
-            row_id, der=cert.public_bytes(serialization.Encoding.DER), subject=cert.subject.rfc4514_string(),
-            not_before=cert.not_valid_before_utc.timestamp(), not_after=cert.not_valid_after_utc.timestamp(),
-            audit=audit, pending_id=pending_id, device=device, device_profile=profile.name, sans=sans)
-        self._log(audit)
-        return Issued(cert, chain.chain, serial)
+        log_values: dict[str, Any] = dict(event="renew" if req.renewal_of is not None else "issue", ok=True,
+                          channel=req.channel.value, profile=profile.name, requester=_describe(req.requester),
+                          reason="issued", csr_sha256=csr_sha, serial=cert.serial_number, detail=detail)
+        values: dict[str, Any] = dict(
+            profile=profile.name, channel=req.channel.value, requester=_describe(req.requester) or "",
+            auth_method=req.requester.method.value, csr_sha256=csr_sha, spki_sha256=spki,
+            transaction_id=req.transaction_id,
+            renews_serial=serial_hex(req.renewal_of.serial_number) if req.renewal_of is not None else None,
+            der=der, subject=cert.subject.rfc4514_string(), not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(), device=device)
+        if own_serial:
+            values["serial"] = serial_hex(cert.serial_number)
+        unit = IssueCommit(
+            row_id=reserved.row_id, values=values, audit=audit_values(**log_values), device=device,
+            device_profile=profile.name, sans=sans, pending_id=pending_id,
+            nonce=(req.nonce[0], req.nonce[1].hex()) if req.nonce is not None else None,
+            consume_challenge=(profile.name, req.one_time_challenge) if req.one_time_challenge else None)
+        try:
+            await self.ledger.commit_issue(unit)
+        except LostRace:
+            # Another request of the same transaction committed first: answer with its certificate.
+            prior = await self.ledger.find_by_transaction(profile.name, req.transaction_id or "")
+            if not prior or prior[0].der is None:
+                raise
+            return Issued(x509.load_der_x509_certificate(prior[0].der), chain.chain, prior[0].serial, replayed=True)
+        self._log(log_values)
+        return Issued(cert, chain.chain, cert.serial_number)
 
     async def adopt(self, cert: x509.Certificate, profile_name: str, *, by: Actor = None) -> CertRecord:
         """Record a certificate one of our CAs signed outside the ledger (``enroll certs import``:
@@ -450,6 +817,10 @@ class Issuer:
         record = await self.ledger.find_by_serial(ca.name, cert.serial_number)
         assert record is not None
         return record
+
+    async def release_serials(self) -> int:
+        """Give back the serials this process reserved and did not use (graceful stop)."""
+        return await self.ledger.abandon_reserved(self.serials.drain())
 
     # --- pending requests ------------------------------------------------------------------
     async def list_pending(self, status: str | None = "pending") -> list[PendingRecord]:

@@ -9,10 +9,12 @@ both dialects run the same statements. Invariants live in constraints, never in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,9 @@ from ca.errors import AuthorizationError, LedgerError
 from ca.sqlite_writer import SqliteWriter
 
 metadata = sa.MetaData()
+
+#: Transactions begun by the current task, while a test counts them (:meth:`Ledger.counting`).
+_COUNTS: contextvars.ContextVar[Counter[str] | None] = contextvars.ContextVar("ledger_counts", default=None)
 
 schema_version = sa.Table(
     "schema_version",
@@ -443,10 +448,22 @@ class Ledger:
             self._writer = SqliteWriter(self._writer.path)  # usable again after close, like the engine
         await self.engine.dispose()
 
+    @property
+    def sync_engines(self) -> list[sa.Engine]:
+        """Every engine that opens connections to the database (event hooks, e.g. for tests)."""
+        return [self.engine.sync_engine] + ([self._writer.engine] if self._writer is not None else [])
+
+    async def reconnect(self) -> None:
+        """Drop every open connection; the next transaction opens new ones."""
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+            self._writer = SqliteWriter(self._writer.path)
+        await self.engine.dispose()
+
     # --- the unit of work (ca/unit_of_work.py) ----------------------------------------------
     async def run_read(self, fn: Callable[[sa.Connection], Any]) -> Any:
         """Run a synchronous read function in one read transaction."""
-        self.transactions["read"] += 1
+        self._count("read")
         try:
             async with self.engine.connect() as conn:
                 await conn.execution_options(ledger_read=True)
@@ -457,7 +474,7 @@ class Ledger:
     async def run_write(self, fn: Callable[[sa.Connection], Any]) -> Any:
         """Run a synchronous write function in one durable write transaction (on SQLite, in the
         writer thread's next group commit). CAErrors raised by ``fn`` roll it back and pass through."""
-        self.transactions["write"] += 1
+        self._count("write")
         try:
             if self._writer is not None:
                 return await self._writer.submit(fn)
@@ -513,8 +530,25 @@ class Ledger:
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"ledger migration failed: {exc}") from exc
 
+    def _count(self, kind: str) -> None:
+        self.transactions[kind] += 1
+        mine = _COUNTS.get()
+        if mine is not None:
+            mine[kind] += 1
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[Counter[str]]:
+        """Count the transactions this task (and what it awaits) begins, by kind."""
+        token = _COUNTS.set(Counter())
+        try:
+            counts = _COUNTS.get()
+            assert counts is not None
+            yield counts
+        finally:
+            _COUNTS.reset(token)
+
     async def _write(self, fn: Callable[[AsyncConnection], Any]) -> Any:
-        self.transactions["write"] += 1
+        self._count("write")
         try:
             async with self.engine.begin() as conn:
                 return await fn(conn)
@@ -524,7 +558,7 @@ class Ledger:
             raise LedgerError(f"ledger write failed: {_reason(exc)}") from exc
 
     async def _read(self, stmt: sa.Executable) -> list[sa.Row[Any]]:
-        self.transactions["read"] += 1
+        self._count("read")
         try:
             async with self.engine.connect() as conn:
                 await conn.execution_options(ledger_read=True)
@@ -597,6 +631,19 @@ class Ledger:
         )
         return _cert(rows[0]) if rows else None
 
+    async def find_by_serials(self, keys: Sequence[tuple[str, int]]) -> list[CertRecord | None]:
+        """The rows for several (issuer, serial) pairs, in one read transaction."""
+
+        def run(conn: sa.Connection) -> list[CertRecord | None]:
+            out: list[CertRecord | None] = []
+            for issuer, serial in keys:
+                row = conn.execute(sa.select(certificates).where(certificates.c.issuer == issuer,
+                                                                 certificates.c.serial == serial_hex(serial))).first()
+                out.append(_cert(row) if row is not None else None)
+            return out
+
+        return list(await self.run_read(run))
+
     async def find_serial_any_issuer(self, serial: int) -> list[CertRecord]:
         """Issued rows with this serial under any CA (admin commands)."""
         rows = await self._read(sa.select(certificates).where(certificates.c.serial == serial_hex(serial)))
@@ -625,7 +672,7 @@ class Ledger:
     async def abandon_stale_reservations(self, created_before: float) -> list[tuple[str, str]]:
         """Mark ``reserved`` rows created before ``created_before`` as ``abandoned``.
 
-        A reservation is committed before the CA key signs (DESIGN.md, issuance contract step 5);
+        A reservation is committed before the CA key signs (docs/ARCHITECTURE.md, issuance contract step 5);
         one that never became ``issued`` belongs to a request that crashed or failed between
         reservation and storage. The row stays, so ``UNIQUE(issuer, serial)`` keeps the serial
         from ever being used again; the status says nobody holds it. Returns (issuer, serial hex)
@@ -649,6 +696,28 @@ class Ledger:
             return [(r.issuer, r.serial) for r in stale]
 
         return list(await self._write(run))
+
+    async def abandon_reserved(self, row_ids: Sequence[int]) -> int:
+        """Mark these reservations abandoned now (a process stopping gracefully gives back the
+        serials it reserved and did not use), each with its audit record; never reused."""
+        if not row_ids:
+            return 0
+
+        async def run(conn: AsyncConnection) -> int:
+            c = certificates.c
+            rows = (await conn.execute(sa.select(c.id, c.issuer, c.serial)
+                                       .where(c.id.in_(list(row_ids)), c.status == "reserved"))).fetchall()
+            if rows:
+                await conn.execute(certificates.update().where(c.id.in_([r.id for r in rows]),
+                                                               c.status == "reserved").values(status="abandoned"))
+            for r in rows:
+                await conn.execute(_audit_insert(event="abandon-reservation", ok=True, channel=None, profile=None,
+                                                 requester=None, reason="reserved, unused at shutdown",
+                                                 csr_sha256=None, serial=int(r.serial, 16),
+                                                 detail={"issuer": r.issuer}))
+            return len(rows)
+
+        return int(await self._write(run))
 
     async def record_auth_failure(self, keys: Sequence[tuple[str, str]], at: float) -> None:
         """Remember one failed authentication under each (scope, key)."""

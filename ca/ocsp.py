@@ -98,7 +98,7 @@ def parse_request(der: bytes) -> Query:
                       issuer_name_hash=req.issuer_name_hash, issuer_key_hash=req.issuer_key_hash, nonce=nonce)
     except (ValueError, TypeError, NotImplementedError, RecursionError, x509.UnsupportedGeneralNameType) as exc:
         raise ParseError(f"OCSP request does not parse: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - one gate for untrusted bytes (DESIGN.md step 1)
+    except Exception as exc:  # noqa: BLE001 - one gate for untrusted bytes (docs/ARCHITECTURE.md, issuance contract step 1)
         raise ParseError(f"OCSP request does not parse: {type(exc).__name__}") from None
     if nonce is not None and not 1 <= len(nonce) <= MAX_NONCE_BYTES:
         raise ParseError(f"OCSP nonce of {len(nonce)} octets (RFC 8954: 1 to 32)")

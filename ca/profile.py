@@ -3,7 +3,7 @@
 A CSR is a request, never a template: its subject and SAN are checked against what the profile
 allows, its other extensions are read only to refuse what may never be issued (CA:TRUE,
 keyCertSign, EKUs beyond the profile), and everything that ends up in the certificate comes from
-the profile (DESIGN.md, issuance contract step 4; RFC 5280 §4.2).
+the profile (docs/ARCHITECTURE.md, issuance contract step 4; RFC 5280 §4.2).
 """
 
 from __future__ import annotations
@@ -646,7 +646,7 @@ def device_key_of_certificate(profile: str, cert: x509.Certificate) -> str:
 
 
 def check_issued(cert: x509.Certificate, template: CertificateTemplate, issuer: x509.Certificate) -> None:
-    """Re-check a backend's output against the template before it is stored (DESIGN.md)."""
+    """Re-check a backend's output against the template before it is stored (docs/ARCHITECTURE.md, step 6)."""
     problems = []
     if cert.serial_number != template.serial:
         problems.append("serial")

@@ -39,7 +39,7 @@ import ipaddress
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,36 @@ class Throttle:
     def _identity(identity: str, namespace: str) -> str:
         return f"{namespace}:{identity}"
 
+    def keys(self, client: str | None, identity: str | None, namespace: str) -> list[tuple[str, str]]:
+        """The (scope, key) pairs an attempt is counted under: client (/64 for IPv6), identity."""
+        out: list[tuple[str, str]] = []
+        ckey = client_key(client)
+        if ckey is not None:
+            out.append(("client", ckey))
+        if identity:
+            out.append(("identity", self._identity(identity, namespace)))
+        return out
+
+    def wait(self, stats: Mapping[tuple[str, str], tuple[int, float | None]], client: str | None,
+             identity: str | None, namespace: str) -> float:
+        """:meth:`blocked`'s answer from failure statistics already read (the unit of work's gate
+        reads them with everything else: (count, latest) per key since ``now - window``)."""
+        now = self.clock()
+
+        def pause(key: tuple[str, str], free: int) -> tuple[int, float]:
+            count, last = stats.get(key, (0, None))
+            if last is None:
+                return 0, 0.0
+            return count, max(0.0, last + backoff(count, free, self.base_delay, self.max_delay) - now)
+
+        ckey = client_key(client)
+        client_failures, wait = 0, 0.0
+        if ckey is not None:
+            client_failures, wait = pause(("client", ckey), self.client_free)
+        if identity and (ckey is None or client_failures > 0):
+            wait = max(wait, pause(("identity", self._identity(identity, namespace)), self.identity_free)[1])
+        return wait
+
     async def _pause(self, scope: str, key: str, free: int, now: float) -> tuple[int, float]:
         """(failures in the window, seconds still to wait) for one key."""
         count, last = await self.ledger.auth_failure_stats(scope, key, now - self.window)
@@ -129,12 +159,7 @@ class Throttle:
 
     async def failed(self, client: str | None, identity: str | None, namespace: str) -> None:
         """Record one failed attempt (never the secret that was tried)."""
-        keys: list[tuple[str, str]] = []
-        ckey = client_key(client)
-        if ckey is not None:
-            keys.append(("client", ckey))
-        if identity:
-            keys.append(("identity", self._identity(identity, namespace)))
+        keys = self.keys(client, identity, namespace)
         try:
             await self.ledger.record_auth_failure(keys, self.clock())
         except LedgerError:

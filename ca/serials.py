@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
+from ca.errors import LedgerError
+
 
 class Reserved(NamedTuple):
     """One reserved serial: its ledger row, the serial, when it was reserved."""
@@ -46,20 +48,31 @@ class SerialPool:
     async def take(self, issuer: str) -> Reserved:
         """A reserved serial of ``issuer``, reserving a new block when needed."""
         free = self._free.setdefault(issuer, deque())
-        while True:
+        for _ in range(3):  # bounded: a fresh block is used at once, whatever max_age says
             while free:
                 row_id, serial, at = free.popleft()
                 if self._clock() - at < self.max_age:
                     return Reserved(row_id, serial, at)
-            lock = self._locks.setdefault(issuer, asyncio.Lock())
-            async with lock:
-                if not free:
-                    now = self._clock()
-                    free.extend((r, s, now) for r, s in await self.source.reserve_block(issuer, self.block))
+            async with self._locks.setdefault(issuer, asyncio.Lock()):
+                if free:
+                    continue  # another task reserved a block meanwhile
+                now = self._clock()
+                block = await self.source.reserve_block(issuer, self.block)
+                if block:
+                    (row_id, serial), rest = block[0], block[1:]
+                    free.extend((r, s, now) for r, s in rest)
+                    return Reserved(row_id, serial, now)
+        raise LedgerError("could not reserve a serial number")
 
     def give_back(self, issuer: str, reserved: Reserved) -> None:
         """Return a serial that signed nothing (the request was refused before signing)."""
         self._free.setdefault(issuer, deque()).appendleft((reserved.row_id, reserved.serial, reserved.at))
+
+    def drain(self) -> list[int]:
+        """Every reserved row this process still holds, emptied from the pool (graceful stop)."""
+        rows = [row for free in self._free.values() for row, _, _ in free]
+        self._free.clear()
+        return rows
 
     def held(self, issuer: str) -> int:
         """How many reserved serials this process holds for ``issuer``."""

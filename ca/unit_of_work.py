@@ -213,9 +213,9 @@ def apply_issue(conn: sa.Connection, u: IssueCommit, now: float) -> None:
                                                  sans=json.dumps(list(u.sans)), first_seen=now))
     conn.execute(audit_log.insert().values(**u.audit))
     if u.pending_id is not None:
+        row = conn.execute(sa.select(c.serial, c.issuer).where(c.id == u.row_id)).one()
         conn.execute(pending.update().where(pending.c.id == u.pending_id).values(
-            status="issued", serial=u.values["serial"] if "serial" in u.values else None,
-            issuer=u.values.get("issuer")))
+            status="issued", serial=row.serial, issuer=row.issuer))
 
 
 def reserve_block(conn: sa.Connection, issuer: str, count: int, now: float) -> list[tuple[int, int]]:

@@ -26,7 +26,8 @@ from ca.api import CABackend, CAChain
 from ca.rollover import RollingCA, publication
 from ca.authz import TrustStore
 from ca.identity import RevocationSource
-from ca.errors import CAError, ConfigError
+from ca.serials import SerialPool
+from ca.errors import CAError, ConfigError, LedgerError
 from ca.issuer import Issuer, IssuingCA
 from ca.keys import Signer, open_key, probe
 from ca.pkcs11 import Settings as Pkcs11Settings
@@ -138,13 +139,23 @@ def _revocation(config: Config, store: str) -> RevocationSource | None:
     return RevocationSource(source, refresh_seconds=refresh)
 
 
+#: A reservation older than this is stale: the sweep (enroll/server.py) marks it ``abandoned`` at
+#: start and every minute; ``ENROLL_RESERVATION_TIMEOUT`` overrides (the crash tests use 0).
+RESERVATION_TIMEOUT = float(os.environ.get("ENROLL_RESERVATION_TIMEOUT", "300"))
+
+
 def build_issuer(config: Config, metrics: Metrics | None = None) -> Issuer:
     """The issuance core for this config (the ledger opens lazily; call ``ledger.migrate()``)."""
     trust = {name: TrustStore(name, tuple(c for p in paths for c in load_certs(Path(p), f"trust.{name}.certs")),
                               _revocation(config, name))
              for name, paths in config.trust.items()}
-    return Issuer(Ledger(config.ledger_url), build_cas(config), config.profiles, users=config.users, trust=trust,
-                  observer=metrics.observe_issuance if metrics else None)
+    issuer = Issuer(Ledger(config.ledger_url), build_cas(config), config.profiles, users=config.users, trust=trust,
+                    observer=metrics.observe_issuance if metrics else None)
+    # Reserved serials are used well before the sweep would call them abandoned; a tiny timeout
+    # (the crash tests) means no reserving ahead at all.
+    issuer.serials = SerialPool(issuer.ledger, block=16 if RESERVATION_TIMEOUT >= 10 else 1,
+                                max_age=min(120.0, RESERVATION_TIMEOUT / 2))
+    return issuer
 
 
 def validate(config: Config) -> None:
@@ -437,6 +448,8 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        with contextlib.suppress(LedgerError):
+            await issuer.release_serials()
         await issuer.ledger.close()
 
     app.cleanup_ctx.append(ledger_ctx)

@@ -6,7 +6,7 @@ client that sends a head and then trickles (or withholds) its body would otherwi
 connection and a handler for as long as it likes, and a few hundred of them fill a worker's
 connection cap for every protocol. The EST and SCEP handlers apply the same rule with the same
 deadline (``est.http.read_body``, ``scep.http.BODY_TIMEOUT``); they cannot import this module
-(DESIGN.md: protocols never import ``enroll``).
+(docs/ARCHITECTURE.md, "Layers": protocols never import ``enroll``).
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ allow = ["dns", "ip"]
 [profiles.router.scep]
 auth = ["challenge", "one-time"]
 challenge_hash = "{scep_challenge_hash}"
-allow_legacy = true              # DES/3DES and SHA-1/MD5 for old clients
+allow_legacy = true              # DES/3DES and SHA-1 for old clients (MD5 needs allow_md5)
 [profiles.router.est]
 labels = ["router"]
 auth = ["basic"]

@@ -2,7 +2,7 @@
 
 With ``workers > 1`` the parent binds every listening socket once and forks the workers, which
 all accept on the shared sockets (crypto runs on each event loop's thread, so cores are used by
-processes, not threads; DESIGN.md, platform notes). Invariants hold across workers because the
+processes, not threads: an RSA-2048 signature blocks its loop for about a millisecond). Invariants hold across workers because the
 ledger enforces them, never in-process locks.
 """
 
@@ -34,7 +34,7 @@ log = logging.getLogger("enroll.server")
 #: Longest request line accepted (a GET PKIOperation with a 4096-bit key and chain fits easily).
 MAX_REQUEST_LINE = 64 * 1024
 
-#: Exposure limits of every listener (research/security.md §3 G). aiohttp has no deadline for a
+#: Exposure limits of every listener (README, "Security model"). aiohttp has no deadline for a
 #: request head (slowloris) and keeps idle connections for an hour by default.
 HEADER_TIMEOUT = 10.0  # seconds from connection (after the TLS handshake) to a complete request head
 IDLE_TIMEOUT = 15.0  # keep-alive: an idle connection, or one dripping its next request head, closes
@@ -42,9 +42,8 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 1024  # open connections per worker process; more are dropped at accept
 
 #: A serial reserved this long ago and still not issued belongs to a request that crashed or
-#: failed (signing takes milliseconds): it becomes ``abandoned`` (never reused). Swept at start
-#: and every SWEEP_EVERY seconds; ``ENROLL_RESERVATION_TIMEOUT`` overrides (tests use 0).
-RESERVATION_TIMEOUT = float(os.environ.get("ENROLL_RESERVATION_TIMEOUT", "300"))
+#: failed (signing takes milliseconds) or a process that stopped: it becomes ``abandoned`` (never
+#: reused). Swept at start and every SWEEP_EVERY seconds (enroll.app.RESERVATION_TIMEOUT).
 SWEEP_EVERY = 60.0
 
 #: On SIGTERM, requests in flight get this long to finish (their bodies still read) before the
@@ -272,6 +271,8 @@ async def sweep_reservations(ledger: "Ledger") -> None:
 
     try:
         await ledger.prune_auth_failures(time.time() - 86400)  # older than any throttle window
+        from enroll.app import RESERVATION_TIMEOUT
+
         done = await ledger.abandon_stale_reservations(time.time() - RESERVATION_TIMEOUT)
     except LedgerError as exc:
         log.warning(json.dumps({"event": "reservation-sweep-failed", "error": str(exc)}))

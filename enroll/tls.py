@@ -3,7 +3,7 @@
 TLS 1.2 minimum; the client certificate is optional at the handshake and verified against the
 union of the configured client trust stores, never the system roots. Authorization per label or
 profile is decided later in code against the specific store (``Issuer.verify_client_chain``),
-because Python's ``ssl`` has one trust store per context (DESIGN.md, platform notes).
+because Python's ``ssl`` has one trust store per context (docs/ARCHITECTURE.md, "Authentication").
 """
 
 from __future__ import annotations

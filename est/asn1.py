@@ -2,7 +2,7 @@
 templates) and the server-generated key package (RFC 7030 §4.4.2, RFC 5958 §4).
 
 asn1crypto stays behind the typed functions of this module and ``est/wire.py``: callers see
-dataclasses, OID strings and bytes. Nothing here imports aiohttp or asyncio (DESIGN.md).
+dataclasses, OID strings and bytes. Nothing here imports aiohttp or asyncio (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations

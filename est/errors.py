@@ -111,7 +111,7 @@ class ProtocolError(EstError):
     status = 502
 
 
-#: RFC 7030 §4.2.3 leaves the 4xx choice to the server; this is ours (DESIGN.md "EST").
+#: RFC 7030 §4.2.3 leaves the 4xx choice to the server; this is ours (docs/ARCHITECTURE.md, "The issuance contract").
 _REASON_STATUS: Mapping[RejectReason, int] = {
     RejectReason.BAD_REQUEST: 400,
     RejectReason.BAD_ALG: 400,

@@ -1,4 +1,4 @@
-"""Field quirks of EST clients, one small named function each (DESIGN.md convention 6).
+"""Field quirks of EST clients, one small named function each (docs/ARCHITECTURE.md, convention 6).
 
 RFC 8951 §3.1 lets a server lay out its base64 as it likes, but real clients disagree: strongSwan
 5.9.8 fails on any line break, while libest's client decodes with OpenSSL's base64 filter in

@@ -3,7 +3,7 @@ re-enrollment checks, pending answers and server-side key generation.
 
 Input is already-extracted request facts (:class:`TlsInfo`, :class:`Credentials`, body bytes);
 output is an :class:`EstResponse` or an :class:`~est.errors.EstError`. No aiohttp here: only
-``est/http.py`` speaks HTTP (DESIGN.md conventions 4-5).
+``est/http.py`` speaks HTTP (docs/ARCHITECTURE.md, conventions 4-5).
 """
 
 from __future__ import annotations
@@ -25,11 +25,21 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
 )
 
-from ca.api import AuthMethod, BindIdentity, Channel, IssueRequest, Issued, Pending, Rejected, Requester
-from ca.identity import CertificatePolicy
-from ca.errors import AuthorizationError, CAError, ConfigError
+from ca.api import (
+    AuthMethod,
+    BindIdentity,
+    CertificatePolicy,
+    Channel,
+    Claims,
+    EnrollRequest,
+    IssueRequest,
+    Issued,
+    Pending,
+    Rejected,
+    Requester,
+)
+from ca.errors import AuthorizationError, CAError, ConfigError, RejectReason
 from ca.keys import Signer, check_key_file_mode, open_key, probe
-from ca.ratelimit import Throttle
 from est import asn1, quirks, wire
 from est.errors import (
     BadRequest,
@@ -54,6 +64,7 @@ METHODS: Mapping[str, str] = {
     "fullcmc": "POST",
 }
 AUTH_METHODS = ("basic", "client-cert")
+_AUTH = {"basic": AuthMethod.BASIC, "client-cert": AuthMethod.TLS_CLIENT_CERT}
 POP_MODES = ("off", "tls-unique")
 CMC_RA = x509.ObjectIdentifier(asn1.Oid.KP_CMC_RA)
 DEFAULT_MAX_BODY = 64 * 1024
@@ -77,6 +88,9 @@ class TlsInfo:
     tls_unique: bytes | None = None  # RFC 5929 §3, TLS <= 1.2 only
     tls_exporter: bytes | None = None  # RFC 9266, when the TLS stack can export it
     remote: str | None = None
+    # The client's TLS session ended at a trusted TLS-terminating proxy ([server] trusted_proxies);
+    # peer_certificate is the one it forwarded, and no channel binding of that session is known here.
+    via_proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,9 +101,6 @@ class Credentials:
     password: str = field(repr=False)
     malformed: bool = False
 
-    # The client's TLS session ended at a trusted TLS-terminating proxy ([server] trusted_proxies);
-    # peer_certificate is the one it forwarded, and no channel binding of that session is known here.
-    via_proxy: bool = False
 
 @dataclass(frozen=True)
 class EstResponse:
@@ -360,16 +371,13 @@ class IssuerLike(Protocol):
     def profile(self, name: str) -> Any: ...
     async def ca_chain(self, profile_name: str) -> Any: ...
     async def issue(self, request: IssueRequest) -> Any: ...
-    async def certificate_status(self, cert: x509.Certificate) -> Any: ...
-    async def renewable(self, cert: x509.Certificate, profile_name: str, *,
-                        channel: Channel = Channel.EST, remote: str | None = None) -> Any: ...
+    async def enroll(self, request: EnrollRequest) -> Any: ...
     async def verify_password(self, user: str, password: str) -> bool: ...
-    async def authenticate_certificate(self, cert: x509.Certificate, policy: CertificatePolicy, *,
-                                       channel: Channel, profile: str | None,
-                                       remote: str | None = None) -> Requester: ...
+    async def authenticate(self, claims: Claims, profile_name: str, channel: Channel) -> Requester: ...
     async def audit(self, event: str, *, ok: bool, channel: Channel, profile: str | None,
                     requester: Requester | None, reason: str = "", csr_sha256: str | None = None,
-                    serial: int | None = None, detail: dict[str, Any] | None = None) -> None: ...
+                    serial: int | None = None, detail: dict[str, Any] | None = None,
+                    remote: str | None = None) -> None: ...
 
 
 # --- the service ------------------------------------------------------------------------------
@@ -517,75 +525,52 @@ class EstService:
 
     # --- authentication (RFC 7030 §3.2.3, §3.3.2) -----------------------------------------
     async def authenticate(self, rule: LabelRule, tls: TlsInfo, creds: Credentials | None) -> Requester:
-        """Check the label's auth entries; 401 + WWW-Authenticate when Basic would help.
+        """The requester the label's methods prove (RFC 7030 §3.2.3, §3.3.2), verified by the core
+        (:meth:`ca.issuer.Issuer.authenticate`), for operations that issue afterwards."""
+        self.precheck(rule, tls, creds)
+        try:
+            return await self.issuer.authenticate(self.claims(rule, tls, creds), rule.profile, Channel.EST)
+        except CAError as exc:
+            raise self._refusal(exc.reason, exc.detail, getattr(exc, "retry_after", None)) from None
 
-        A client certificate authenticates only by the core's lifecycle rule
-        (:meth:`ca.issuer.Issuer.authenticate_certificate`): chained to this label's trust
-        stores, and if we issued it, issued, unrevoked, not held or retired, from a profile in
-        ``client_profiles``.
-        """
-        cert_ok = False
-        cert = tls.peer_certificate
-        cert_requester: Requester | None = None
-        cert_refusal: str | None = None
-        if cert is not None and rule.client_trust:
-            try:
-                cert_requester = await self.issuer.authenticate_certificate(
-                    cert, self.certificate_policy(rule), channel=Channel.EST, profile=rule.profile,
-                    remote=tls.remote)
-                cert_ok = True
-            except AuthorizationError as exc:
-                cert_refusal = exc.detail
-            except CAError:
-                pass  # chains to none of this label's stores: the certificate proves nothing here
-        basic_ok = False
-        if creds is not None and not creds.malformed:
-            ledger = getattr(self.issuer, "ledger", None)
-            throttle = Throttle(ledger) if ledger is not None else None
-            if throttle is not None and await throttle.blocked(tls.remote, creds.user, "est"):
-                raise EstError("too many failed authentication attempts from this client or for this user; "
-                               "retry later", status=429, headers={"Retry-After": str(int(throttle.window))})
-            basic_ok = await self.issuer.verify_password(creds.user, creds.password)
-            if not basic_ok and throttle is not None:
-                await throttle.failed(tls.remote, creds.user, "est")
-        for entry in rule.auth:
-            if ("client-cert" in entry and not cert_ok) or ("basic" in entry and not basic_ok):
-                continue
-            if "client-cert" in entry:
-                assert cert_requester is not None
-                if "basic" in entry and creds is not None:
-                    return replace(cert_requester, principal=f"{creds.user} ({cert_requester.principal})")
-                return cert_requester
-            assert creds is not None
-            return Requester(AuthMethod.BASIC, creds.user, cert if cert_ok else None, tls.remote)
-        if cert_refusal is not None:
-            raise Forbidden(f"the TLS client certificate does not authenticate on this label: {cert_refusal}")
-        needs_basic = any("basic" in e and ("client-cert" not in e or cert_ok) for e in rule.auth)
-        if needs_basic:
-            detail = ("HTTP Basic authentication required" if creds is None
-                      else "HTTP Basic authentication failed")
-            raise Unauthorized(detail, realm=self.settings.realm)
-        if cert is None:
-            raise Forbidden("a TLS client certificate is required for this label (RFC 7030 §3.3.2)")
-        raise Forbidden("the TLS client certificate does not chain to a trust store of this label")
+    def precheck(self, rule: LabelRule, tls: TlsInfo, creds: Credentials | None) -> None:
+        """401 / 403 for a request that offers nothing the label could accept, before the CSR
+        is parsed and without touching the ledger (RFC 7030 §3.2.3, §3.3.2)."""
+        if (creds is not None and not creds.malformed) or tls.peer_certificate is not None:
+            return
+        if any("basic" in e for e in rule.auth):
+            raise Unauthorized("HTTP Basic authentication required", realm=self.settings.realm)
+        raise Forbidden("a TLS client certificate is required for this label (RFC 7030 §3.3.2)")
+
+    def claims(self, rule: LabelRule, tls: TlsInfo, creds: Credentials | None) -> Claims:
+        """What this request offers, for the core to verify against the label's methods."""
+        usable = creds is not None and not creds.malformed
+        return Claims(
+            accept=tuple(frozenset(_AUTH[m] for m in entry) for entry in rule.auth),
+            user=creds.user if usable and creds is not None else None,
+            password=creds.password if usable and creds is not None else None,
+            certificate=tls.peer_certificate if rule.client_trust else None,
+            policy=self.certificate_policy(rule) if rule.client_trust else None,
+            remote=tls.remote, identity=creds.user if usable and creds is not None else None, namespace="est")
 
     @staticmethod
     def certificate_policy(rule: LabelRule) -> CertificatePolicy:
         """The typed policy the core applies to this label's client certificates."""
         return CertificatePolicy(rule.client_trust, rule.client_profiles or (rule.profile,), rule.bind_identity)
 
+    # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
+    def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
+                  authenticating: x509.Certificate | None) -> None:
+        """challengePassword must equal base64(tls-unique); skipped for an EST RA (id-kp-cmcRA),
+        which re-signs CSRs it relays (RFC 7030 §3.7), when its certificate is what must
+        authenticate the request (``authenticating``: the core refuses it otherwise)."""
+        if rule.pop == "off":
+            return
+        if authenticating is not None and has_cmc_ra(authenticating):
+            return
         if tls.via_proxy:
             raise BadRequest("this label requires PoP linking (RFC 7030 §3.5), which cannot be checked through a "
                              "TLS-terminating proxy: the client's TLS session ends at the proxy; use TLS passthrough")
-    # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
-    def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
-                  requester: Requester) -> None:
-        """challengePassword must equal base64(tls-unique); skipped for an authenticated EST RA
-        (id-kp-cmcRA), which re-signs CSRs it relays (RFC 7030 §3.7)."""
-        if rule.pop == "off":
-            return
-        if requester.certificate is not None and has_cmc_ra(requester.certificate):
-            return
         if tls.version != "TLSv1.2" or tls.tls_unique is None:
             raise BadRequest(
                 f"this label requires PoP linking (RFC 7030 §3.5) but the connection is {tls.version}: "
@@ -613,9 +598,9 @@ class EstService:
         raise err
 
     # --- enrollment ---------------------------------------------------------------------
-    def _csr(self, body: bytes) -> x509.CertificateSigningRequest:
+    def _csr(self, body: bytes, *, verify: bool = True) -> x509.CertificateSigningRequest:
         csr = wire.parse_csr(wire.decode_base64_body(body))
-        if not wire.csr_signature_valid(csr):
+        if verify and not wire.csr_signature_valid(csr):
             raise BadRequest("the CSR signature does not verify (RFC 2986 proof of possession)")
         return csr
 
@@ -631,40 +616,51 @@ class EstService:
                               f"re-send the same CSR after {outcome.retry_after} seconds",
                          {"Retry-After": str(max(1, int(outcome.retry_after)))})
         if isinstance(outcome, Rejected):
-            raise from_reject(outcome.reason, outcome.detail, realm=self.settings.realm)
+            raise self._refusal(outcome.reason, outcome.detail, outcome.retry_after)
         raise EstError("unexpected issuance outcome", status=500)
 
+    def _refusal(self, reason: RejectReason, detail: str, retry_after: int | None) -> EstError:
+        """The EST answer for a core refusal: 429 + Retry-After when throttled, 401 with
+        WWW-Authenticate when unauthenticated (RFC 7030 §3.2.3), else by reason."""
+        if reason is RejectReason.THROTTLED:
+            return EstError(detail, status=429, headers={"Retry-After": str(max(1, retry_after or 1))})
+        if reason is RejectReason.UNAUTHENTICATED:
+            detail = detail.replace("password authentication", "HTTP Basic authentication")
+        return from_reject(reason, detail, realm=self.settings.realm)
+
     async def _refuse(self, event: str, rule: LabelRule, err: EstError, requester: Requester | None,
-                      csr: x509.CertificateSigningRequest | None) -> None:
+                      csr: x509.CertificateSigningRequest | None, remote: str | None = None) -> None:
         import hashlib
 
         sha = hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest() if csr else None
         await self.issuer.audit(event, ok=False, channel=Channel.EST, profile=rule.profile,
-                                requester=requester, reason=f"{err.status}: {err.detail}", csr_sha256=sha)
+                                requester=requester, reason=f"{err.status}: {err.detail}", csr_sha256=sha,
+                                remote=remote)
 
     async def simpleenroll(self, label: str, body: bytes, tls: TlsInfo,
                            creds: Credentials | None, user_agent: str | None = None) -> EstResponse:
-        """/simpleenroll (RFC 7030 §4.2.1)."""
+        """/simpleenroll (RFC 7030 §4.2.1): the core authenticates the label's methods and issues
+        in one unit of work (:meth:`ca.issuer.Issuer.enroll`)."""
         rule = self.rule(label)
-        requester: Requester | None = None
         csr = None
         try:
-            requester = await self.authenticate(rule, tls, creds)
-            csr = self._csr(body)
-            self.check_pop(rule, csr, tls, requester)
+            self.precheck(rule, tls, creds)
+            csr = self._csr(body, verify=False)  # the core verifies the signature, once
+            cert_required = all("client-cert" in e for e in rule.auth)
+            self.check_pop(rule, csr, tls, tls.peer_certificate if cert_required else None)
         except EstError as err:
-            await self._refuse("est-enroll", rule, err, requester, csr)
+            await self._refuse("est-enroll", rule, err, None, csr, tls.remote)
             raise
-        outcome = await self.issuer.issue(IssueRequest(csr, rule.profile, requester, Channel.EST))
+        outcome = await self.issuer.enroll(EnrollRequest(csr, rule.profile, Channel.EST, self.claims(rule, tls, creds)))
         return self._outcome(outcome, rule, user_agent)
 
     async def simplereenroll(self, label: str, body: bytes, tls: TlsInfo,
                              creds: Credentials | None, user_agent: str | None = None) -> EstResponse:
         """/simplereenroll (RFC 7030 §4.2.2): the TLS client certificate must be one we issued,
-        not revoked or retired, for this profile; the CSR repeats its subject and SAN."""
+        not revoked, held or retired, for this profile (the core's lifecycle rule); the CSR
+        repeats its subject and SAN."""
         rule = self.rule(label)
         cert = tls.peer_certificate
-        requester: Requester | None = None
         csr = None
         try:
             if not rule.reenroll:
@@ -672,22 +668,15 @@ class EstService:
             if cert is None:
                 raise Forbidden("re-enrollment requires the TLS client certificate being renewed "
                                 "(RFC 7030 §4.2.2)")
-            try:
-                record = await self.issuer.renewable(cert, rule.profile, channel=Channel.EST, remote=tls.remote)
-            except CAError as exc:
-                raise Forbidden(f"the TLS client certificate may not renew: {exc.detail}") from None
-            if record is None:
-                raise Forbidden("the TLS client certificate was not issued by this server "
-                                "or is outside its validity period")
-            requester = Requester(AuthMethod.TLS_CLIENT_CERT, cert.subject.rfc4514_string(), cert, tls.remote)
-            csr = self._csr(body)
+            csr = self._csr(body, verify=False)
             self.check_names(rule, csr, cert)
-            self.check_pop(rule, csr, tls, requester)
+            self.check_pop(rule, csr, tls, cert)
         except EstError as err:
-            await self._refuse("est-reenroll", rule, err, requester, csr)
+            requester = Requester(AuthMethod.NONE, cert.subject.rfc4514_string(), cert, tls.remote) if cert else None
+            await self._refuse("est-reenroll", rule, err, requester, csr, tls.remote)
             raise
-        outcome = await self.issuer.issue(
-            IssueRequest(csr, rule.profile, requester, Channel.EST, renewal_of=cert))
+        claims = Claims(accept=(frozenset({AuthMethod.TLS_CLIENT_CERT}),), certificate=cert, remote=tls.remote)
+        outcome = await self.issuer.enroll(EnrollRequest(csr, rule.profile, Channel.EST, claims, renewal_of=cert))
         return self._outcome(outcome, rule, user_agent)
 
     def check_names(self, rule: LabelRule, csr: x509.CertificateSigningRequest,
@@ -739,7 +728,7 @@ class EstService:
                 raise NotImplementedOperation("/serverkeygen is not enabled for this label")
             requester = await self.authenticate(rule, tls, creds)
             csr = self._csr(body)
-            self.check_pop(rule, csr, tls, requester)
+            self.check_pop(rule, csr, tls, requester.certificate)
             recipient = self._recipient(rule, csr, tls)
             if recipient is not None and (self.settings.signer_key is None or self.settings.signer_cert is None):
                 raise NotImplementedOperation("encrypted server-generated keys need "

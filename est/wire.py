@@ -6,7 +6,7 @@
 - /serverkeygen multipart/mixed (RFC 7030 §4.4.2, RFC 2046 §5.1) and the encrypted key
   (CMS EnvelopedData over SignedData over an AsymmetricKeyPackage, RFC 7030 §4.4.2, RFC 5958 §4).
 
-No aiohttp, no asyncio (DESIGN.md import rules).
+No aiohttp, no asyncio (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ca.keys import FileKey, Signer
 from est.asn1 import Oid, RawAsymmetricKeyPackage
 from est.errors import BadRequest, ProtocolError
 
-# --- content types, byte-exact (RFC 7030 §4; DESIGN.md "EST") --------------------------------
+# --- content types, byte-exact (RFC 7030 §4, RFC 8951) --------------------------------
 
 #: /simpleenroll, /simplereenroll and the certificate part of /serverkeygen (one space).
 CT_CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"

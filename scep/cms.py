@@ -5,7 +5,7 @@ primitive (signature, RSA key transport, block cipher), including 3DES and singl
 ``cryptography.hazmat.decrepit`` when a caller's allow-list permits them.
 
 Why not ``cryptography``'s PKCS#7 helpers: they cannot add SCEP's authenticated attributes,
-reorder certificate sets, and decrypt AES-128/256-CBC only (research/scep.md §3).
+reorder certificate sets, and decrypt AES-128/256-CBC only (RFC 8894 §3.2).
 
 Rules that the wire makes surprising:
 
@@ -47,7 +47,7 @@ Decrypt = Callable[[bytes, AsymmetricPadding], bytes]
 #: Signs ``data`` hashing with ``hash``: PKCS#1 v1.5 for RSA, ECDSA for EC keys.
 Sign = Callable[[bytes, hashes.HashAlgorithm], bytes]
 
-MAX_MESSAGE_BYTES = 1 << 20  # size cap before parsing (DESIGN.md issuance contract, step 1)
+MAX_MESSAGE_BYTES = 1 << 20  # size cap before parsing (docs/ARCHITECTURE.md, issuance contract step 1)
 
 # --- algorithm tables --------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The SCEP package's one error root, carrying its protocol mapping (DESIGN.md convention 5).
+"""The SCEP package's one error root, carrying its protocol mapping (docs/ARCHITECTURE.md, convention 5).
 
 Two families:
 

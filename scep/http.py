@@ -33,7 +33,7 @@ BODY_TIMEOUT = 30.0
 
 SERVICE = web.AppKey("scep_service", ScepService)
 
-#: Path tails that clients hard-code after the SCEP base path (research/scep.md §3, HTTP/1.0).
+#: Path tails that clients hard-code after the SCEP base path (RFC 8894 §4.1; old clients append them).
 HARD_CODED_SUFFIXES = ("/cgi-bin/pkiclient.exe", "/certsrv/mscep/mscep.dll", "/pkiclient.exe")
 
 

@@ -1,4 +1,4 @@
-"""Field quirks of SCEP clients, one small named function each (DESIGN.md convention 6).
+"""Field quirks of SCEP clients, one small named function each (docs/ARCHITECTURE.md, convention 6).
 
 RFC 8894 §4.1: a GET PKIOperation carries ``message=`` as base64 (standard alphabet) and then
 URL-escaped. Real clients deviate, and :func:`decode_get_message` undoes every deviation in a
@@ -19,7 +19,7 @@ def raw_query_param(raw_query: str, name: str) -> str | None:
     """The still-escaped value of ``name`` in a raw query string, without form decoding.
 
     Form decoding (``parse_qs``, yarl's ``URL.query``) turns '+' into a space, which destroys
-    base64; so the SCEP GET message is taken from the raw query (research/scep.md §3, GET).
+    base64; so the SCEP GET message is taken from the raw query (RFC 8894 §4.1: GET messages are base64 in the query, encoded inconsistently in the field).
     Parameter names are compared case-insensitively (old Cisco images send ``Operation``).
     """
     for part in raw_query.split("&"):

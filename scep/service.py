@@ -5,7 +5,7 @@ No aiohttp here: ``scep/http.py`` turns HTTP into calls of :class:`ScepService` 
 CertRep, whatever goes wrong afterwards (RFC 8894 §3.3.2); only undecodable input raises
 :class:`ScepDecodeError` (HTTP 400).
 
-Authorization is per profile and fails closed (DESIGN.md step 2):
+Authorization is per profile and fails closed (docs/ARCHITECTURE.md, "Authentication"):
 
 * a request signed by a valid, unrevoked, unretired certificate that *we* issued under the same
   profile is a renewal, whatever its messageType (RFC 8894 §2.3, §3.3.1.2), inside the profile's
@@ -27,11 +27,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.api import AuthMethod, Channel, IssueRequest, Issued, Pending, Rejected, Requester
+from ca.api import AuthMethod, Channel, Claims, EnrollRequest, IssueRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, NotFoundError, RejectReason
 from ca.keys import PrivateKey
 from ca.issuer import Issuer
-from ca.ratelimit import Throttle
 from scep import cms
 from scep.asn1 import Capability, FailInfo, MessageType, PkiStatus
 from scep.errors import (
@@ -63,6 +62,9 @@ ALLOWED_TYPES = frozenset(
     {MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL, MessageType.GET_CERT, MessageType.GET_CRL}
 )
 
+#: ``[profiles.NAME.scep] auth`` methods the core verifies (the webhook is a Claims voucher).
+_SCEP_AUTH = {"challenge": AuthMethod.CHALLENGE, "one-time": AuthMethod.ONE_TIME_CHALLENGE}
+
 _FAIL_INFO = {
     RejectReason.BAD_ALG: FailInfo.BAD_ALG,
     RejectReason.BAD_MESSAGE_CHECK: FailInfo.BAD_MESSAGE_CHECK,
@@ -81,6 +83,7 @@ PUBLIC_TEXT = {
     RejectReason.POLICY: "request not allowed by the profile",
     RejectReason.REJECTED: "request rejected",
     RejectReason.UNAVAILABLE: "service unavailable; retry later",
+    RejectReason.THROTTLED: "too many failed attempts; retry later",
 }
 
 
@@ -303,68 +306,72 @@ class ScepService:
         self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted,
         remote: str | None,
     ) -> CertRep:
+        """PKCSReq / RenewalReq: the core authenticates (challenge, one-time challenge, webhook, or
+        the renewing certificate by the lifecycle rule) and issues in one unit of work."""
         csr = decode_csr(opened.plaintext)
-        nonce_scope = f"scep:{profile.name}"
-        prior: Requester | None = None
         renewal_of = await self._renewal_signer(profile, signer, csr)
-        if renewal_of is not None:
-            requester = Requester(AuthMethod.RENEWAL_SIGNER, renewal_of.subject.rfc4514_string(), renewal_of, remote)
-        elif msg.message_type == MessageType.RENEWAL_REQ:
-            raise BadRequestError("RenewalReq not signed by a valid certificate we issued",
-                                  public_text="renewal requires a valid certificate issued by this CA")
-        else:
+        if renewal_of is None:
+            if msg.message_type == MessageType.RENEWAL_REQ:
+                raise BadRequestError("RenewalReq not signed by a valid certificate we issued",
+                                      public_text="renewal requires a valid certificate issued by this CA")
             if _spki_sha256(signer.public_key()) != _spki_sha256(csr.public_key()):
                 # RFC 8894 §2.3: without a certificate of ours, the request is signed with the
                 # key being certified (a self-signed certificate over the CSR's key).
                 raise MessageCheckError("PKCSReq signer key is not the CSR's key and the signer is not "
                                         "a certificate this CA issued")
-            prior = await self._prior_transaction(profile, msg.transaction_id, csr)
-            if prior is not None:
-                # A retransmission of a transaction we already know (issued or pending): issue()
-                # answers it idempotently, without spending a one-time challenge again.
-                requester = prior
-            else:
-                if await self.issuer.ledger.nonce_seen(nonce_scope, msg.sender_nonce.hex()):
-                    raise BadRequestError("replayed senderNonce", public_text="replayed message")
-                requester = await self._authorize(profile, msg, csr, remote)
-        # The nonce is recorded only once the request is authenticated (RFC 8894 §3.2.1.5), so
-        # anonymous traffic cannot fill the table; a concurrent replay loses the insert.
-        if not await self.issuer.remember_nonce(nonce_scope, msg.sender_nonce):
-            if renewal_of is None and prior is None:
-                raise BadRequestError("replayed senderNonce", public_text="replayed message")
         # A renewal is its own transaction even when the client keeps its transactionID (scepclient
         # and certmonger derive it from the unchanged key): scope it by the certificate renewed, so
         # a retransmitted renewal is still idempotent but never returns the old certificate.
         txid = msg.transaction_id if renewal_of is None else (
             f"{msg.transaction_id}#renew-{renewal_of.serial_number:x}")
-        outcome = await self.issuer.issue(
-            IssueRequest(csr=csr, profile=profile.name, requester=requester, channel=Channel.SCEP,
-                         transaction_id=txid, renewal_of=renewal_of)
-        )
+        outcome = await self.issuer.enroll(EnrollRequest(
+            csr=csr, profile=profile.name, channel=Channel.SCEP, claims=self._claims(profile, msg, csr, remote,
+                                                                                     renewal_of),
+            transaction_id=txid, renewal_of=renewal_of, nonce=(f"scep:{profile.name}", msg.sender_nonce)))
+        if renewal_of is not None and isinstance(outcome, Rejected) and \
+                outcome.reason is RejectReason.NOT_AUTHORIZED:
+            return self._failure(msg, FailInfo.BAD_REQUEST, "renewal not allowed for this certificate now")
         return self._outcome(profile, msg, signer, opened, outcome)
+
+    def _claims(self, profile: ScepProfile, msg: PkiMessage, csr: x509.CertificateSigningRequest,
+                remote: str | None, renewal_of: x509.Certificate | None) -> Claims:
+        """What the request offers: the renewing certificate, or the challengePassword (static,
+        one-time) and, last, the webhook's verdict (RFC 8894 §2.2)."""
+        if renewal_of is not None:
+            return Claims(accept=(frozenset({AuthMethod.RENEWAL_SIGNER}),), certificate=renewal_of, remote=remote)
+        accept = tuple(frozenset({_SCEP_AUTH[a]}) for a in profile.auth if a in _SCEP_AUTH)
+        challenge = challenge_password(csr)
+        voucher = None
+        if "webhook" in profile.auth and self.webhook is not None and profile.webhook_url:
+            url, webhook = profile.webhook_url, self.webhook
+            payload = {"profile": profile.name, "transaction_id": msg.transaction_id,
+                       "csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "challenge": challenge,
+                       "message_type": msg.message_type}
+            token = self.secrets.get(profile.name)
+
+            async def vouch() -> Requester | None:
+                if await webhook(url, payload, profile.webhook_timeout, token):
+                    return Requester(AuthMethod.WEBHOOK, url, None, remote)
+                return None
+
+            voucher = vouch
+        return Claims(accept=accept, challenge=challenge, voucher=voucher, remote=remote,
+                      identity=csr.subject.rfc4514_string(), namespace=f"scep:{profile.name}")
 
     async def _renewal_signer(
         self, profile: ScepProfile, signer: x509.Certificate, csr: x509.CertificateSigningRequest
     ) -> x509.Certificate | None:
-        """The certificate being renewed, if the signer is one we issued and may renew now."""
+        """The certificate being renewed: the signer, when one of our CAs signed it and it is in
+        its validity period (the core then applies the lifecycle rule). No ledger access."""
         if signer.issuer == signer.subject:
-            try:
-                signer.verify_directly_issued_by(signer)
-                return None  # self-signed: proves nothing (RFC 8894 §2.3)
-            except Exception:  # noqa: BLE001
-                pass
-        if not profile.renewal:
-            if await self.issuer.certificate_status(signer) is not None:
-                raise BadRequestError("renewal disabled for this profile", public_text="renewal not allowed")
+            return None  # self-signed: proves possession of its key, nothing else (RFC 8894 §2.3)
+        now = dt.datetime.now(dt.timezone.utc)
+        if not (signer.not_valid_before_utc <= now <= signer.not_valid_after_utc):
+            return None  # expired: authenticates nothing; enrol afresh
+        if not await self.issuer.issued_by_us(signer):
             return None
-        try:
-            record = await self.issuer.renewable(signer, profile.name, channel=Channel.SCEP)
-        except CAError as exc:
-            if exc.reason is not RejectReason.NOT_AUTHORIZED:
-                raise  # e.g. the ledger is down: a core error, answered with its fixed text
-            raise BadRequestError(exc.detail, public_text="renewal not allowed for this certificate now") from None
-        if record is None:
-            return None  # not ours, or expired: authenticates nothing; enrol afresh
+        if not profile.renewal:
+            raise BadRequestError("renewal disabled for this profile", public_text="renewal not allowed")
         # Byte-equal subject and subjectAltName, the rule EST reenroll applies (RFC 7030 §4.2.2).
         if csr.subject.public_bytes() != signer.subject.public_bytes():
             raise BadRequestError("renewal changes the subject", public_text="renewal must keep the subject")
@@ -376,57 +383,6 @@ class ScepService:
             raise BadRequestError("renewal changes the subjectAltName",
                                   public_text="renewal must keep the subjectAltName")
         return signer
-
-    async def _prior_transaction(
-        self, profile: ScepProfile, transaction_id: str, csr: x509.CertificateSigningRequest
-    ) -> Requester | None:
-        """The original requester when (profile, transactionID) is already known for this key."""
-        ledger = self.issuer.ledger
-        spki = _spki_sha256(csr.public_key())
-        known: list[tuple[str, str, str]] = []  # (requester, spki, auth method)
-        issued = await ledger.find_by_transaction(profile.name, transaction_id)
-        if issued:
-            known.append((issued[0].requester, issued[0].spki_sha256, issued[0].auth_method))
-        pending = await ledger.find_pending(profile.name, transaction_id=transaction_id)
-        if pending is not None:
-            known.append((pending.requester, pending.spki_sha256, pending.requester.partition(":")[0]))
-        if not known:
-            return None
-        requester, rec_spki, method = known[0]
-        if rec_spki != spki:
-            raise BadRequestError("transactionID already used with a different key",
-                                  public_text="transactionID already used with a different key")
-        return Requester(_method(method), requester.partition(":")[2] or requester)
-
-    async def _authorize(
-        self, profile: ScepProfile, msg: PkiMessage, csr: x509.CertificateSigningRequest, remote: str | None
-    ) -> Requester:
-        """Challenge, one-time challenge or webhook, in that order; fail closed. Failed attempts
-        are throttled per client address and per requested subject (ca/ratelimit.py)."""
-        throttle = Throttle(self.issuer.ledger)
-        identity, scope = csr.subject.rfc4514_string(), f"scep:{profile.name}"
-        if await throttle.blocked(remote, identity, scope):
-            raise BadRequestError("too many failed authentication attempts from this client or for this subject",
-                                  public_text="too many failed attempts; retry later")
-        challenge = challenge_password(csr)
-        if challenge:
-            if "challenge" in profile.auth and await self.issuer.check_static_challenge(profile.name, challenge):
-                return Requester(AuthMethod.CHALLENGE, "challenge", None, remote)
-            if "one-time" in profile.auth and await self.issuer.consume_one_time_challenge(profile.name, challenge):
-                return Requester(AuthMethod.ONE_TIME_CHALLENGE, "one-time-challenge", None, remote)
-        if "webhook" in profile.auth and self.webhook is not None and profile.webhook_url:
-            payload = {
-                "profile": profile.name,
-                "transaction_id": msg.transaction_id,
-                "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-                "challenge": challenge,
-                "message_type": msg.message_type,
-            }
-            token = self.secrets.get(profile.name)
-            if await self.webhook(profile.webhook_url, payload, profile.webhook_timeout, token):
-                return Requester(AuthMethod.WEBHOOK, profile.webhook_url, None, remote)
-        await throttle.failed(remote, identity, scope)
-        raise BadRequestError("challenge missing or wrong", public_text="not authorized")
 
     def _outcome(
         self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted,
@@ -453,42 +409,14 @@ class ScepService:
         self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted,
         remote: str | None,
     ) -> CertRep:
+        """CertPoll: correlated by transactionID and signer key (:meth:`ca.issuer.Issuer.poll`)."""
         IssuerAndSubject.from_der(opened.plaintext)  # well-formed; correlation is by transactionID
-        ledger = self.issuer.ledger
-        signer_spki = _spki_sha256(signer.public_key())
-        pending = await ledger.find_pending(profile.name, transaction_id=msg.transaction_id)
-        if pending is None:
-            issued = await ledger.find_by_transaction(profile.name, msg.transaction_id)
-            if issued and issued[0].der is not None and issued[0].spki_sha256 == signer_spki:
-                cert = x509.load_der_x509_certificate(issued[0].der)
-                return self._success(msg, signer, opened, cms.certs_only([cert]))
-            raise BadCertIdError("no request with this transactionID", public_text="unknown transaction")
-        if not await self._poll_signer_matches(pending.spki_sha256, pending.subject, signer, signer_spki):
-            raise BadCertIdError("CertPoll signer does not match the request",
-                                 public_text="unknown transaction")
-        csr = x509.load_der_x509_csr(pending.csr_der)
-        method, _, principal = pending.requester.partition(":")
-        outcome = await self.issuer.issue(
-            IssueRequest(csr=csr, profile=profile.name, requester=Requester(_method(method), principal, None, remote),
-                         channel=Channel.SCEP, transaction_id=msg.transaction_id)
-        )
+        outcome = await self.issuer.poll(profile.name, msg.transaction_id, signer, channel=Channel.SCEP, remote=remote)
+        if isinstance(outcome, Rejected) and outcome.reason is RejectReason.BAD_CERT_ID:
+            return self._failure(msg, FailInfo.BAD_CERT_ID, "unknown transaction")
+        if isinstance(outcome, Issued) and outcome.replayed:
+            return self._success(msg, signer, opened, cms.certs_only([outcome.certificate]))
         return self._outcome(profile, msg, signer, opened, outcome)
-
-    async def _poll_signer_matches(
-        self, request_spki: str, subject: str | None, signer: x509.Certificate, signer_spki: str
-    ) -> bool:
-        """CertPoll is keyed on transactionID and signer key (RFC 8894 §3.3.3).
-
-        The signer holds the requested key (initial enrollment), or is a valid certificate we
-        issued for the same subject (a renewal that went pending).
-        """
-        if signer_spki == request_spki:
-            return True
-        record = await self.issuer.certificate_status(signer)
-        return (
-            record is not None and not record.revoked and not record.retired
-            and subject is not None and signer.subject.rfc4514_string() == subject
-        )
 
     # --- GetCert / GetCRL (RFC 8894 §3.3.4) -------------------------------------------------------
     async def _ca_named(self, profile: ScepProfile, name: x509.Name) -> str | None:
@@ -496,7 +424,7 @@ class ScepService:
 
         Each CA's own subject names it. sscep builds the IssuerAndSerialNumber of GetCert and
         GetCRL from the first certificate GetCACert returned, which is our RA (RFC 8894 §4.2
-        puts the RA first); serial numbers are random and unique per CA (DESIGN.md step 5), so
+        puts the RA first); serial numbers are random and unique per CA (docs/ARCHITECTURE.md, issuance contract step 5), so
         the subject of the profile's RA certificates or of any certificate in the profile's CA
         chain names the profile's CA.
         """
@@ -512,49 +440,22 @@ class ScepService:
                 return self.issuer.profile(profile.name).ca
         return None
 
-    async def _entitled(self, signer: x509.Certificate, cert: x509.Certificate, device: str | None,
-                        subject: str | None) -> bool:
-        """May the signer of a GetCert read ``cert``? (RFC 8894 §3.3.4 leaves it to the CA.)
-
-        Yes when the signer is the certificate itself, or holds its key (a self-signed signer
-        over the certificate's public key: the key that requested it), or is a certificate we
-        issued that is valid now, not revoked or retired, for the same device (the same subject
-        when the ledger has no device).
-        """
-        if signer.public_bytes(serialization.Encoding.DER) == cert.public_bytes(serialization.Encoding.DER):
-            return True
-        if _spki_sha256(signer.public_key()) == _spki_sha256(cert.public_key()):
-            return True
-        record = await self.issuer.certificate_status(signer)
-        if record is None or record.revoked or record.retired:
-            return False
-        if not signer.not_valid_before_utc <= _now() <= signer.not_valid_after_utc:
-            return False
-        if device is not None and record.device is not None:
-            return record.device == device
-        return subject is not None and record.subject == subject
-
     async def _get_cert(
         self, profile: ScepProfile, msg: PkiMessage, signer: x509.Certificate, opened: cms.Decrypted
     ) -> CertRep:
         """GetCert: the certificate named by issuer and serial, for an entitled signer only
-        (:meth:`_entitled`); the issuer may be named by the RA (:meth:`_ca_named`). Unknown,
-        not issued, and not entitled all get the same badCertId and no certificate."""
+        (:meth:`ca.issuer.Issuer.certificate_for`); the issuer may be named by the RA
+        (:meth:`_ca_named`). Unknown, not issued, and not entitled all get the same badCertId
+        and no certificate."""
         ias = IssuerAndSerial.from_der(opened.plaintext)
         ca_name = await self._ca_named(profile, ias.issuer)
         if ca_name is None:
             raise BadCertIdError(f"GetCert names an issuer we do not know: {ias.issuer.rfc4514_string()}",
                                  public_text="no such certificate")
         try:
-            record = await self.issuer.get_certificate(ias.serial, ca_name)
-        except NotFoundError:
-            raise BadCertIdError(f"no certificate {ias.serial:x} of CA {ca_name}",
-                                 public_text="no such certificate") from None
-        assert record.der is not None  # status "issued"
-        cert = x509.load_der_x509_certificate(record.der)
-        if not await self._entitled(signer, cert, record.device, record.subject):
-            raise BadCertIdError(f"GetCert signer {_principal(signer)} may not read certificate {ias.serial:x}",
-                                 public_text="no such certificate")
+            cert = await self.issuer.certificate_for(ca_name, ias.serial, signer)
+        except NotFoundError as exc:
+            raise BadCertIdError(exc.detail, public_text="no such certificate") from None
         return self._success(msg, signer, opened, cms.certs_only([cert]))
 
     async def _get_crl(
@@ -568,13 +469,6 @@ class ScepService:
             raise BadCertIdError("GetCRL for another issuer", public_text="unknown issuer")
         crl = await self.issuer.crl_for_ca(ca_name)
         return self._success(msg, signer, opened, cms.certs_only([], [crl]))
-
-
-def _method(value: str) -> AuthMethod:
-    try:
-        return AuthMethod(value)
-    except ValueError:
-        return AuthMethod.CHALLENGE
 
 
 def _principal(cert: x509.Certificate | None) -> str:

@@ -1,4 +1,4 @@
-"""DESIGN.md's package rules, checked on the source: who may import whom."""
+"""docs/ARCHITECTURE.md's package rules, checked on the source: who may import whom."""
 
 from __future__ import annotations
 
@@ -68,3 +68,32 @@ def test_conformance_imports_nothing_from_the_server_side() -> None:
     for path in sources("conformance"):
         bad = {m for m in imports_of(path) if any(m == s or m.startswith(s + ".") for s in SERVER_SIDE)}
         assert not bad, f"{path} imports server code {bad}: the suite must judge bytes on its own"
+
+
+#: The issuance core's storage: only ca/ (and enroll/ wiring, the admin API, the CLI) may use it.
+LEDGER_MODULES = ("ca.ledger", "ca.unit_of_work", "ca.sqlite_writer", "ca.serials", "ca.ratelimit", "sqlalchemy")
+
+
+@pytest.mark.parametrize("pkg", ["est", "scep"])
+def test_protocol_services_never_touch_the_ledger(pkg: str) -> None:
+    """The core owns the unit of work (docs/ARCHITECTURE.md): EST and SCEP call one core method
+    per protocol action and neither import the ledger nor reach it through the issuer."""
+    for path in sources(pkg):
+        tree = ast.parse(path.read_text(), str(path))
+        bad = {m for m in imports_of(path) if any(m == s or m.startswith(s + ".") for s in LEDGER_MODULES)}
+        assert not bad, f"{path} imports {bad}"
+        touched = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "ledger"]
+        assert not touched, f"{path}: lines {touched} reach the ledger"
+
+
+@pytest.mark.parametrize("pkg", [*PACKAGES, "tests"])
+def test_comments_cite_only_what_is_in_the_repository(pkg: str) -> None:
+    """Code comments cite RFCs and the repository's own documents (docs/ARCHITECTURE.md,
+    README), never design notes or research kept outside it."""
+    outside = ("DESIGN.md", "research/", "../shared", "/work/shared")
+    for path in sources(pkg):
+        text = path.read_text()
+        if path.name == "test_import_rules.py":
+            continue
+        bad = [w for w in outside if w in text]
+        assert not bad, f"{path} cites {bad}"

@@ -1,4 +1,4 @@
-"""DESIGN.md convention 9: the packages are typed, checked with mypy --strict."""
+"""docs/ARCHITECTURE.md convention 9: the packages are typed, checked with mypy --strict."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CA backends by name: the ``backend = "..."`` of a ``[cas.NAME]`` table (DESIGN.md, "The CA
+"""CA backends by name: the ``backend = "..."`` of a ``[cas.NAME]`` table (docs/ARCHITECTURE.md, "Adding a CA
 backend and storage interfaces").
 
 ``local`` (a key this server holds, :class:`ca.local.LocalCA`) is built by the wiring because it

@@ -19,7 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ca.api import AuthMethod, BindIdentity, Channel, Issued, Rejected
 from ca.authz import TrustStore
 from ca.errors import AuthenticationError, AuthorizationError, RejectReason
-from ca.identity import CertificatePolicy, RevocationSource
+from ca.api import CertificatePolicy
+from ca.identity import RevocationSource
 from ca.issuer import Issuer
 from enroll.pki import DevPKI
 from tests.conftest import make_csr, request

@@ -1,4 +1,4 @@
-"""The issuance contract (DESIGN.md) on the real local CA and a real SQLite ledger."""
+"""The issuance contract (docs/ARCHITECTURE.md) on the real local CA and a real SQLite ledger."""
 
 from __future__ import annotations
 

@@ -33,6 +33,13 @@ def _bank_csr() -> bytes:
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
 
 
+def _same_names_csr(cert: x509.Certificate) -> bytes:
+    """A renewal request: the certificate's own subject, a fresh key (RFC 7030 §4.2.2)."""
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(cert.subject)
+           .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
+
+
 async def _post(url: str, ca: Path, path: str, body: bytes, cert: tuple[str, str]) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(*cert)
@@ -61,7 +68,7 @@ async def test_revoked_router_certificate_cannot_enroll_a_server_certificate_on_
     assert status == 403, text
     assert "revoked" in text
     assert serve.issued() == before
-    audit = serve.cli("audit", "--event", "est-enroll").stdout
+    audit = serve.cli("audit", "--event", "issue").stdout
     assert "revoked" in audit
 
 
@@ -73,8 +80,8 @@ async def test_valid_certificate_from_another_profile_is_refused(est_server: Est
                                _bank_csr(), _write_identity(tmp_path, "router", cert, key))
     assert status == 403 and "profile 'router'" in text, text
     assert await est_server.issued() == before
-    [row] = await est_server.issuer.ledger.audit_records(1, event="est-enroll")
-    assert not row.ok and "profile 'router'" in (row.reason or "")
+    [row] = await est_server.issuer.ledger.audit_records(1, event="issue")
+    assert not row.ok and "profile 'router'" in (row.reason or "") and "router-x" in (row.requester or "")
 
 
 async def _gateway_identity(srv: EstServer, tmp_path: Path, cn: str) -> tuple[x509.Certificate, tuple[str, str]]:
@@ -92,7 +99,7 @@ async def test_held_certificate_is_refused_until_released(est_server: EstServer,
                                _bank_csr(), ident)
     assert status == 403 and "on hold" in text, text
     status, text = await _post(est_server.url, est_server.ca_file, "/.well-known/est/gateway/simplereenroll",
-                               _bank_csr(), ident)
+                               _same_names_csr(cert), ident)
     assert status == 403 and "on hold" in text, text
     assert await est_server.issued() == before
     await est_server.issuer.unhold(cert.serial_number)
@@ -105,9 +112,9 @@ async def test_certificate_of_retired_device_is_refused(est_server: EstServer, t
     cert, ident = await _gateway_identity(est_server, tmp_path, "gw-retired")
     await est_server.issuer.retire(cert.serial_number)
     before = await est_server.issued()
-    for op in ("simpleenroll", "simplereenroll"):
+    for op, body in (("simpleenroll", _bank_csr()), ("simplereenroll", _same_names_csr(cert))):
         status, text = await _post(est_server.url, est_server.ca_file, f"/.well-known/est/gateway/{op}",
-                                   _bank_csr(), ident)
+                                   body, ident)
         assert status == 403 and "retired" in text, (op, text)
     assert await est_server.issued() == before
 

@@ -47,11 +47,16 @@ def _est_status(h: Harness, body: bytes) -> int:
 @given(body=mutated(EST_SEEDS).map(base64.b64encode))
 def test_mutated_est_bodies(harness: Harness, body: bytes) -> None:
     before_rows, before_audit = harness.rows(), harness.audit_count()
+    before_counted = sum(harness.issuer.refusal_counts.values())
     status = _est_status(harness, body)
     assert status in (200, 400, 403), status
     if status != 200:
         assert harness.rows() == before_rows
-        assert harness.audit_count() == before_audit + 1
+        # Refused after authentication: written. Refused before (the CSR does not parse, so the
+        # credentials were never checked): counted and sampled (ca/ratelimit.py RefusalSampler).
+        written = harness.audit_count() - before_audit
+        counted = sum(harness.issuer.refusal_counts.values()) - before_counted
+        assert written == 1 or (written <= 2 and counted == 1), (written, counted)
 
 
 @pytest.mark.parametrize("shape", sorted(structural_cases()))

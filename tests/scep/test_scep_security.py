@@ -190,16 +190,17 @@ async def test_unauthenticated_pkcsreq_records_no_nonce(env: Env) -> None:
     await _assert_failure(env, _pkcsreq(env, simple_csr(key, "anon", "wrong"), key, txid="ANON", nonce=nonce),
                           FailInfo.BAD_REQUEST)
     assert not await env.issuer.ledger.nonce_seen("scep:router", nonce.hex())
-    assert any(r == "BAD_REQUEST: challenge missing or wrong" for r in await _audit_reasons(env.issuer))
+    assert any(r == "unauthenticated: challenge missing or wrong" for r in await _audit_reasons(env.issuer))
     ok_nonce = new_nonce()
     ok = await env.send(_pkcsreq(env, simple_csr(key, "anon", env.challenge), key, txid="AUTHED", nonce=ok_nonce))
     assert ok.status is PkiStatus.SUCCESS
     assert await env.issuer.ledger.nonce_seen("scep:router", ok_nonce.hex())
 
 
-async def test_replay_of_an_authenticated_but_refused_request_is_refused(env: Env) -> None:
-    """Authorized (right challenge), refused by policy (EC key on the RSA-only router profile):
-    the nonce is recorded, so the same bytes again are a replay."""
+async def test_replay_of_a_refused_request_is_refused_again(env: Env) -> None:
+    """Right challenge, refused by policy (EC key on the RSA-only router profile): nothing is
+    written but the refusal (the unit of work records a nonce only with what it issues), so the
+    same bytes again get the same refusal and still issue nothing."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec-router")])).add_attribute(
@@ -212,8 +213,8 @@ async def test_replay_of_an_authenticated_but_refused_request_is_refused(env: En
     der = _pkcsreq(env, csr, key, signer=signer, txid="EC-REPLAY")
     first = await _assert_failure(env, der, FailInfo.BAD_ALG)
     assert first.fail_info_text == "algorithm not allowed"
-    replay = await _assert_failure(env, der, FailInfo.BAD_REQUEST)
-    assert replay.fail_info_text == "replayed message"
+    replay = await _assert_failure(env, der, FailInfo.BAD_ALG)
+    assert replay.fail_info_text == "algorithm not allowed"
 
 
 async def test_old_nonces_are_pruned(issuer: Issuer) -> None:
@@ -234,11 +235,11 @@ SECRET = "could not connect to postgresql://enroll:hunter2@db.internal:5432/enro
 
 
 async def test_core_error_detail_never_reaches_the_client(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CAError raised inside the service (the ledger down while looking up the transaction)."""
+    """A CAError raised inside the core (the ledger down at the unit of work's read)."""
     async def down(*_a: Any, **_kw: Any) -> Any:
         raise LedgerError(SECRET)
 
-    monkeypatch.setattr(env.issuer.ledger, "find_by_transaction", down)
+    monkeypatch.setattr(env.issuer.ledger, "gate", down)
     key = rsa_key(52)
     der = _pkcsreq(env, simple_csr(key, "outage", env.challenge), key, txid="OUTAGE-1")
     rep = await _assert_failure(env, der, FailInfo.BAD_REQUEST)
