@@ -14,15 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import os
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from asn1crypto import algos, cms, core, keys
+from asn1crypto import algos, cms, keys
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as apadding
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.serialization import pkcs7
 
+from ca import cms_der
 from ca.keys import FileKey, Signer
 from est.asn1 import Oid, RawAsymmetricKeyPackage
 from est.errors import BadRequest, ProtocolError
@@ -185,7 +185,7 @@ def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
     ``[0]``, no signerInfos (RFC 7030 §4.1.3, RFC 5652 §5)."""
     if not certs:
         raise ValueError("certs-only needs at least one certificate")
-    return pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
+    return cms_der.certs_only([c.public_bytes(serialization.Encoding.DER) for c in certs], sort=True)
 
 
 def decode_certs_only(der: bytes) -> tuple[x509.Certificate, ...]:
@@ -441,68 +441,75 @@ def as_signer(key: Signer | PrivateKeyTypes) -> Signer:
     raise ValueError(f"unsupported signing key {type(key).__name__}")
 
 
+@functools.lru_cache(maxsize=16)
+def _package_signer_template(signer_cert: x509.Certificate, sig_name: str, digest_name: str) -> cms_der.SignerTemplate:
+    """The key package signer's blobs, encoded once (RFC 5652 §5.3): issuerAndSerialNumber,
+    the digest and signature AlgorithmIdentifiers, the signer certificate."""
+    der = signer_cert.public_bytes(serialization.Encoding.DER)
+    return cms_der.SignerTemplate(
+        sid=cms_der.issuer_and_serial_number(der),
+        digest_algorithm=bytes(algos.DigestAlgorithm({"algorithm": digest_name}).dump()),
+        signature_algorithm=bytes(algos.SignedDigestAlgorithm({"algorithm": sig_name}).dump()),
+        certificates=cms_der.certificate_set([der]),
+    )
+
+
+_KP_A_KEY_PACKAGE = cms_der.oid(Oid.KP_A_KEY_PACKAGE)
+_CONTENT_TYPE_KEY_PACKAGE = cms_der.attribute(cms_der.ID_CONTENT_TYPE, _KP_A_KEY_PACKAGE)
+
+
 def _signed_key_package(
     pkcs8_der: bytes, signer_key: Signer, signer_cert: x509.Certificate
 ) -> bytes:
     """SignedData (v3, eContentType id-ct-KP-aKeyPackage) over an AsymmetricKeyPackage holding
     the one generated key, signed by the party that generated it (RFC 7030 §4.4.2)."""
     keys.PrivateKeyInfo.load(pkcs8_der, strict=True)  # must be a PrivateKeyInfo
-    package = bytes(RawAsymmetricKeyPackage([core.Any.load(pkcs8_der)]).dump())
+    package = cms_der.tlv(0x30, pkcs8_der)  # AsymmetricKeyPackage: SEQUENCE OF OneAsymmetricKey
     digest_name, sig_name = _signature_algorithm(signer_key)
     digest = hashlib.new(digest_name, package).digest()
-    signed_attrs = cms.CMSAttributes(
+    signed_attrs = cms_der.signed_attributes(
         [
-            cms.CMSAttribute({"type": "content_type", "values": [Oid.KP_A_KEY_PACKAGE]}),
-            cms.CMSAttribute(
-                {"type": "signing_time", "values": [cms.Time({"utc_time": _now()})]}
-            ),
-            cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
+            _CONTENT_TYPE_KEY_PACKAGE,
+            cms_der.attribute(cms_der.ID_SIGNING_TIME, cms_der.utc_time(_now())),
+            cms_der.attribute(cms_der.ID_MESSAGE_DIGEST, cms_der.octet_string(digest)),
         ]
     )
     # RFC 5652 §5.4: the signature covers the DER of the attributes with a SET OF tag.
-    signature = _sign(signer_key, signed_attrs.dump(force=True), digest_name)
-    acert = _asn1_cert(signer_cert)
-    signer_info = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                name="issuer_and_serial_number",
-                value=cms.IssuerAndSerialNumber(
-                    {"issuer": acert.issuer, "serial_number": acert.serial_number}
-                ),
-            ),
-            "digest_algorithm": {"algorithm": digest_name},
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": {"algorithm": sig_name},
-            "signature": signature,
-        }
+    return cms_der.signed_data(
+        _package_signer_template(signer_cert, sig_name, digest_name),
+        version=3,  # RFC 5652 §5.1: eContentType is not id-data
+        econtent_type=_KP_A_KEY_PACKAGE,
+        econtent=package,
+        signed_attrs=signed_attrs,
+        signature=_sign(signer_key, signed_attrs, digest_name),
     )
-    signed = cms.SignedData(
-        {
-            "version": "v3",  # RFC 5652 §5.1: eContentType is not id-data
-            "digest_algorithms": [{"algorithm": digest_name}],
-            "encap_content_info": {
-                "content_type": Oid.KP_A_KEY_PACKAGE,
-                "content": core.ParsableOctetString(package),
-            },
-            "certificates": [acert],
-            "signer_infos": [signer_info],
-        }
-    )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
-def _asn1_cert(cert: x509.Certificate) -> Any:
-    from asn1crypto import x509 as ax509
-
-    return ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-
-
-_WRAP_BY_LEN = {16: "aes128_wrap", 24: "aes192_wrap", 32: "aes256_wrap"}
+#: AES key wrap by KEK length (RFC 3394 §3 OIDs as registered by RFC 3565 §2.3.2)
+_WRAP_BY_LEN = {
+    16: cms_der.oid("2.16.840.1.101.3.4.1.5"),
+    24: cms_der.oid("2.16.840.1.101.3.4.1.25"),
+    32: cms_der.oid("2.16.840.1.101.3.4.1.45"),
+}
+_AES256_CBC = cms_der.oid("2.16.840.1.101.3.4.1.42")
+#: RSAES-OAEP with SHA-256 and MGF1-SHA-256 (RFC 8017 A.2.1, RFC 4055 §4.1)
+_RSAES_OAEP_SHA256 = bytes(
+    algos.EncryptionAlgorithm(
+        {
+            "algorithm": "rsaes_oaep",
+            "parameters": algos.RSAESOAEPParams(
+                {
+                    "hash_algorithm": {"algorithm": "sha256"},
+                    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
+                }
+            ),
+        }
+    ).dump()
+)
 
 
 def build_server_generated_key(
@@ -525,16 +532,10 @@ def build_server_generated_key(
         alg = _WRAP_BY_LEN.get(len(recipient.kek))
         if alg is None:
             raise ValueError("KEK must be 16, 24 or 32 bytes (AES key wrap)")
-        ri = cms.RecipientInfo(
-            name="kekri",
-            value=cms.KEKRecipientInfo(
-                {
-                    "version": "v4",
-                    "kekid": {"key_identifier": recipient.key_id},
-                    "key_encryption_algorithm": {"algorithm": alg},
-                    "encrypted_key": keywrap.aes_key_wrap(recipient.kek, cek),
-                }
-            ),
+        ri = cms_der.kek_recipient(
+            recipient.key_id,
+            cms_der.algorithm_identifier(alg),
+            keywrap.aes_key_wrap(recipient.kek, cek),
         )
     else:
         pub = recipient.certificate.public_key()
@@ -549,42 +550,19 @@ def build_server_generated_key(
                 mgf=apadding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
             ),
         )
-        ri = cms.RecipientInfo(
-            name="ktri",
-            value=cms.KeyTransRecipientInfo(
-                {
-                    "version": "v2",  # rid is subjectKeyIdentifier (RFC 5652 §6.2.1)
-                    "rid": cms.RecipientIdentifier(
-                        name="subject_key_identifier", value=recipient.key_id
-                    ),
-                    "key_encryption_algorithm": {
-                        "algorithm": "rsaes_oaep",
-                        "parameters": algos.RSAESOAEPParams(
-                            {
-                                "hash_algorithm": {"algorithm": "sha256"},
-                                "mask_gen_algorithm": {
-                                    "algorithm": "mgf1",
-                                    "parameters": {"algorithm": "sha256"},
-                                },
-                            }
-                        ),
-                    },
-                    "encrypted_key": encrypted_key,
-                }
-            ),
+        # version 2: rid is [0] subjectKeyIdentifier (RFC 5652 §6.2.1)
+        ri = cms_der.key_trans_recipient(
+            2, cms_der.tlv(0x80, recipient.key_id), _RSAES_OAEP_SHA256, encrypted_key
         )
-    enveloped = cms.EnvelopedData(
-        {
-            "version": "v2",  # RFC 5652 §6.1: a v2 ktri or a kekri present
-            "recipient_infos": [ri],
-            "encrypted_content_info": {
-                "content_type": "signed_data",
-                "content_encryption_algorithm": {"algorithm": "aes256_cbc", "parameters": iv},
-                "encrypted_content": ciphertext,
-            },
-        }
+    return cms_der.enveloped_data(
+        version=2,  # RFC 5652 §6.1: a v2 ktri or a kekri present
+        recipient_infos=[ri],
+        content_type=cms_der.ID_SIGNED_DATA,
+        content_encryption_algorithm=cms_der.algorithm_identifier(
+            _AES256_CBC, cms_der.octet_string(iv)
+        ),
+        encrypted_content=ciphertext,
     )
-    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
 
 
 @dataclass(frozen=True)

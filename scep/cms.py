@@ -23,6 +23,7 @@ Rules that the wire makes surprising:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import os
 from collections.abc import Callable, Collection, Sequence
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ca import cms_der
 from scep.asn1 import BerContentInfo, ber_octets, raw_encoding  # importing registers the SCEP attributes
 from scep.errors import BadAlgError, MessageCheckError, ScepDecodeError
 
@@ -436,30 +438,9 @@ def _unpad(data: bytes, block: int) -> bytes:
     return data[:-n]
 
 
-def encrypt_enveloped(
-    plaintext: bytes,
-    recipient: x509.Certificate,
-    cipher: str = "aes256",
-    key_transport: KeyTransport | None = None,
-) -> bytes:
-    """Build a DER EnvelopedData ContentInfo for one RSA recipient (RFC 5652 §6.1).
-
-    Version 0, KeyTransRecipientInfo by issuerAndSerialNumber, primitive encryptedContent.
-    """
-    if cipher not in CIPHERS:
-        raise BadAlgError(f"cipher {cipher!r} unknown")
-    transport = key_transport or KeyTransport()
-    alg_id, key_len, block = CIPHERS[cipher]
-    key = os.urandom(key_len)
-    iv = os.urandom(block)
-    pad = block - len(plaintext) % block
-    enc = Cipher(_block_cipher(cipher, key), modes.CBC(iv)).encryptor()
-    ciphertext = enc.update(plaintext + bytes([pad]) * pad) + enc.finalize()
-    pub = recipient.public_key()
-    if not isinstance(pub, rsa.RSAPublicKey):
-        raise BadAlgError("recipient key is not RSA: SCEP key transport needs RSA")
-    encrypted_key = pub.encrypt(key, transport.padding())
-    acert = ax509.Certificate.load(recipient.public_bytes(serialization.Encoding.DER))
+@functools.lru_cache(maxsize=16)
+def _key_encryption_algorithm(transport: KeyTransport) -> bytes:
+    """The KeyEncryptionAlgorithmIdentifier DER of ``transport`` (encoded once per process)."""
     if transport.oaep:
         kea = cms.KeyEncryptionAlgorithm(
             {
@@ -477,45 +458,50 @@ def encrypt_enveloped(
         )
     else:
         kea = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()})
-    ktri = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(
-                name="issuer_and_serial_number",
-                value=cms.IssuerAndSerialNumber(
-                    {"issuer": acert.issuer, "serial_number": acert.serial_number}
-                ),
-            ),
-            "key_encryption_algorithm": kea,
-            "encrypted_key": encrypted_key,
-        }
+    return bytes(kea.dump(force=True))
+
+
+#: content-encryption cipher name -> its OID TLV (RFC 8018 B.2.1, RFC 3565 §4.1)
+_CIPHER_OIDS: dict[str, bytes] = {
+    name: cms_der.oid(algos.EncryptionAlgorithmId.unmap(alg_id)) for name, (alg_id, _k, _b) in CIPHERS.items()
+}
+
+
+def encrypt_enveloped(
+    plaintext: bytes,
+    recipient: x509.Certificate,
+    cipher: str = "aes256",
+    key_transport: KeyTransport | None = None,
+) -> bytes:
+    """Build a DER EnvelopedData ContentInfo for one RSA recipient (RFC 5652 §6.1).
+
+    Version 0, KeyTransRecipientInfo by issuerAndSerialNumber, primitive encryptedContent.
+    """
+    if cipher not in CIPHERS:
+        raise BadAlgError(f"cipher {cipher!r} unknown")
+    transport = key_transport or KeyTransport()
+    _alg_id, key_len, block = CIPHERS[cipher]
+    key = os.urandom(key_len)
+    iv = os.urandom(block)
+    pad = block - len(plaintext) % block
+    enc = Cipher(_block_cipher(cipher, key), modes.CBC(iv)).encryptor()
+    ciphertext = enc.update(plaintext + bytes([pad]) * pad) + enc.finalize()
+    pub = recipient.public_key()
+    if not isinstance(pub, rsa.RSAPublicKey):
+        raise BadAlgError("recipient key is not RSA: SCEP key transport needs RSA")
+    encrypted_key = pub.encrypt(key, transport.padding())
+    rid = cms_der.issuer_and_serial_number(recipient.public_bytes(serialization.Encoding.DER))
+    ktri = cms_der.key_trans_recipient(0, rid, _key_encryption_algorithm(transport), encrypted_key)
+    return cms_der.enveloped_data(
+        version=0,
+        recipient_infos=[ktri],
+        content_type=cms_der.ID_DATA,
+        content_encryption_algorithm=cms_der.algorithm_identifier(_CIPHER_OIDS[cipher], cms_der.octet_string(iv)),
+        encrypted_content=ciphertext,
     )
-    env = cms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": [cms.RecipientInfo(name="ktri", value=ktri)],
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {"algorithm": alg_id, "parameters": core.OctetString(iv)},
-                "encrypted_content": ciphertext,
-            },
-        }
-    )
-    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": env}).dump(force=True))
 
 
 # --- SignedData building ------------------------------------------------------------------
-
-
-def _der_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + _der_len(len(content)) + content
 
 
 def certs_only(
@@ -527,18 +513,10 @@ def certs_only(
     certificates keeps the caller's order (issued certificate or RA first): the set is covered by
     no signature and clients read ``certs[0]``.
     """
-    version = _tlv(0x02, b"\x01")
-    digest_algs = _tlv(0x31, b"")
-    encap = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a864886f70d010701")))  # id-data
-    body = version + digest_algs + encap
-    if certificates:
-        body += _tlv(0xA0, b"".join(c.public_bytes(serialization.Encoding.DER) for c in certificates))
-    if crls:
-        body += _tlv(0xA1, b"".join(c.public_bytes(serialization.Encoding.DER) for c in crls))
-    body += _tlv(0x31, b"")
-    signed = _tlv(0x30, body)
-    # ContentInfo { id-signedData, [0] EXPLICIT SignedData }
-    return _tlv(0x30, _tlv(0x06, bytes.fromhex("2a864886f70d010702")) + _tlv(0xA0, signed))
+    return cms_der.certs_only(
+        [c.public_bytes(serialization.Encoding.DER) for c in certificates],
+        [c.public_bytes(serialization.Encoding.DER) for c in crls],
+    )
 
 
 def parse_certs_only(der: bytes) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
@@ -553,9 +531,42 @@ def parse_certs_only(der: bytes) -> tuple[list[x509.Certificate], list[x509.Cert
     return certs, crls
 
 
+@functools.lru_cache(maxsize=64)
+def signer_template(
+    signer_cert: x509.Certificate, digest: str, certificates: tuple[x509.Certificate, ...]
+) -> cms_der.SignerTemplate:
+    """The per-signer blobs of a SCEP SignedData, encoded once per (signer, digest, chain):
+    issuerAndSerialNumber, the digest AlgorithmIdentifier, rsaEncryption (RSA) or
+    ecdsa-with-SHA* (EC) and the DER-sorted certificates (RFC 5652 §5.1, §5.3)."""
+    pub = signer_cert.public_key()
+    if isinstance(pub, rsa.RSAPublicKey):
+        sig_alg = cms.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"})
+    elif isinstance(pub, ec.EllipticCurvePublicKey):
+        sig_alg = cms.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"})
+    else:
+        raise BadAlgError("signer key must be RSA or EC")
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in certificates]
+    return cms_der.SignerTemplate(
+        sid=cms_der.issuer_and_serial_number(signer_cert.public_bytes(serialization.Encoding.DER)),
+        digest_algorithm=bytes(algos.DigestAlgorithm({"algorithm": digest}).dump()),
+        signature_algorithm=bytes(sig_alg.dump()),
+        certificates=cms_der.certificate_set(ders),
+    )
+
+
+def attribute(attr_type: str, value: bytes) -> bytes:
+    """One signed attribute with a single encoded value (RFC 5652 §5.3), type as dotted OID."""
+    return cms_der.attribute(_attr_oid(attr_type), value)
+
+
+@functools.lru_cache(maxsize=32)
+def _attr_oid(dotted: str) -> bytes:
+    return cms_der.oid(dotted)
+
+
 def sign_signed_data(
     content: bytes | None,
-    attributes: Sequence[cms.CMSAttribute],
+    attributes: Sequence[cms.CMSAttribute | bytes],
     signer_cert: x509.Certificate,
     sign: Sign,
     digest: str = "sha256",
@@ -567,62 +578,32 @@ def sign_signed_data(
     ``content`` (id-data) may be None: FAILURE/PENDING CertReps carry no pkcsPKIEnvelope; the
     messageDigest is then over the empty string. SignerInfo.signatureAlgorithm is rsaEncryption
     for RSA keys (the form strict clients accept); signed attributes are DER-sorted.
+    ``attributes`` are DER (:func:`attribute`) or asn1crypto CMSAttribute objects.
     """
     hash_alg = hash_for(digest)
+    certs = tuple(certificates) if certificates is not None else (signer_cert,)
+    template = signer_template(signer_cert, digest, certs)
     h = hashes.Hash(hash_alg)
     h.update(content or b"")
     attrs = [
-        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-        cms.CMSAttribute({"type": "message_digest", "values": [h.finalize()]}),
+        _CONTENT_TYPE_DATA,
+        cms_der.attribute(cms_der.ID_MESSAGE_DIGEST, cms_der.octet_string(h.finalize())),
     ]
     if signing_time is not None:
-        attrs.append(cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": signing_time})]}))
-    attrs.extend(attributes)
-    signed_attrs = cms.CMSAttributes(attrs)
-    to_sign = signed_attrs.dump(force=True)  # SET OF, sorted by asn1crypto = DER
-    signature = sign(to_sign, hash_alg)
-    pub = signer_cert.public_key()
-    if isinstance(pub, rsa.RSAPublicKey):
-        sig_alg = {"algorithm": "rsassa_pkcs1v15"}
-    elif isinstance(pub, ec.EllipticCurvePublicKey):
-        sig_alg = {"algorithm": f"{digest}_ecdsa"}
-    else:
-        raise BadAlgError("signer key must be RSA or EC")
-    acert = ax509.Certificate.load(signer_cert.public_bytes(serialization.Encoding.DER))
-    signer_info = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                name="issuer_and_serial_number",
-                value=cms.IssuerAndSerialNumber({"issuer": acert.issuer, "serial_number": acert.serial_number}),
-            ),
-            "digest_algorithm": {"algorithm": digest},
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": sig_alg,
-            "signature": signature,
-        }
+        attrs.append(cms_der.attribute(cms_der.ID_SIGNING_TIME, cms_der.utc_time(signing_time)))
+    attrs.extend(a if isinstance(a, bytes) else bytes(a.dump(force=True)) for a in attributes)
+    signed_attrs = cms_der.signed_attributes(attrs)
+    return cms_der.signed_data(
+        template,
+        version=1,
+        econtent_type=cms_der.ID_DATA,
+        econtent=content,
+        signed_attrs=signed_attrs,
+        signature=sign(signed_attrs, hash_alg),
     )
-    certs = list(certificates) if certificates is not None else [signer_cert]
-    encap: dict[str, object] = {"content_type": "data"}
-    if content is not None:
-        encap["content"] = content
-    sd = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [{"algorithm": digest}],
-            "encap_content_info": encap,
-            "certificates": [
-                cms.CertificateChoices(
-                    name="certificate",
-                    value=ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER)),
-                )
-                for c in certs
-            ],
-            "signer_infos": [signer_info],
-        }
-    )
-    # No force=True here: the certificates keep their own DER instead of a parse/re-encode round trip.
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": sd}).dump())
+
+
+_CONTENT_TYPE_DATA = cms_der.attribute(cms_der.ID_CONTENT_TYPE, cms_der.ID_DATA)
 
 
 def rsa_signer(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> Sign:

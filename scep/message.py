@@ -25,7 +25,17 @@ from asn1crypto import cms as acms
 from asn1crypto import x509 as ax509
 from cryptography import x509
 
+from ca import cms_der
 from scep import cms
+from scep.asn1 import (
+    OID_FAIL_INFO,
+    OID_FAIL_INFO_TEXT,
+    OID_MESSAGE_TYPE,
+    OID_PKI_STATUS,
+    OID_RECIPIENT_NONCE,
+    OID_SENDER_NONCE,
+    OID_TRANSACTION_ID,
+)
 from scep.asn1 import FailInfo, IssuerAndSubject as _AsnIssuerAndSubject, MessageType, PkiStatus
 from scep.errors import BadRequestError, ScepDecodeError
 
@@ -72,8 +82,23 @@ def _octets(name: str, sm: cms.SignedMessage, *, required: bool = True) -> bytes
     return data
 
 
-def _attr(name: str, value: object) -> acms.CMSAttribute:
-    return acms.CMSAttribute({"type": name, "values": [value]})
+#: SCEP signed attributes (RFC 8894 §3.2.1): asn1crypto name -> (OID, value encoder)
+_ATTRIBUTES = {
+    "scep_message_type": (OID_MESSAGE_TYPE, cms_der.printable_string),
+    "scep_pki_status": (OID_PKI_STATUS, cms_der.printable_string),
+    "scep_fail_info": (OID_FAIL_INFO, cms_der.printable_string),
+    "scep_transaction_id": (OID_TRANSACTION_ID, cms_der.printable_string),
+    "scep_fail_info_text": (OID_FAIL_INFO_TEXT, cms_der.utf8_string),
+    "scep_sender_nonce": (OID_SENDER_NONCE, cms_der.octet_string),
+    "scep_recipient_nonce": (OID_RECIPIENT_NONCE, cms_der.octet_string),
+}
+
+
+def _attr(name: str, value: str | bytes) -> bytes:
+    """One SCEP signed attribute in DER (RFC 8894 §3.2.1): PrintableString, UTF8String
+    (failInfoText) or OCTET STRING (nonces)."""
+    oid, encode = _ATTRIBUTES[name]
+    return cms.attribute(oid, encode(value))  # type: ignore[operator]
 
 
 # --- messageData payloads --------------------------------------------------------------------

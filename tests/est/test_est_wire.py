@@ -395,3 +395,123 @@ def test_server_generated_ec_key_with_leading_zero_survives_byte_exact() -> None
     der = wire.build_server_generated_key(p8, signer_key=signer_key,
                                           signer_cert=selfsigned(signer_key, "s"), recipient=kek)
     assert wire.open_server_generated_key(der, kek=kek).pkcs8_der == p8
+
+
+# --- byte-exact against the previous builders (issue 13: CMS by concatenation) ------------------
+# cryptography's PKCS#7 serializer and the asn1crypto code est/wire.py used before ca/cms_der.py
+# are the references; the concatenated DER must equal them for the same inputs.
+
+
+def test_certs_only_is_byte_identical_to_cryptography_pkcs7() -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    certs = [selfsigned(ec.generate_private_key(ec.SECP256R1()), f"c{i}") for i in range(4)]
+    assert wire.encode_certs_only(certs) == pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
+    assert wire.encode_certs_only(certs[:1]) == pkcs7.serialize_certificates(certs[:1], serialization.Encoding.DER)
+
+
+_FIXED_NOW = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+
+
+def _reference_key_package(pkcs8_der: bytes, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bytes:
+    from asn1crypto import cms, core
+    from asn1crypto import x509 as ax509
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    package = bytes(asn1.RawAsymmetricKeyPackage([core.Any.load(pkcs8_der)]).dump())
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(package)
+    signed_attrs = cms.CMSAttributes([
+        cms.CMSAttribute({"type": "content_type", "values": [asn1.Oid.KP_A_KEY_PACKAGE]}),
+        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": _FIXED_NOW})]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [digest.finalize()]}),
+    ])
+    signature = key.sign(signed_attrs.dump(force=True), padding.PKCS1v15(), hashes.SHA256())
+    acert = ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    signer_info = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber(
+            {"issuer": acert.issuer, "serial_number": acert.serial_number})),
+        "digest_algorithm": {"algorithm": "sha256"},
+        "signed_attrs": signed_attrs,
+        "signature_algorithm": {"algorithm": "sha256_rsa"},
+        "signature": signature,
+    })
+    signed = cms.SignedData({
+        "version": "v3",
+        "digest_algorithms": [{"algorithm": "sha256"}],
+        "encap_content_info": {"content_type": asn1.Oid.KP_A_KEY_PACKAGE,
+                               "content": core.ParsableOctetString(package)},
+        "certificates": [acert],
+        "signer_infos": [signer_info],
+    })
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
+
+
+def _reference_envelope(ri: object, iv: bytes, ciphertext: bytes) -> bytes:
+    from asn1crypto import cms
+
+    enveloped = cms.EnvelopedData({
+        "version": "v2",
+        "recipient_infos": [ri],
+        "encrypted_content_info": {
+            "content_type": "signed_data",
+            "content_encryption_algorithm": {"algorithm": "aes256_cbc", "parameters": iv},
+            "encrypted_content": ciphertext,
+        },
+    })
+    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
+
+
+@pytest.mark.parametrize("kek_len", [16, 24, 32, None])
+def test_server_generated_key_is_byte_identical_to_asn1crypto(
+    monkeypatch: pytest.MonkeyPatch, kek_len: int | None
+) -> None:
+    """RSA PKCS#1 v1.5 signatures are deterministic, so the signed key package is compared whole;
+    the envelope's random parts (content key, IV, OAEP) are read back from our output."""
+    from asn1crypto import algos, cms
+    from cryptography.hazmat.primitives import keywrap, padding as sympadding
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    monkeypatch.setattr(wire, "_now", lambda: _FIXED_NOW)
+    p8, _ = _generated()
+    signer_key = rsa.generate_private_key(65537, 2048)
+    signer = selfsigned(signer_key, "est-server")
+    device_key = rsa.generate_private_key(65537, 2048)
+    recipient: wire.KekRecipient | wire.KeyTransRecipient
+    if kek_len is None:
+        device = selfsigned(device_key, "device")
+        recipient = wire.KeyTransRecipient(device, wire.subject_key_identifier(device))
+    else:
+        recipient = wire.KekRecipient(b"kid-" + bytes([kek_len]), os.urandom(kek_len))
+    der = wire.build_server_generated_key(p8, signer_key=signer_key, signer_cert=signer, recipient=recipient)
+
+    env = cms.ContentInfo.load(der)["content"]
+    got_ri = env["recipient_infos"][0]
+    encrypted_key = bytes(got_ri.chosen["encrypted_key"].native)
+    eci = env["encrypted_content_info"]
+    iv = bytes(eci["content_encryption_algorithm"]["parameters"].native)
+    ciphertext = bytes(eci["encrypted_content"].native)
+    if isinstance(recipient, wire.KekRecipient):
+        cek = keywrap.aes_key_unwrap(recipient.kek, encrypted_key)
+        ri = cms.RecipientInfo(name="kekri", value=cms.KEKRecipientInfo({
+            "version": "v4", "kekid": {"key_identifier": recipient.key_id},
+            "key_encryption_algorithm": {"algorithm": {16: "aes128_wrap", 24: "aes192_wrap",
+                                                       32: "aes256_wrap"}[len(recipient.kek)]},
+            "encrypted_key": encrypted_key}))
+    else:
+        cek = device_key.decrypt(encrypted_key, padding.OAEP(
+            mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+        ri = cms.RecipientInfo(name="ktri", value=cms.KeyTransRecipientInfo({
+            "version": "v2",
+            "rid": cms.RecipientIdentifier(name="subject_key_identifier", value=recipient.key_id),
+            "key_encryption_algorithm": {"algorithm": "rsaes_oaep", "parameters": algos.RSAESOAEPParams({
+                "hash_algorithm": {"algorithm": "sha256"},
+                "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}}})},
+            "encrypted_key": encrypted_key}))
+    assert der == _reference_envelope(ri, iv, ciphertext)
+    dec = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()
+    unpadder = sympadding.PKCS7(128).unpadder()
+    inner = unpadder.update(dec.update(ciphertext) + dec.finalize()) + unpadder.finalize()
+    assert inner == _reference_key_package(p8, signer_key, signer)

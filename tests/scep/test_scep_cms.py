@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from asn1crypto import algos, core
 from asn1crypto import cms as acms
 from asn1crypto import x509 as ax509
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from tests.scep.scep_testpki import TestPki, make_cert, rsa_key
 
+from ca import cms_der
 from scep import cms
+from scep.asn1 import FailInfo, PkiStatus
+from scep.message import CertRep
 from scep.errors import BadAlgError, MessageCheckError, ScepDecodeError
 
 
@@ -84,7 +91,7 @@ def test_unsorted_signed_attributes_verify_as_received(pki: TestPki) -> None:
         acms.CMSAttribute({"type": "content_type", "values": ["data"]}),
     ]
     body = b"".join(a.dump() for a in attrs)  # this (unsorted) order, not DER's
-    set_der = b"\x31" + cms._der_len(len(body)) + body
+    set_der = b"\x31" + cms_der.der_length(len(body)) + body
     assert set_der != acms.CMSAttributes.load(set_der).dump(force=True)
     signature = pki.client_key.sign(set_der, padding.PKCS1v15(), hashes.SHA256())
     si = acms.SignerInfo(
@@ -208,3 +215,165 @@ def test_decrypter_is_any_callable(pki: TestPki) -> None:
 
     assert cms.decrypt_enveloped(env, hsm, [pki.ca], {"aes256"}).plaintext == b"hsm"
     assert len(seen) == 1
+
+
+# --- byte-exact against the asn1crypto builders (issue 13: CMS by concatenation) ---------------
+# The reference builders below are the asn1crypto code scep/cms.py used before ca/cms_der.py;
+# the concatenated DER must equal their output for the same inputs.
+
+
+def _asn1_cert(cert: x509.Certificate) -> ax509.Certificate:
+    return ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _reference_signed_data(
+    content: bytes | None,
+    attributes: list[acms.CMSAttribute],
+    signer_cert: x509.Certificate,
+    signer_key: rsa.RSAPrivateKey,
+    digest: str,
+    certificates: list[x509.Certificate] | None = None,
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    hash_alg = cms.hash_for(digest)
+    h = hashes.Hash(hash_alg)
+    h.update(content or b"")
+    attrs = [
+        acms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        acms.CMSAttribute({"type": "message_digest", "values": [h.finalize()]}),
+    ]
+    if signing_time is not None:
+        attrs.append(acms.CMSAttribute({"type": "signing_time", "values": [acms.Time({"utc_time": signing_time})]}))
+    attrs.extend(attributes)
+    signed_attrs = acms.CMSAttributes(attrs)
+    signature = signer_key.sign(signed_attrs.dump(force=True), padding.PKCS1v15(), hash_alg)
+    acert = _asn1_cert(signer_cert)
+    signer_info = acms.SignerInfo({
+        "version": "v1",
+        "sid": acms.SignerIdentifier(name="issuer_and_serial_number", value=acms.IssuerAndSerialNumber(
+            {"issuer": acert.issuer, "serial_number": acert.serial_number})),
+        "digest_algorithm": {"algorithm": digest},
+        "signed_attrs": signed_attrs,
+        "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
+        "signature": signature,
+    })
+    encap: dict[str, object] = {"content_type": "data"}
+    if content is not None:
+        encap["content"] = content
+    sd = acms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [{"algorithm": digest}],
+        "encap_content_info": encap,
+        "certificates": [acms.CertificateChoices(name="certificate", value=_asn1_cert(c))
+                         for c in (certificates if certificates is not None else [signer_cert])],
+        "signer_infos": [signer_info],
+    })
+    return bytes(acms.ContentInfo({"content_type": "signed_data", "content": sd}).dump())
+
+
+@pytest.mark.parametrize("digest", ["sha1", "sha256", "sha512"])
+@pytest.mark.parametrize("content", [None, b"", b"payload" * 40])
+def test_signed_data_is_byte_identical_to_asn1crypto(pki: TestPki, digest: str, content: bytes | None) -> None:
+    attrs = [acms.CMSAttribute({"type": "scep_transaction_id", "values": ["t1"]}),
+             acms.CMSAttribute({"type": "scep_sender_nonce", "values": [b"\x01" * 16]})]
+    chain = [pki.other_cert, pki.client_self_signed, pki.ca]  # a SET OF: both sort it by DER
+    when = dt.datetime(2026, 5, 1, 12, 30, 5, tzinfo=dt.timezone.utc)
+    got = cms.sign_signed_data(content, attrs, pki.client_self_signed, cms.rsa_signer(pki.client_key),
+                               digest, chain, signing_time=when)
+    want = _reference_signed_data(content, attrs, pki.client_self_signed, pki.client_key, digest, chain, when)
+    assert got == want
+    assert cms.sign_signed_data(content, attrs, pki.ca, cms.rsa_signer(pki.ca_key), digest) == (
+        _reference_signed_data(content, attrs, pki.ca, pki.ca_key, digest))
+
+
+def _reference_attr(name: str, value: object) -> acms.CMSAttribute:
+    return acms.CMSAttribute({"type": name, "values": [value]})
+
+
+@pytest.mark.parametrize("status", [PkiStatus.SUCCESS, PkiStatus.FAILURE, PkiStatus.PENDING])
+def test_certrep_is_byte_identical_to_asn1crypto(pki: TestPki, status: PkiStatus) -> None:
+    envelope = cms.encrypt_enveloped(cms.certs_only([pki.client_self_signed]), pki.client_self_signed, "des")
+    rep = CertRep(status=status, transaction_id="0A1b+/=~txid", recipient_nonce=b"\x10" * 16,
+                  sender_nonce=b"\x20" * 16,
+                  fail_info=FailInfo.BAD_REQUEST if status is PkiStatus.FAILURE else None,
+                  fail_info_text="refusé: übel" if status is PkiStatus.FAILURE else None,
+                  envelope=envelope if status is PkiStatus.SUCCESS else None)
+    got = rep.build(signer_cert=pki.ca, sign=cms.rsa_signer(pki.ca_key), digest="sha1",
+                    certificates=[pki.ca, pki.other_cert])
+    attrs = [
+        _reference_attr("scep_message_type", "3"),
+        _reference_attr("scep_pki_status", str(int(status))),
+        _reference_attr("scep_transaction_id", rep.transaction_id),
+        _reference_attr("scep_sender_nonce", rep.sender_nonce),
+        _reference_attr("scep_recipient_nonce", rep.recipient_nonce),
+    ]
+    if status is PkiStatus.FAILURE:
+        attrs += [_reference_attr("scep_fail_info", "2"), _reference_attr("scep_fail_info_text", "refusé: übel")]
+    want = _reference_signed_data(envelope if status is PkiStatus.SUCCESS else None, attrs, pki.ca, pki.ca_key,
+                                  "sha1", [pki.ca, pki.other_cert])
+    assert got == want
+    parsed = CertRep.parse(got)
+    parsed.verify([pki.ca])
+    assert (parsed.status, parsed.fail_info_text) == (status, rep.fail_info_text)
+
+
+def _reference_enveloped(recipient: x509.Certificate, alg_id: str, transport: cms.KeyTransport,
+                         iv: bytes, encrypted_key: bytes, ciphertext: bytes) -> bytes:
+    acert = _asn1_cert(recipient)
+    if transport.oaep:
+        kea = acms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": algos.RSAESOAEPParams({
+            "hash_algorithm": {"algorithm": transport.oaep_hash},
+            "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": transport.mgf_hash}}})})
+    else:
+        kea = acms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()})
+    ktri = acms.KeyTransRecipientInfo({
+        "version": "v0",
+        "rid": acms.RecipientIdentifier(name="issuer_and_serial_number", value=acms.IssuerAndSerialNumber(
+            {"issuer": acert.issuer, "serial_number": acert.serial_number})),
+        "key_encryption_algorithm": kea,
+        "encrypted_key": encrypted_key,
+    })
+    env = acms.EnvelopedData({
+        "version": "v0",
+        "recipient_infos": [acms.RecipientInfo(name="ktri", value=ktri)],
+        "encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": {"algorithm": alg_id, "parameters": core.OctetString(iv)},
+            "encrypted_content": ciphertext,
+        },
+    })
+    return bytes(acms.ContentInfo({"content_type": "enveloped_data", "content": env}).dump(force=True))
+
+
+@pytest.mark.parametrize("cipher", sorted(cms.CIPHERS))
+@pytest.mark.parametrize("transport", [cms.KeyTransport(), cms.KeyTransport(oaep=True),
+                                       cms.KeyTransport(oaep=True, oaep_hash="sha256", mgf_hash="sha256")])
+def test_enveloped_data_is_byte_identical_to_asn1crypto(pki: TestPki, cipher: str,
+                                                        transport: cms.KeyTransport) -> None:
+    """The random parts (content key, IV, RSA padding) are read back from our output and fed to
+    the asn1crypto builder; the content key must decrypt our ciphertext."""
+    plaintext = cms.certs_only([pki.client_self_signed, pki.ca])
+    got = cms.encrypt_enveloped(plaintext, pki.client_self_signed, cipher, transport)
+    env = acms.ContentInfo.load(got)["content"]
+    ktri = env["recipient_infos"][0].chosen
+    eci = env["encrypted_content_info"]
+    iv = eci["content_encryption_algorithm"]["parameters"].native
+    want = _reference_enveloped(pki.client_self_signed, cms.CIPHERS[cipher][0], transport, iv,
+                                ktri["encrypted_key"].native, eci["encrypted_content"].native)
+    assert got == want
+    dec = cms.decrypt_enveloped(got, pki.client_key.decrypt, [pki.client_self_signed], {cipher})
+    assert dec.plaintext == plaintext and dec.key_transport == transport
+
+
+def test_certs_only_reencodes_identically(pki: TestPki) -> None:
+    """Caller's order kept, and the bytes are DER: asn1crypto re-encodes them unchanged."""
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(pki.ca.subject)
+           .last_update(dt.datetime(2026, 1, 1)).next_update(dt.datetime(2026, 2, 1))
+           .sign(pki.ca_key, hashes.SHA256()))
+    der = cms.certs_only([pki.other_cert, pki.ca], [crl])
+    info = acms.ContentInfo.load(der)
+    sd = info["content"]
+    assert [c.chosen.dump() for c in sd["certificates"]] == [
+        c.public_bytes(serialization.Encoding.DER) for c in (pki.other_cert, pki.ca)]
+    assert [c.dump() for c in sd["crls"]] == [crl.public_bytes(serialization.Encoding.DER)]
+    assert bytes(acms.ContentInfo.load(der).dump()) == der
