@@ -47,7 +47,14 @@ from ca.serials import SerialPool
 from ca.ratelimit import Throttle
 from ca.unit_of_work import GateFacts, GateQuery, IssueCommit, LostRace, audit_values
 from ca.identity import Standing, check_binding, lifecycle_refusal
-from ca.authz import TrustStore, challenge_digest, hash_secret, new_challenge, verify_secret_async
+from ca.authz import (
+    TrustStore,
+    challenge_digest,
+    credential_digest,
+    hash_secret,
+    new_challenge,
+    verify_secret_async,
+)
 from ca.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -59,7 +66,16 @@ from ca.errors import (
     PolicyError,
     RejectReason,
 )
-from ca.ledger import AuditRecord, CertificateQuery, CertRecord, DeviceRecord, Ledger, PendingRecord, serial_hex
+from ca.ledger import (
+    AuditRecord,
+    CertificateQuery,
+    CertRecord,
+    CredentialRecord,
+    DeviceRecord,
+    Ledger,
+    PendingRecord,
+    serial_hex,
+)
 from ca.ratelimit import RefusalSampler
 from ca.profile import (
     Profile,
@@ -136,7 +152,8 @@ def _accepts(claims: Claims, method: AuthMethod) -> bool:
 
 def _offers_secret(claims: Claims) -> bool:
     """True when the claims try a password or challenge (what the throttle counts)."""
-    return (claims.password is not None and _accepts(claims, AuthMethod.BASIC)) or bool(
+    return (claims.password is not None and (_accepts(claims, AuthMethod.BASIC)
+                                             or _accepts(claims, AuthMethod.ONE_TIME_CREDENTIAL))) or bool(
         claims.challenge and (_accepts(claims, AuthMethod.CHALLENGE) or _accepts(claims, AuthMethod.ONE_TIME_CHALLENGE)))
 
 
@@ -146,8 +163,30 @@ def _stored_requester(text: str, method: str | None, remote: str | None) -> Requ
     try:
         auth = AuthMethod(method or kind)
     except ValueError:
-        auth = AuthMethod.OPERATOR
+        # A row this version did not write: authenticate again rather than guess (fail closed).
+        raise AuthenticationError(f"the stored requester {text[:64]!r} names no known method") from None
     return Requester(auth, principal or text, None, remote)
+
+
+#: The subject attributes a one-time credential can bind a device by (``enroll credentials new --bind``).
+CREDENTIAL_BINDINGS: dict[str, x509.ObjectIdentifier] = {
+    "serialNumber": x509.NameOID.SERIAL_NUMBER, "CN": x509.NameOID.COMMON_NAME}
+
+
+def _offered_credential(claims: Claims) -> str | None:
+    """The digest of the one-time credential the claims offer as HTTP Basic, if the label accepts one."""
+    if claims.user and claims.password is not None and _accepts(claims, AuthMethod.ONE_TIME_CREDENTIAL):
+        return credential_digest(claims.user, claims.password)
+    return None
+
+
+def check_credential_binding(cred: CredentialRecord, subject: x509.Name) -> None:
+    """The certificate's subject (the template's, after the profile) must name the device the
+    credential was made for: its ``bind`` attribute present, every value equal to ``device``."""
+    values = [a.value for a in subject.get_attributes_for_oid(CREDENTIAL_BINDINGS[cred.bind])]
+    if not values or any(v != cred.device for v in values):
+        raise AuthorizationError(f"credential {cred.id} is bound to the device with {cred.bind} "
+                                 f"{cred.device!r}; the request names another")
 
 
 def _as_issue(req: EnrollRequest, requester: Requester) -> IssueRequest:
@@ -425,13 +464,15 @@ class Issuer:
             keys = throttle.keys(claims.remote, claims.identity, claims.namespace) if _offers_secret(claims) else []
             one_time = (challenge_digest(claims.challenge)
                         if claims.challenge and _accepts(claims, AuthMethod.ONE_TIME_CHALLENGE) else None)
+            offered = _offered_credential(claims)
             facts = await self.ledger.gate(GateQuery(
                 profile=profile.name, transaction_id=req.transaction_id, pending_lookup=profile.manual,
                 pending_csr_sha256=None if req.transaction_id else csr_sha, device=device,
                 certificate=(cert_ca.name, authenticating.serial_number)
                 if cert_ca is not None and authenticating is not None else None,
                 challenge_digest=one_time, throttle_keys=tuple(keys), throttle_since=throttle.clock() - throttle.window,
-                nonce=(req.nonce[0], req.nonce[1].hex()) if req.nonce is not None else None))
+                nonce=(req.nonce[0], req.nonce[1].hex()) if req.nonce is not None else None,
+                credential_digest=offered))
             if req.transaction_id is not None:
                 # A retransmission of a known transaction gets the same answer without being
                 # authenticated again, and without spending a one-time challenge (RFC 8894 §3.3.1).
@@ -467,10 +508,15 @@ class Issuer:
             bound = requester.certificate
             if bound is not None and requester.binding is not BindIdentity.NONE:
                 check_binding(requester.binding, bound, draft.subject, sans)
+            spent: str | None = None
+            if requester.method is AuthMethod.ONE_TIME_CREDENTIAL:
+                assert facts.credential is not None
+                check_credential_binding(facts.credential, draft.subject)
+                consume, spent = None, offered
             if facts.device_retired:
                 raise AuthorizationError(f"device {device} is retired; it may not enroll or renew")
             issue_req = IssueRequest(csr, profile.name, requester, req.channel, req.transaction_id, req.renewal_of,
-                                     req.nonce, consume)
+                                     req.nonce, consume, spent)
             if profile.manual:
                 return await self._pending_flow(issue_req, profile, facts.pending, csr_sha, spki)
             return await self._issue_now(issue_req, profile, ca, chain, draft, csr_sha, spki, device, sans)
@@ -585,6 +631,10 @@ class Issuer:
                 ok[AuthMethod.BASIC] = Requester(AuthMethod.BASIC, claims.user,
                                                  claims.certificate if AuthMethod.TLS_CLIENT_CERT in ok else None,
                                                  claims.remote)
+        cred = facts.credential
+        if cred is not None and claims.user == cred.id and _accepts(claims, AuthMethod.ONE_TIME_CREDENTIAL):
+            ok[AuthMethod.ONE_TIME_CREDENTIAL] = Requester(AuthMethod.ONE_TIME_CREDENTIAL, cred.id, None,
+                                                           claims.remote)
         if claims.challenge:
             if _accepts(claims, AuthMethod.CHALLENGE) and await self.check_static_challenge(profile.name,
                                                                                           claims.challenge):
@@ -612,6 +662,10 @@ class Issuer:
         if any(AuthMethod.BASIC in e and (AuthMethod.TLS_CLIENT_CERT not in e or cert_ok) for e in claims.accept):
             raise AuthenticationError("password authentication required" if claims.password is None
                                       else "password authentication failed")
+        if any(AuthMethod.ONE_TIME_CREDENTIAL in e for e in claims.accept):
+            raise AuthenticationError("password authentication required" if claims.password is None
+                                      else "password authentication failed (unknown, spent, revoked or expired "
+                                           "one-time credential, or one for another profile)")
         if any(e & {AuthMethod.CHALLENGE, AuthMethod.ONE_TIME_CHALLENGE} for e in claims.accept):
             raise AuthenticationError("challenge missing or wrong")
         if claims.certificate is None:
@@ -772,7 +826,8 @@ class Issuer:
             row_id=reserved.row_id, values=values, audit=audit_values(**log_values), device=device,
             device_profile=profile.name, sans=sans, pending_id=pending_id,
             nonce=(req.nonce[0], req.nonce[1].hex()) if req.nonce is not None else None,
-            consume_challenge=(profile.name, req.one_time_challenge) if req.one_time_challenge else None)
+            consume_challenge=(profile.name, req.one_time_challenge) if req.one_time_challenge else None,
+            consume_credential=(profile.name, req.one_time_credential) if req.one_time_credential else None)
         try:
             await self.ledger.commit_issue(unit)
         except LostRace:
@@ -1068,6 +1123,58 @@ class Issuer:
     async def consume_one_time_challenge(self, profile_name: str, challenge: str) -> bool:
         """Use a one-time challenge: True once, within its TTL, for its own profile only."""
         return await self.ledger.consume_challenge(profile_name, challenge_digest(challenge), time.time())
+
+    async def create_credentials(self, profile_name: str, devices: Sequence[str], *, ttl_seconds: int = 7 * 86400,
+                                 uses: int = 1, bind: str = "serialNumber",
+                                 by: Actor = None) -> list[tuple[CredentialRecord, str]]:
+        """Fresh one-time (or ``uses``-times) enrollment credentials, one per device name, bound
+        to a profile and to the subject attribute ``bind`` (serialNumber or CN) equal to the
+        device name; stored by digest only. Returns each record with its secret, the only time
+        the secret exists outside the device (HTTP Basic user = record id, password = secret)."""
+        self.profile(profile_name)
+        if bind not in CREDENTIAL_BINDINGS:
+            raise CAError(f"bind must be one of {', '.join(CREDENTIAL_BINDINGS)}")
+        if not 1 <= ttl_seconds <= 366 * 86400:
+            raise CAError("a credential lives between 1 second and 366 days")
+        if not 1 <= uses <= 1000:
+            raise CAError("a credential allows between 1 and 1000 uses")
+        if not 1 <= len(devices) <= 10000:
+            raise CAError("name between 1 and 10000 devices")
+        if len(set(devices)) != len(devices):
+            raise CAError("a device is named twice")
+        for device in devices:
+            if not device or len(device) > 200 or device != device.strip() \
+                    or any(ord(ch) < 32 or ord(ch) == 127 for ch in device):
+                raise CAError(f"{device[:40]!r} is not a device name (1-200 printable characters)")
+        now, who = time.time(), _describe(_actor(by))
+        out: list[tuple[CredentialRecord, str]] = []
+        rows: list[dict[str, Any]] = []
+        for device in devices:
+            user, secret = "c" + new_challenge(15), new_challenge(24)
+            rec = CredentialRecord(id=user, profile=profile_name, bind=bind, device=device, uses=uses, uses_left=uses,
+                                   created_at=now, expires_at=now + ttl_seconds, created_by=who)
+            rows.append(dict(vars(rec), digest=credential_digest(user, secret)))
+            out.append((rec, secret))
+        await self.ledger.add_credentials(rows)
+        await self.audit("credential-new", ok=True, channel=Channel.ADMIN, profile=profile_name, requester=_actor(by),
+                         detail={"count": len(out), "ttl": ttl_seconds, "uses": uses, "bind": bind,
+                                 "ids": [r.id for r, _ in out][:100]})
+        return out
+
+    async def list_credentials(self, profile: str | None = None, *, unused: bool = False) -> list[CredentialRecord]:
+        """Enrollment credentials, newest first; ``unused``: only those still usable."""
+        return await self.ledger.list_credentials(profile=profile, usable_at=time.time() if unused else None)
+
+    async def revoke_credential(self, cred_id: str, *, by: Actor = None) -> CredentialRecord:
+        """Revoke an enrollment credential: it authenticates nothing from now on."""
+        rec = await self.ledger.get_credential(cred_id)
+        if rec is None:
+            raise NotFoundError(f"no credential {cred_id!r}")
+        if not await self.ledger.revoke_credential(cred_id, time.time()):
+            raise CAError(f"credential {cred_id} is already revoked")
+        await self.audit("credential-revoke", ok=True, channel=Channel.ADMIN, profile=rec.profile,
+                         requester=_actor(by), detail={"id": cred_id, "bound_to": rec.device})
+        return (await self.ledger.get_credential(cred_id)) or rec
 
     def verify_client_chain(self, leaf: x509.Certificate, trust: Sequence[str],
                             intermediates: Sequence[x509.Certificate] = ()) -> bool:

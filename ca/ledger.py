@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import enum
 import json
 import time
 from collections import Counter
@@ -169,6 +170,26 @@ auth_failures = sa.Table(
     sa.Index("ix_auth_failures_key", "scope", "key", "at"),
 )
 
+#: Migration 5: per-device enrollment credentials (``enroll credentials new``), stored by digest
+#: only; ``uses_left`` falls by one in the commit of each issuance it authorizes.
+credentials = sa.Table(
+    "enroll_credentials",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # the public user name
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # sha256("user:secret")
+    sa.Column("profile", sa.String(200), nullable=False),
+    sa.Column("bind", sa.String(16), nullable=False),  # subject attribute: "serialNumber" | "CN"
+    sa.Column("device", sa.String(200), nullable=False),  # the value the CSR's subject must carry
+    sa.Column("uses", sa.Integer, nullable=False),
+    sa.Column("uses_left", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.Text),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+    sa.Index("ix_enroll_credentials_profile", "profile"),
+)
+
 _MIGRATION_2_INDEXES = (
     sa.Index("ix_certificates_device", certificates.c.device),
     sa.Index("ix_certificates_not_after", certificates.c.status, certificates.c.not_after),
@@ -231,9 +252,51 @@ def _migration_4(conn: sa.Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _migration_5(conn: sa.Connection) -> None:
+    """The ``enroll_credentials`` table (one-time EST credentials, by digest)."""
+    credentials.create(conn, checkfirst=True)
+
+
 #: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4)]
+    (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4), (5, _migration_5)]
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    """One enrollment credential as stored (never its secret)."""
+
+    id: str
+    profile: str
+    bind: str
+    device: str
+    uses: int
+    uses_left: int
+    created_at: float
+    expires_at: float
+    created_by: str | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        """Not revoked, not expired, a use left."""
+        return self.revoked_at is None and self.uses_left > 0 and self.expires_at > now
+
+
+def _credential(row: sa.Row[Any]) -> CredentialRecord:
+    m = dict(row._mapping)
+    m.pop("digest", None)
+    return CredentialRecord(**m)
+
+
+class CertState(str, enum.Enum):
+    """What an issued certificate is now, as every view names it."""
+
+    VALID = "valid"
+    ON_HOLD = "on_hold"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    RETIRED = "retired"
 
 
 @dataclass(frozen=True)
@@ -267,6 +330,17 @@ class CertRecord:
     def on_hold(self) -> bool:
         """True while suspended with certificateHold (RFC 5280 §5.3.1): it may be released."""
         return self.revoked_at is not None and self.revocation_reason == "certificate_hold"
+
+    def state(self, now: float | None = None) -> CertState:
+        """The one state name the CLI, the admin API and the page show (the first that holds:
+        on hold, revoked, expired, retired, valid)."""
+        if self.on_hold:
+            return CertState.ON_HOLD
+        if self.revoked:
+            return CertState.REVOKED
+        if self.not_after is not None and self.not_after <= (time.time() if now is None else now):
+            return CertState.EXPIRED
+        return CertState.RETIRED if self.retired else CertState.VALID
 
     @property
     def revoked(self) -> bool:
@@ -1016,6 +1090,38 @@ class Ledger:
                 pending.update().where(pending.c.id == request_id, pending.c.status.in_(list(old)))
                 .values(status=new, **values)
             )
+            return res.rowcount == 1
+
+        return bool(await self._write(run))
+
+    # --- enrollment credentials --------------------------------------------------------------
+    async def add_credentials(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store new credentials (by digest) in one transaction."""
+        if rows:
+            await self._write(lambda conn: conn.execute(credentials.insert(), list(rows)))
+
+    async def list_credentials(self, *, profile: str | None = None, usable_at: float | None = None,
+                               limit: int = 10000) -> list[CredentialRecord]:
+        """Credentials, newest first; with ``usable_at`` only those still usable then."""
+        k = credentials.c
+        q = sa.select(credentials)
+        if profile is not None:
+            q = q.where(k.profile == profile)
+        if usable_at is not None:
+            q = q.where(k.revoked_at.is_(None), k.uses_left > 0, k.expires_at > usable_at)
+        return [_credential(r) for r in await self._read(q.order_by(k.created_at.desc(), k.id).limit(limit))]
+
+    async def get_credential(self, cred_id: str) -> CredentialRecord | None:
+        """One credential by its public id (user name)."""
+        rows = await self._read(sa.select(credentials).where(credentials.c.id == cred_id))
+        return _credential(rows[0]) if rows else None
+
+    async def revoke_credential(self, cred_id: str, at: float) -> bool:
+        """Revoke a credential that is not revoked yet; True when this call revoked it."""
+
+        async def run(conn: AsyncConnection) -> bool:
+            res = await conn.execute(credentials.update().where(
+                credentials.c.id == cred_id, credentials.c.revoked_at.is_(None)).values(revoked_at=at))
             return res.rowcount == 1
 
         return bool(await self._write(run))

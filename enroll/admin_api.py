@@ -60,14 +60,8 @@ def iso(ts: float | None) -> str | None:
 
 
 def cert_state(r: CertRecord, now: float | None = None) -> str:
-    """valid | on_hold | revoked | expired."""
-    if r.on_hold:
-        return "on_hold"
-    if r.revoked:
-        return "revoked"
-    if r.not_after is not None and r.not_after <= (time.time() if now is None else now):
-        return "expired"
-    return "valid"
+    """valid | on_hold | revoked | expired | retired (ca.ledger.CertState, as the CLI says)."""
+    return r.state(now).value
 
 
 def cert_json(r: CertRecord, now: float | None = None) -> dict[str, Any]:
@@ -798,7 +792,7 @@ def openapi() -> dict[str, Any]:
         "/openapi.json": {"get": op("This document", ok({"type": "object"}), op_id="openapi")},
     }
     cert_props = {"serial": _STR, "ca": _STR, "profile": _STR, "device": _NSTR, "subject": _NSTR,
-                  "state": {"type": "string", "enum": ["valid", "on_hold", "revoked", "expired"]},
+                  "state": {"type": "string", "enum": ["valid", "on_hold", "revoked", "expired", "retired"]},
                   "not_before": _TS, "not_after": _TS, "issued_at": _TS, "revoked_at": _TS,
                   "revocation_reason": _NSTR, "retired": {"type": "boolean"}, "channel": _STR, "requester": _STR,
                   "renews": _NSTR}

@@ -73,13 +73,8 @@ def _parse_when(text: str | None, param: str) -> float | None:
 
 
 def _state(r: Any) -> str:
-    if r.on_hold:
-        return "on-hold"
-    if r.revoked:
-        return "revoked"
-    if r.not_after is not None and r.not_after <= dt.datetime.now(dt.timezone.utc).timestamp():
-        return "expired"
-    return "retired" if r.retired else "valid"
+    """The certificate's state, named as the admin API names it (ca.ledger.CertState)."""
+    return str(r.state().value)
 
 
 def _parse_serial(text: str) -> int:
@@ -800,7 +795,8 @@ def _add_protocol_clients() -> None:
     import importlib
 
     for mod, attr in (("est.cli", "est"), ("scep.cli", "scep"), ("conformance.cli", "conformance"),
-                      ("enroll.bench.cli", "bench")):
+                      ("enroll.bench.cli", "bench"), ("enroll.factory_cli", "credentials"),
+                      ("enroll.factory_cli", "issue_cmd")):
         try:
             group = getattr(importlib.import_module(mod), attr)
         except (ModuleNotFoundError, AttributeError):

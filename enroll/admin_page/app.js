@@ -214,7 +214,7 @@ async function certDetail(serial) {
     ["Revoked", c.revoked_at ? when(c.revoked_at) + " (" + c.revocation_reason + ")" : "–"],
     ["Renews", c.renews || "–"], ["SHA-256", c.sha256]];
   const actions = el("div", { class: "panel", id: "actions" });
-  if (c.state === "valid" || c.state === "expired" || c.state === "on_hold") {
+  if (c.state === "valid" || c.state === "expired" || c.state === "on_hold" || c.state === "retired") {
     const exclude = c.state === "on_hold" ? "certificate_hold" : null;
     actions.append(el("h3", {}, c.state === "on_hold" ? "On hold: release or revoke for good" : "Revoke"),
       el("label", { for: "revoke-reason" }, "Reason"), reasonSelect("revoke-reason", exclude), " ",

@@ -195,7 +195,7 @@ def test_fleet_cli(srv: AdminServer) -> None:
     assert show.count(" issue ") == 2 and f"dns:{name}.example.net" in show
     serial = format(a.serial_number, "x")
     assert "held" in cli(srv, "revoke", serial, "--reason", "certificate_hold").stdout
-    assert "on-hold" in cli(srv, "certs", "show", serial).stdout
+    assert "on_hold" in cli(srv, "certs", "show", serial).stdout
     assert "released" in cli(srv, "unhold", serial).stdout
     again = cli(srv, "unhold", serial, code=None)
     assert again.exit_code == 1 and "not on hold" in again.output
