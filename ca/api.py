@@ -40,6 +40,8 @@ class Channel(enum.Enum):
     EST = "est"
     SCEP = "scep"
     ADMIN = "admin"
+    OFFLINE = "offline"  # `enroll issue`: CSRs carried to an operator (docs/ARCHITECTURE.md, "Offline issuance")
+    IMPORT = "import"  # `enroll import`: certificates another instance issued, from a verified bundle
 
 
 class AuthMethod(enum.Enum):
@@ -50,6 +52,9 @@ class AuthMethod(enum.Enum):
     BASIC = "basic"  # RFC 7030 §3.2.3
     CHALLENGE = "challenge"  # static challengePassword, RFC 8894 §2.2
     ONE_TIME_CHALLENGE = "one-time-challenge"
+    #: A per-device credential (``enroll credentials new``) offered as HTTP Basic (RFC 7617),
+    #: bound to one profile and one device name, spent with the issuance it authorizes.
+    ONE_TIME_CREDENTIAL = "one-time-credential"
     WEBHOOK = "webhook"
     RENEWAL_SIGNER = "renewal-signer"  # SCEP request signed by a certificate we issued
     OPERATOR = "operator"  # an admin approved it
@@ -153,6 +158,9 @@ class IssueRequest:
     nonce: tuple[str, bytes] | None = None
     #: A one-time challenge digest that authenticated the request, consumed in the same commit.
     one_time_challenge: str | None = None
+    #: A one-time credential digest that authenticated the request: one use is consumed in the
+    #: same commit as the certificate.
+    one_time_credential: str | None = None
 
 
 @dataclass(frozen=True)

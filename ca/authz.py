@@ -133,6 +133,12 @@ def challenge_digest(challenge: str) -> str:
     return hashlib.sha256(challenge.encode()).hexdigest()
 
 
+def credential_digest(user: str, secret: str) -> str:
+    """How one-time enrollment credentials are stored: SHA-256 of ``user:secret`` (both random
+    from ``[A-Za-z0-9]``, high entropy, so no slow hash is needed)."""
+    return hashlib.sha256(f"{user}:{secret}".encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class TrustStore:
     """A named set of trust anchors for client certificates (``[trust.NAME]``).

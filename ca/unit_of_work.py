@@ -31,13 +31,16 @@ import sqlalchemy as sa
 from ca.errors import AuthenticationError, AuthorizationError, CAError, LedgerError, RejectReason
 from ca.ledger import (
     CertRecord,
+    CredentialRecord,
     PendingRecord,
     _cert,
+    _credential,
     _pending,
     audit_log,
     auth_failures,
     certificates,
     challenges,
+    credentials,
     devices,
     nonces,
     pending,
@@ -83,6 +86,7 @@ class GateQuery:
     throttle_keys: tuple[tuple[str, str], ...] = ()
     throttle_since: float = 0.0
     nonce: tuple[str, str] | None = None  # (scope, hex)
+    credential_digest: str | None = None  # a one-time enrollment credential of this profile
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class GateFacts:
     challenge_valid: bool | None = None
     throttle: Mapping[tuple[str, str], tuple[int, float | None]] = field(default_factory=dict)
     nonce_seen: bool = False
+    #: The credential of ``credential_digest`` when it is usable now on this profile, else None.
+    credential: CredentialRecord | None = None
 
 
 def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
@@ -141,7 +147,14 @@ def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
     if q.nonce is not None:
         n = nonces.c
         seen = conn.execute(sa.select(n.nonce).where(n.scope == q.nonce[0], n.nonce == q.nonce[1])).first() is not None
-    return GateFacts(prior, found_pending, retired, cert, challenge_valid, throttle, seen)
+    credential = None
+    if q.credential_digest is not None:
+        k = credentials.c
+        row = conn.execute(sa.select(credentials).where(
+            k.digest == q.credential_digest, k.profile == q.profile, k.revoked_at.is_(None), k.uses_left > 0,
+            k.expires_at > now)).first()
+        credential = _credential(row) if row is not None else None
+    return GateFacts(prior, found_pending, retired, cert, challenge_valid, throttle, seen, credential)
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,7 @@ class IssueCommit:
     pending_id: int | None = None
     nonce: tuple[str, str] | None = None
     consume_challenge: tuple[str, str] | None = None  # (profile, digest)
+    consume_credential: tuple[str, str] | None = None  # (profile, digest): one use
     refuse_retired: bool = True
     unique_transaction: bool = True
 
@@ -191,6 +205,13 @@ def apply_issue(conn: sa.Connection, u: IssueCommit, now: float) -> None:
             ch.expires_at > now).values(consumed_at=now))
         if res.rowcount != 1:
             raise AuthenticationError("one-time challenge already used or expired")
+    if u.consume_credential is not None:
+        k = credentials.c
+        res = conn.execute(credentials.update().where(
+            k.profile == u.consume_credential[0], k.digest == u.consume_credential[1], k.revoked_at.is_(None),
+            k.uses_left > 0, k.expires_at > now).values(uses_left=k.uses_left - 1, last_used_at=now))
+        if res.rowcount != 1:
+            raise AuthenticationError("one-time credential already used, revoked or expired")
     if u.refuse_retired and u.device is not None:
         row = conn.execute(sa.select(devices.c.retired_at).where(devices.c.device == u.device)).first()
         if row is not None and row[0] is not None:

@@ -156,6 +156,25 @@ auth = ["client-cert"]
 client_trust = ["manufacturer"]
 bind_identity = "serialNumber"   # a device gets an LDevID for its own IDevID serialNumber only
 
+# Factory line: every device enrolls with a credential of its own (no secret shared by a fleet):
+#   enroll credentials new --profile factory --device SERIAL [--ttl 7d] [--count N --csv FILE]
+# gives a user name and password for HTTP Basic on /.well-known/est/factory, good for one
+# enrollment, on this profile only, and only for a CSR whose subject serialNumber is SERIAL.
+[profiles.factory]
+ca = "issuing"
+validity_days = 1095
+key_types = ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"]
+key_usage = ["digital_signature"]
+extended_key_usage = ["client_auth"]
+[profiles.factory.subject]
+allow = ["CN", "serialNumber"]
+require = ["CN", "serialNumber"]
+patterns = {{ CN = '[A-Za-z0-9][A-Za-z0-9._-]*', serialNumber = '[A-Za-z0-9][A-Za-z0-9._-]*' }}
+[profiles.factory.est]
+labels = ["factory"]
+auth = ["one-time"]              # credentials from `enroll credentials new`, spent by the issuance
+serverkeygen = false             # the device makes its own key
+
 # Legacy routers over SCEP: RSA, static challenge; DES/SHA-1 only because old firmware needs it.
 [profiles.router]
 ca = "issuing"

@@ -63,8 +63,12 @@ METHODS: Mapping[str, str] = {
     "serverkeygen": "POST",
     "fullcmc": "POST",
 }
-AUTH_METHODS = ("basic", "client-cert")
-_AUTH = {"basic": AuthMethod.BASIC, "client-cert": AuthMethod.TLS_CLIENT_CERT}
+#: ``one-time``: a per-device credential (``enroll credentials new``) sent as HTTP Basic
+#: (RFC 7030 §3.2.3), bound to the profile and to the device the CSR names, spent by the issuance.
+AUTH_METHODS = ("basic", "client-cert", "one-time")
+_AUTH = {"basic": AuthMethod.BASIC, "client-cert": AuthMethod.TLS_CLIENT_CERT,
+         "one-time": AuthMethod.ONE_TIME_CREDENTIAL}
+_PASSWORD_METHODS = frozenset({"basic", "one-time"})  # methods carried as HTTP Basic
 POP_MODES = ("off", "tls-unique")
 CMC_RA = x509.ObjectIdentifier(asn1.Oid.KP_CMC_RA)
 DEFAULT_MAX_BODY = 64 * 1024
@@ -197,13 +201,17 @@ def parse_rule(
         if not label or "/" in label or label in OPERATIONS or label.startswith("."):
             raise ConfigError(f"{key}.labels", f"{label!r} is not a valid EST label (one path segment)")
     if "auth" not in table:
-        raise ConfigError(f"{key}.auth", "required: list of 'basic', 'client-cert' or 'basic+client-cert'")
+        raise ConfigError(f"{key}.auth", "required: list of 'basic', 'client-cert', 'one-time' or "
+                                         "'basic+client-cert'")
     entries = []
     for entry in _strs(table["auth"], f"{key}.auth"):
         methods = frozenset(m.strip() for m in entry.split("+"))
         bad = methods - set(AUTH_METHODS)
         if bad:
             raise ConfigError(f"{key}.auth", f"unknown method {sorted(bad)[0]!r} (use {', '.join(AUTH_METHODS)})")
+        if len(methods & _PASSWORD_METHODS) > 1:
+            raise ConfigError(f"{key}.auth", f"{entry!r}: 'basic' and 'one-time' are both HTTP Basic; list them "
+                                             "as alternatives, not combined")
         entries.append(methods)
     if not entries:
         raise ConfigError(f"{key}.auth", "must name at least one method (EST never enrolls anonymously)")
@@ -538,7 +546,7 @@ class EstService:
         is parsed and without touching the ledger (RFC 7030 §3.2.3, §3.3.2)."""
         if (creds is not None and not creds.malformed) or tls.peer_certificate is not None:
             return
-        if any("basic" in e for e in rule.auth):
+        if any(e & _PASSWORD_METHODS for e in rule.auth):
             raise Unauthorized("HTTP Basic authentication required", realm=self.settings.realm)
         raise Forbidden("a TLS client certificate is required for this label (RFC 7030 §3.3.2)")
 
