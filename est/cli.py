@@ -341,3 +341,28 @@ def serverkeygen_cmd(subject: str, san: tuple[str, ...], key_out: Path, out: Pat
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()), private=True)
     _write(out, _pem_certs([result.certificate]))
+
+
+@est.command("fullcmc")
+@_common
+@_auth
+@_enroll_options
+@click.option("--transaction-id", type=int, default=None,
+              help="CMC transactionId (RFC 5272 §6.6); random when omitted. Re-use it to poll a pending request.")
+def fullcmc_cmd(key_path: Path | None, key_type: str, subject: str | None, san: tuple[str, ...],
+                csr_path: Path | None, pop: bool, out: Path | None, chain_out: Path | None,
+                transaction_id: int | None, **opts: Any) -> None:
+    """POST /fullcmc: a Full PKI Request (RFC 7030 §4.3) with one PKCS#10 request."""
+    key = _load_or_create_key(key_path, key_type) if key_path else None
+    factory = _csr_factory(key, _subject(subject), _sans(san), csr_path)
+
+    async def go() -> Any:
+        async with _client(opts, pop=pop) as c:
+            return await c.enroll_cmc(factory, transaction_id=transaction_id)
+
+    result = _run(go())
+    cert = EstClient._matching(result.certificates, (key.public_key() if key is not None
+                                                     else factory.public_key()))
+    _write(out, _pem_certs([cert]))
+    if chain_out:
+        _write(chain_out, _pem_certs(result.certificates))

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import AttributeOID
 
-from est import asn1, wire
+from est import asn1, cmc, wire
 from est.errors import EstError, ProtocolError
 
 #: A CSR, or a function building one from the PoP challenge (None when PoP is off).
@@ -253,6 +253,48 @@ class EstClient:
         """POST /simplereenroll (RFC 7030 §4.2.2); the client certificate must be the one being
         renewed, and the CSR must repeat its subject and SAN."""
         return await self._enroll("simplereenroll", csr)
+
+    async def enroll_cmc(self, csr: CsrInput, *, transaction_id: int | None = None,
+                         sender_nonce: bytes | None = None) -> cmc.CmcResponse:
+        """POST a Full PKI Request (RFC 7030 §4.3, RFC 5272 §3.2): one PKCS#10 request with a
+        transactionId and senderNonce (random when not given); a pending answer is polled by
+        re-sending the same request (same transactionId and key) within the polling budget.
+        Returns the decoded PKIResponse; an HTTP error with a CMC body raises EstError."""
+        import secrets
+
+        tid = secrets.randbits(63) if transaction_id is None else transaction_id
+        nonce = secrets.token_bytes(16) if sender_nonce is None else sender_nonce
+        deadline = time.monotonic() + self.max_wait
+        polls = 0
+        while True:
+            if isinstance(csr, x509.CertificateSigningRequest):
+                current = csr
+            else:
+                binding = await self._prime_session() if self.pop else None
+                current = csr(base64.b64encode(binding) if binding is not None else None)
+            der = cmc.build_request(current.public_bytes(serialization.Encoding.DER),
+                                    transaction_id=tid, sender_nonce=nonce)
+            status, body = await self.fullcmc(der)
+            try:
+                resp = cmc.parse_response(self._b64(body))
+            except (ValueError, TypeError, KeyError):
+                text = body.decode("utf-8", "replace").strip()[:500]
+                raise EstError(f"HTTP {status}: {text}", status=status) from None
+            if resp.recipient_nonce != nonce:
+                raise ProtocolError("fullcmc: the recipientNonce does not echo our senderNonce (RFC 5272 §6.6)")
+            if resp.status is cmc.Status.PENDING:
+                polls += 1
+                wait = min(max(60.0, self.min_poll_interval), self.max_poll_interval)
+                if polls > self.max_polls or time.monotonic() + wait > deadline:
+                    raise EnrollmentPending(resp.status_string or "request pending", retry_after=int(wait))
+                await asyncio.sleep(wait)
+                continue
+            if resp.status is not cmc.Status.SUCCESS or status != 200:
+                raise EstError(f"HTTP {status}: CMC {resp.status.name.lower()}"
+                               f" (failInfo {resp.fail_info}): {resp.status_string or ''}".rstrip(),
+                               status=status if status >= 400 else 400)
+            self._matching(resp.certificates, current.public_key())
+            return resp
 
     async def serverkeygen(
         self,

@@ -160,9 +160,10 @@ def make_handler(service: EstService, *, require_tls: bool = True
             if op in ("simpleenroll", "simplereenroll", "serverkeygen"):
                 await service.check_content_type(label, op, request.headers.get("Content-Type"), request.remote)
             body = await read_body(request, service.settings.max_body_bytes)
-            if op == "fullcmc":
-                return render(await service.fullcmc(label))
             creds = basic_credentials(request)
+            if op == "fullcmc":
+                return render(await service.fullcmc(label, body, tls, creds, agent,
+                                                    content_type=request.headers.get("Content-Type")))
             if op == "simpleenroll":
                 return render(await service.simpleenroll(label, body, tls, creds, agent))
             if op == "simplereenroll":

@@ -401,6 +401,13 @@ def _spki(key: Any) -> bytes:
                                   serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
+def cmc_answer(status: int, der: bytes, headers: Mapping[str, str]) -> EstResponse:
+    """A Full PKI Response (RFC 7030 §4.3.2): base64 ``application/pkcs7-mime;
+    smime-type=CMC-response``, also for refusals (4xx/5xx with the CMC failure as body)."""
+    return EstResponse(status, {"Content-Type": wire.CT_CMC_RESPONSE, "Content-Transfer-Encoding": "base64",
+                                **headers}, wire.encode_base64(der, line_length=64))
+
+
 def has_cmc_ra(cert: x509.Certificate) -> bool:
     """True for an EST RA certificate (id-kp-cmcRA, RFC 7030 §3.7 / RFC 6402 §2.10)."""
     try:
@@ -524,12 +531,72 @@ class EstService:
         return EstResponse(200, {"Content-Type": wire.CT_CSRATTRS, "Content-Transfer-Encoding": "base64"},
                            self._encode(asn1.encode_csrattrs(items), user_agent))
 
-    async def fullcmc(self, label: str) -> EstResponse:
-        """/fullcmc (RFC 7030 §4.3) is not offered."""
-        self.rule(label)
-        raise NotImplementedOperation(
-            "/fullcmc (Full CMC, RFC 7030 §4.3) is not implemented by this server; "
-            "use /simpleenroll, /simplereenroll or /serverkeygen")
+    async def fullcmc(self, label: str, body: bytes, tls: TlsInfo, creds: Credentials | None,
+                      user_agent: str | None = None, *, content_type: str | None = None) -> EstResponse:
+        """/fullcmc (RFC 7030 §4.3, RFC 5272): one PKCS#10 TaggedRequest in a PKIData, enrolled
+        like /simpleenroll (same label authentication, PoP, profile, audit, one core unit of
+        work); the CMC transactionId, scoped to the requester, makes the request idempotent and
+        pollable. Refusals after authentication are CMC failures with the HTTP status of the
+        core's reason (RFC 7030 §4.3.2); an HTTP 401 before parsing stays text/plain."""
+        from est import cmc
+
+        rule = self.rule(label)
+        try:
+            media, params = wire.parse_media_type(content_type or "")
+            if media != "application/pkcs7-mime" or params.get("smime-type", "CMC-request").lower() != "cmc-request":
+                raise UnsupportedMediaType("fullcmc takes Content-Type application/pkcs7-mime; "
+                                           "smime-type=CMC-request (RFC 7030 §4.3.1)")
+            self.precheck(rule, tls, creds)
+        except EstError as err:
+            await self._refuse("est-fullcmc", rule, err, None, None, tls.remote)
+            raise
+        req: cmc.CmcRequest | None = None
+        csr = None
+        try:
+            try:
+                req = cmc.parse_request(wire.decode_base64_body(body))
+                csr = wire.parse_csr(req.csr_der)
+            except EstError as err:
+                raise cmc.CmcError(err.detail, body_part=req.body_part_id if req else 0) from None
+            if req.signer is not None and req.signer != tls.peer_certificate:
+                raise cmc.CmcError("the PKIData is signed by a certificate other than the TLS client certificate",
+                                   fail_info=cmc.FailInfo.BAD_IDENTITY, body_part=req.body_part_id)
+            cert_required = all("client-cert" in e for e in rule.auth)
+            try:
+                self.check_pop(rule, csr, tls, tls.peer_certificate if cert_required else None)
+            except EstError as err:
+                raise cmc.CmcError(err.detail, fail_info=cmc.FailInfo.POP_FAILED, body_part=req.body_part_id) from None
+        except cmc.CmcError as err:
+            await self._refuse("est-fullcmc", rule, BadRequest(err.detail), None, csr, tls.remote)
+            return cmc_answer(400, cmc.failure_response(err, req), {})
+        assert req is not None and csr is not None
+        tid = None if req.transaction_id is None else cmc.scoped_transaction_id(
+            req.transaction_id, creds.user if creds is not None and not creds.malformed else None, tls.peer_certificate)
+        try:
+            outcome = await self.issuer.enroll(EnrollRequest(csr, rule.profile, Channel.EST,
+                                                             self.claims(rule, tls, creds), transaction_id=tid))
+        except CAError as exc:
+            outcome = Rejected(exc.reason, exc.detail, getattr(exc, "retry_after", None))
+        tx, nonce = req.transaction_id, req.sender_nonce
+        if isinstance(outcome, Issued):
+            certs = [outcome.certificate]
+            if rule.include_chain:
+                certs += [c for c in outcome.chain if c != outcome.certificate]
+            return cmc_answer(200, cmc.build_response(cmc.Status.SUCCESS, req.body_part_id, certificates=certs,
+                                                      transaction_id=tx, recipient_nonce=nonce), {})
+        if isinstance(outcome, Pending):
+            wait = max(1, int(outcome.retry_after))
+            return cmc_answer(200, cmc.build_response(
+                cmc.Status.PENDING, req.body_part_id, pend_token=str(outcome.request_id).encode(),
+                pend_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait),
+                status_string="pending approval: re-send the same request (same transactionId and key) later",
+                transaction_id=tx, recipient_nonce=nonce), {"Retry-After": str(wait)})
+        if isinstance(outcome, Rejected):
+            refusal = self._refusal(outcome.reason, outcome.detail, outcome.retry_after)
+            return cmc_answer(refusal.status, cmc.build_response(
+                cmc.Status.FAILED, req.body_part_id, fail_info=cmc.fail_info_for(outcome.reason),
+                status_string=refusal.detail, transaction_id=tx, recipient_nonce=nonce), refusal.headers)
+        raise EstError("unexpected issuance outcome", status=500)
 
     # --- authentication (RFC 7030 §3.2.3, §3.3.2) -----------------------------------------
     async def authenticate(self, rule: LabelRule, tls: TlsInfo, creds: Credentials | None) -> Requester:

@@ -263,5 +263,5 @@ def test_curl_negatives_issue_nothing(serve: Serve) -> None:
     status, headers, _ = curl(serve, "/simpleenroll", "-u", serve.userpass)
     assert status == 405 and header(headers, "Allow") == "POST"
     status, _, body = curl(serve, "/fullcmc", "-u", serve.userpass, data=w / "neg.b64")
-    assert status == 501 and body
+    assert status == 415 and body  # a PKCS#10 body is no Full PKI Request (RFC 7030 §4.3.1)
     assert serve.issued() == 0

@@ -101,9 +101,15 @@ async def test_wrong_method_is_405_with_allow(est_server: EstServer, method: str
     assert status == 405 and headers["Allow"] == allow
 
 
-async def test_fullcmc_is_501_text(est_server: EstServer) -> None:
-    status, headers, body = await raw(est_server, "POST", "/.well-known/est/fullcmc", body=b"MAA=", auth=True)
-    assert status == 501 and headers["Content-Type"].startswith("text/plain") and b"fullcmc" in body.lower()
+async def test_fullcmc_pkcs10_body_is_415_and_empty_cmc_request_is_a_cmc_failure(est_server: EstServer) -> None:
+    """/fullcmc takes application/pkcs7-mime; smime-type=CMC-request (RFC 7030 §4.3.1); a request
+    that is no Full PKI Request is refused with 4xx and a CMC response (§4.3.2)."""
+    status, _, _ = await raw(est_server, "POST", "/.well-known/est/fullcmc", body=b"MAA=", auth=True)
+    assert status == 415
+    status, headers, _ = await raw(est_server, "POST", "/.well-known/est/fullcmc", body=b"MAA=", auth=True,
+                                   headers={"Content-Type": wire.CT_CMC_REQUEST})
+    assert status == 400 and headers["Content-Type"] == wire.CT_CMC_RESPONSE
+    assert await est_server.issued() == 0
 
 
 # --- enroll ---------------------------------------------------------------------------------------
