@@ -1,8 +1,11 @@
 """Running the application on its listeners until SIGINT/SIGTERM, in one or several processes.
 
-With ``workers > 1`` the parent binds every listening socket once and forks the workers, which
-all accept on the shared sockets (crypto runs on each event loop's thread, so cores are used by
-processes, not threads: an RSA-2048 signature blocks its loop for about a millisecond). Invariants hold across workers because the
+With ``workers > 1`` the parent reserves every address once (bound with SO_REUSEPORT, never
+listening, so a busy port fails before any fork), and each worker binds and listens on its own
+SO_REUSEPORT socket on that address: the kernel spreads new connections evenly over the workers
+(a shared listening socket let the first awake worker take most of them). Crypto runs on each
+event loop's thread, so cores are used by processes, not threads: an RSA-2048 signature blocks
+its loop for about a millisecond. Invariants hold across workers because the
 ledger enforces them, never in-process locks.
 """
 
@@ -191,16 +194,50 @@ class Bound:
     listen: Listen
 
 
-def bind_all(config: Config) -> list[Bound]:
-    """Bind every configured listener (IPv6 sockets are v6-only, so ::1 and 127.0.0.1 coexist)."""
+def bind_all(config: Config, *, reserve_only: bool = False) -> list[Bound]:
+    """Bind every configured listener (IPv6 sockets are v6-only, so ::1 and 127.0.0.1 coexist).
+
+    ``reserve_only``: bind with SO_REUSEPORT and do not listen (the parent of workers; see
+    :func:`worker_sockets`)."""
     out = []
     for tls, listens in ((True, config.server.https), (False, config.server.http)):
         for listen in listens:
             family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-            sock = socket.create_server((listen.host, listen.port), family=family, backlog=1024, reuse_port=False,
-                                        dualstack_ipv6=False)
+            if reserve_only:
+                sock = _reuse_port_socket(family, (listen.host, listen.port))
+            else:
+                sock = socket.create_server((listen.host, listen.port), family=family, backlog=1024,
+                                            reuse_port=False, dualstack_ipv6=False)
             sock.setblocking(False)
             out.append(Bound(sock, tls, listen))
+    return out
+
+
+def _reuse_port_socket(family: socket.AddressFamily, address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def worker_sockets(reserved: list[Bound]) -> list[Bound]:
+    """In a worker: its own listening SO_REUSEPORT socket on each reserved address (the
+    parent's reservations are closed in this process)."""
+    out = []
+    for b in reserved:
+        address = b.sock.getsockname()
+        sock = _reuse_port_socket(b.sock.family, address)
+        sock.listen(1024)
+        sock.setblocking(False)
+        b.sock.close()
+        out.append(Bound(sock, b.tls, b.listen))
     return out
 
 
@@ -295,7 +332,7 @@ def run(config: Config, workers: int | None = None) -> None:
         log.warning(json.dumps({"event": "config-warning", "warning": warning}))
     asyncio.run(_migrate(config))
     n = workers or config.server.workers
-    bound = bind_all(config)
+    bound = bind_all(config, reserve_only=n > 1)
     if n == 1:
         asyncio.run(serve_sockets(config, bound))
         return
@@ -307,7 +344,7 @@ def run(config: Config, workers: int | None = None) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             code = 0
             try:
-                asyncio.run(serve_sockets(config, bound))
+                asyncio.run(serve_sockets(config, worker_sockets(bound)))
             except BaseException:  # noqa: BLE001 - the worker must always exit here
                 log.exception("worker failed")
                 code = 1

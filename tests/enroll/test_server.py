@@ -44,3 +44,52 @@ def test_workers_share_the_listeners_and_stop_together(tmp_path: Path, dev_pki: 
         proc.terminate()
         proc.wait(timeout=30)
     assert not any(alive(w) for w in workers)
+
+
+def test_each_worker_listens_on_its_own_reuse_port_socket(tmp_path: Path, dev_pki: DevPKI) -> None:
+    """The kernel spreads connections over SO_REUSEPORT listeners (enroll/server.py): one
+    listening socket per worker on each address, none in the parent (it only reserves)."""
+    import re
+
+    http_port, https_port = free_port(), free_port()
+    init = init_directory(tmp_path / "w", https_port=https_port, http_port=http_port, pki=dev_pki)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve",
+                                 "--workers", "2"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_listening(http_port, proc, log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and log.read_text().count('"listening"') < 2:
+            time.sleep(0.1)
+        workers = set(children_of(proc.pid))
+        for port in (http_port, https_port):
+            ss = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True,
+                                check=True).stdout
+            by_address: dict[str, list[int]] = {}
+            for line in ss.splitlines():
+                address = line.split()[3]
+                by_address.setdefault(address, []).extend(int(p) for p in re.findall(r"pid=(\d+)", line))
+            assert by_address and len(workers) == 2, ss
+            for owners in by_address.values():
+                assert sorted(owners) == sorted(workers), ss
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert not any(alive(w) for w in workers)
+
+
+def test_workers_refuse_a_port_already_in_use(tmp_path: Path, dev_pki: DevPKI) -> None:
+    """The parent's reservation fails on a busy port before any worker is forked."""
+    import socket
+
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        init = init_directory(tmp_path / "w", https_port=free_port(), http_port=port, pki=dev_pki)
+        res = subprocess.run([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve",
+                              "--workers", "2"], capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0
+        assert "Address already in use" in res.stdout + res.stderr
+    finally:
+        busy.close()
