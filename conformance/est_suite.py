@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from conformance import cmcmsg
 from conformance import scepmsg as sm
 from conformance.asn1dump import asn1parse
 from conformance.model import Fail, Interop, Level, Skip, Suite
@@ -791,6 +792,46 @@ async def fullcmc(ctx: EstContext) -> str:
     if 400 <= ex.status < 500:
         return f"offered; an empty request is refused with {ex.status}"
     raise Fail(f"an empty CMC request answered {ex.error or ex.status}", ex.lines())
+
+
+@suite.check("est.fullcmc.enroll", "fullcmc: a PKCS#10 Full PKI Request is answered with a PKIResponse", R, "4.3.2",
+             Level.MUST, "200 application/pkcs7-mime; smime-type=CMC-response holding SignedData(PKIResponse) with "
+             "CMCStatusInfoV2 success, the transactionId echoed, the senderNonce as recipientNonce (RFC 5272 "
+             "§6.6) and the certificate for the request's key")
+async def fullcmc_enroll(ctx: EstContext) -> str:
+    if not ctx.has_credentials:
+        raise Skip("no credentials given")
+    key = new_key()
+    csr = make_csr(key, f"conformance-{ctx.run_id}-cmc")
+    tid = int.from_bytes(os.urandom(6), "big")
+    nonce = os.urandom(16)
+    body = base64.b64encode(cmcmsg.full_pki_request(der(csr), tid, nonce))
+    ex = await ctx.post("fullcmc", body, content_type="application/pkcs7-mime; smime-type=CMC-request")
+    if ex.status in (404, 501):
+        raise Skip(f"not offered ({ex.status})")
+    if ex.status != 200:
+        raise Fail(f"answered {ex.error or ex.status}", ex.lines())
+    if ex.media_type() != "application/pkcs7-mime":
+        raise Fail(f"Content-Type {ex.content_type!r}", ex.lines(body=False))
+    raw = strict_b64(ex.body)
+    try:
+        answer = cmcmsg.read_full_pki_response(raw)
+    except cmcmsg.CmcMessageError as exc:
+        raise Fail(str(exc), asn1parse(raw, 40)) from None
+    if answer.status == 3:
+        raise Skip("the label answers pending (manual approval); give a label that issues at once")
+    if answer.status != 0:
+        raise Fail(f"CMCStatus {answer.status_name} (failInfo {answer.fail_info})", asn1parse(raw, 40))
+    if answer.transaction_id != tid:
+        raise Fail(f"transactionId {answer.transaction_id} is not the request's {tid} (RFC 5272 §6.6)")
+    if answer.recipient_nonce != nonce:
+        raise Fail("recipientNonce does not echo the senderNonce (RFC 5272 §6.6)")
+    want = sm.public_key_der(key)
+    cert = next((c for c in answer.certificates if sm.public_key_der(c) == want), None)
+    if cert is None:
+        raise Fail("no certificate in the PKIResponse's SignedData has the request's key",
+                   [c.subject.rfc4514_string() for c in answer.certificates])
+    return f"success, serial {cert.serial_number:x}, transactionId and nonce echoed"
 
 
 @suite.check("est.pending", "Pending enrollment: 202 with Retry-After, correlated on re-POST", R, "4.2.3", Level.MUST,

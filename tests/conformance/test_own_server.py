@@ -50,4 +50,5 @@ def test_est_suite_passes_against_our_server(running_server: RunningServer) -> N
     for cid in ("est.simpleenroll.success", "est.simplereenroll.success", "est.serverkeygen", "est.pending",
                 "est.auth.challenge", "est.input.crlf-wrapped"):
         assert verdicts[cid] == "pass", cid
-    assert verdicts["est.fullcmc"] == "skip"  # 501: not offered
+    assert verdicts["est.fullcmc"] == "pass"  # a malformed Full PKI Request is refused
+    assert verdicts["est.fullcmc.enroll"] == "pass"
