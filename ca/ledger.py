@@ -483,7 +483,10 @@ class Ledger:
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs["pool_pre_ping"] = True
+            # No pre-ping (a round trip per transaction): a connection that died with the server
+            # fails its request (503) and is discarded; the next checkout opens a fresh one.
+            # asyncpg caches prepared statements per connection.
+            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=3600)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._nonces_pruned_at = 0.0  # remember_nonce() prunes old nonces now and then
         #: Transactions begun, by kind ("read" / "write"): the unit-of-work tests count them.

@@ -72,9 +72,16 @@ class Cluster:
         """Create an empty database and return its URL."""
         self._n += 1
         name = f"enroll_test_{os.getpid()}_{self._n}"
-        subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "-q", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        cmd = [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+               "-q", "-c", f"CREATE DATABASE {name}"]
+        for attempt in range(20):  # a busy machine: the server may still be starting up
+            res = subprocess.run(cmd, capture_output=True, timeout=60)
+            if res.returncode == 0:
+                return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+            if b"already exists" in res.stderr:
+                return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+            time.sleep(0.25 * (attempt + 1))
+        raise RuntimeError(f"CREATE DATABASE {name} failed: {res.stderr.decode(errors='replace')}")
 
     def stop(self) -> None:
         if self.proc is not None:
