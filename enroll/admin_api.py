@@ -461,6 +461,49 @@ class AdminAPI:
         return web.json_response({"challenge": value, "profile": profile, "expires_at": iso(time.time() + ttl)},
                                  status=201, headers={"Cache-Control": "no-store"})
 
+    async def credentials_new(self, request: web.Request, who: Requester) -> web.Response:
+        """One-time EST credentials for one device or many; the passwords are in this answer only
+        (JSON, or CSV with ``?format=csv`` for a provisioning station)."""
+        from enroll.config import parse_duration
+        from enroll.credentials import credential_json, credentials_csv
+
+        body = await _body(request)
+        profile, uses, bind = body.get("profile"), body.get("uses", 1), body.get("bind", "serialNumber")
+        if not isinstance(profile, str):
+            raise json_error(400, "profile is required")
+        names = body.get("devices", [body["device"]] if "device" in body else None)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise json_error(400, "device (a string) or devices (a list of strings) is required")
+        ttl = body.get("ttl", 7 * 86400)
+        if isinstance(ttl, str):
+            ttl = parse_duration(ttl)  # ValueError: 400
+        if not isinstance(ttl, int) or isinstance(ttl, bool):
+            raise json_error(400, "ttl must be seconds or a duration like 7d")
+        if not isinstance(uses, int) or isinstance(uses, bool) or not isinstance(bind, str):
+            raise json_error(400, "uses must be an integer and bind a string")
+        made = await self.issuer.create_credentials(profile, names, ttl_seconds=ttl, uses=uses, bind=bind, by=who)
+        headers = {"Cache-Control": "no-store"}
+        if request.query.get("format") == "csv":
+            headers["Content-Disposition"] = f'attachment; filename="credentials-{profile}.csv"'
+            return web.Response(text=credentials_csv(made), content_type="text/csv", status=201, headers=headers)
+        return web.json_response({"items": [credential_json(r, secret) for r, secret in made], "next_cursor": None},
+                                 status=201,
+                                 headers=headers)
+
+    async def credentials(self, request: web.Request, who: Requester) -> dict[str, Any]:
+        from enroll.credentials import credential_json
+
+        unused = request.query.get("unused", "") in ("1", "true")
+        rows = await self.issuer.list_credentials(request.query.get("profile") or None, unused=unused)
+        limit = _int(request, "limit", 500) or 500
+        return {"items": [credential_json(r) for r in rows[:limit]], "next_cursor": None}
+
+    async def credential_revoke(self, request: web.Request, who: Requester) -> dict[str, Any]:
+        from enroll.credentials import credential_json
+
+        await _body(request)
+        return credential_json(await self.issuer.revoke_credential(request.match_info["id"], by=who))
+
     async def publish_crl(self, request: web.Request, who: Requester) -> dict[str, Any]:
         await _body(request)
         crl = await self.issuer.publish_crl(request.match_info["ca"], by=who)
@@ -563,6 +606,9 @@ ROUTES: tuple[tuple[str, str, str, bool], ...] = (
     ("POST", "/pending/{id}/approve", "approve", True),
     ("POST", "/pending/{id}/reject", "reject", True),
     ("POST", "/challenges", "challenge", True),
+    ("GET", "/credentials", "credentials", False),
+    ("POST", "/credentials", "credentials_new", True),
+    ("POST", "/credentials/{id}/revoke", "credential_revoke", True),
     ("POST", "/crl/{ca}/publish", "publish_crl", True),
     ("GET", "/audit", "audit", False),
 )
@@ -781,6 +827,23 @@ def openapi() -> dict[str, Any]:
                                        "properties": {"profile": _STR, "ttl": {"type": "integer", "minimum": 1}}},
                                       "createChallenge"),
                                  "responses": {"201": ok(_ref("Challenge"), "Created"), **errors}}},
+        "/credentials": {
+            "get": op("One-time EST credentials (never their passwords), newest first", ok(_page_of("Credential")), [
+                q("profile", "only this profile"), q("unused", "1: only those that can still enroll"),
+                q("limit", "at most this many (1-500)", {"type": "integer"})], op_id="listCredentials"),
+            "post": {**op("Make one-time EST credentials, one per device; the passwords are in this answer only",
+                          ok(_page_of("NewCredential")),
+                          [q("format", "csv: answer text/csv (user,password,profile,bind,device,uses,expires_at)",
+                             {"type": "string", "enum": ["json", "csv"]})],
+                          {"type": "object", "required": ["profile"], "properties": {
+                              "profile": _STR, "device": _STR, "devices": {"type": "array", "items": _STR},
+                              "bind": {"type": "string", "enum": ["serialNumber", "CN"]},
+                              "ttl": {"type": ["integer", "string"]}, "uses": {"type": "integer", "minimum": 1}}},
+                          "createCredentials"),
+                     "responses": {"201": ok(_page_of("NewCredential"), "Created"), **errors}}},
+        "/credentials/{id}/revoke": {"post": op("Revoke a one-time EST credential", ok(_ref("Credential")),
+                                                [p("id", "credential id (its HTTP Basic user name)")],
+                                                {"type": "object"}, "revokeCredential")},
         "/crl/{ca}/publish": {"post": op("Sign and publish a new CRL now", ok(_ref("CRL")), [p("ca", "CA name")],
                                          {"type": "object"}, "publishCrl")},
         "/audit": {"get": op("The decision log, newest first", ok(_page_of("AuditRecord")), [
@@ -800,6 +863,9 @@ def openapi() -> dict[str, Any]:
                     "first_seen": _TS, "last_issued_at": _TS, "certificates": {"type": "integer"},
                     "active": {"type": "integer"}, "retired": {"type": "boolean"}, "retired_at": _TS,
                     "retired_by": _NSTR, "retire_reason": _NSTR}
+    credential_props = {"id": _STR, "profile": _STR, "bind": _STR, "device": _STR, "uses": {"type": "integer"},
+                        "uses_left": {"type": "integer"}, "created_at": _TS, "expires_at": _TS,
+                        "last_used_at": _TS, "revoked_at": _TS, "created_by": _NSTR}
     schemas = {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
         "Certificate": {"type": "object", "properties": cert_props},
@@ -822,6 +888,8 @@ def openapi() -> dict[str, Any]:
             "profile": _NSTR, "requester": _NSTR, "reason": _NSTR, "serial": _NSTR, "csr_sha256": _NSTR,
             "detail": {"type": ["object", "null"]}}},
         "Challenge": {"type": "object", "properties": {"challenge": _STR, "profile": _STR, "expires_at": _TS}},
+        "Credential": {"type": "object", "properties": credential_props},
+        "NewCredential": {"type": "object", "properties": {**credential_props, "user": _STR, "password": _STR}},
         "CRL": {"type": "object", "properties": {"ca": _STR, "crl_number": {"type": "integer"},
                                                  "this_update": _TS, "next_update": _TS,
                                                  "entries": {"type": "integer"}}},

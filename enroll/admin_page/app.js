@@ -345,6 +345,65 @@ async function audit(params) {
     page.next_cursor ? el("a", { href: "#/audit?" + (() => { const n = new URLSearchParams(q); n.set("cursor", page.next_cursor); return n.toString(); })() }, "Older →") : null);
 }
 
+// --- one-time EST credentials: made in bulk, downloaded once as CSV, listed, revoked -------------------
+async function credentials(params) {
+  const all = params.get("all") === "1";
+  const page = await api("GET", "/credentials" + (all ? "" : "?unused=1"));
+  const profile = el("input", { id: "cred-profile", value: "factory", size: 12, required: true });
+  const devices = el("textarea", { id: "cred-devices", rows: 5, cols: 30, placeholder: "one device serialNumber per line" });
+  const bind = el("select", { id: "cred-bind" }, ["serialNumber", "CN"].map(b => el("option", { value: b }, b)));
+  const ttl = el("input", { id: "cred-ttl", value: "7d", size: 6 });
+  const uses = el("input", { id: "cred-uses", type: "number", min: 1, value: 1, size: 4 });
+  const form = el("form", { id: "cred-form", class: "panel", onsubmit: async (e) => {
+    e.preventDefault();
+    const names = devices.value.split("\n").map(s => s.trim()).filter(Boolean);
+    try {
+      const csv = await createCredentialsCsv({ profile: profile.value.trim(), devices: names, bind: bind.value,
+        ttl: ttl.value.trim(), uses: Number(uses.value) });
+      const link = el("a", { id: "cred-download", href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })),
+        download: "credentials-" + profile.value.trim() + ".csv" }, "Download the CSV again");
+      link.click();
+      say(names.length + " credential(s) made; the passwords are only in the downloaded CSV.");
+      await credentials(params);
+      document.getElementById("view").prepend(link);
+    } catch (err) { say(err.message, true); }
+  } },
+    el("h3", {}, "New one-time EST credentials"),
+    el("label", { for: "cred-profile" }, "Profile "), profile, " ",
+    el("label", { for: "cred-bind" }, "Bound to subject "), bind, " ",
+    el("label", { for: "cred-ttl" }, "Valid for "), ttl, " ",
+    el("label", { for: "cred-uses" }, "Uses "), uses, el("br"),
+    el("label", { for: "cred-devices" }, "Devices"), el("br"), devices, el("br"),
+    el("button", { type: "submit", id: "cred-create" }, "Create and download CSV"));
+  const rows = page.items.map(c => el("tr", { "data-id": c.id },
+    el("td", { class: "mono" }, c.id), el("td", {}, c.profile), el("td", {}, c.bind + "=" + c.device),
+    el("td", {}, c.revoked_at ? "revoked" : c.uses_left + "/" + c.uses), el("td", {}, when(c.expires_at)),
+    el("td", {}, c.revoked_at || !c.uses_left ? "" : el("button", { type: "button", class: "danger revoke-cred",
+      "data-id": c.id, onclick: async () => {
+        try { await api("POST", "/credentials/" + encodeURIComponent(c.id) + "/revoke", {}); say("Credential " + c.id + " revoked."); route(); }
+        catch (err) { say(err.message, true); }
+      } }, "Revoke"))));
+  setView(el("h2", {}, "Enrollment credentials"), form,
+    el("p", {}, el("a", { href: all ? "#/credentials" : "#/credentials?all=1", id: "cred-toggle" },
+      all ? "Show only usable ones" : "Show all")),
+    rows.length ? el("table", { id: "credentials" },
+      el("thead", {}, el("tr", {}, ["Id (user)", "Profile", "Device", "Uses left", "Expires", ""].map(h => el("th", {}, h)))),
+      el("tbody", {}, rows)) : el("p", { id: "no-credentials" }, "None."));
+}
+
+async function createCredentialsCsv(body) {
+  const headers = { "Accept": "text/csv", "Content-Type": "application/json" };
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const resp = await fetch(API + "/credentials?format=csv", { method: "POST", headers, credentials: "same-origin",
+    body: JSON.stringify(body) });
+  if (!resp.ok) {
+    let data = null;
+    try { data = await resp.json(); } catch (e) { data = null; }
+    throw new ApiError(resp.status, (data && data.error) || ("HTTP " + resp.status));
+  }
+  return await resp.text();
+}
+
 // --- routing and sign-in --------------------------------------------------------------------------------
 async function refreshPendingCount() {
   try {
@@ -366,6 +425,7 @@ async function route() {
     else if (path === "/devices") await devices(params);
     else if (path === "/pending") await pending();
     else if (path === "/audit") await audit(params);
+    else if (path === "/credentials") await credentials(params);
     else await overview();
     document.body.dataset.view = path;
   } catch (e) {

@@ -160,7 +160,7 @@ def test_one_time_label_config() -> None:
 async def test_create_credentials_refuses_bad_input(issuer: Issuer) -> None:
     for kw in ({"bind": "O"}, {"uses": 0}, {"ttl_seconds": 0}):
         with pytest.raises(Exception):
-            await issuer.create_credentials("factory", ["SN-1"], **kw)  # type: ignore[arg-type]
+            await issuer.create_credentials("factory", ["SN-1"], **kw)
     with pytest.raises(Exception):
         await issuer.create_credentials("factory", ["SN-1", "SN-1"])
     with pytest.raises(Exception):
