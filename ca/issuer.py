@@ -1055,8 +1055,10 @@ class Issuer:
         """The current CRL of the CA a profile issues from (SCEP GetCRL, CDP)."""
         return await self.crl_for_ca(self.profile(profile_name).ca)
 
-    async def crl_for_ca(self, ca_name: str, force: bool = False) -> x509.CertificateRevocationList:
-        """The current CRL of a CA, re-signed when forced or past half its lifetime."""
+    async def crl_for_ca(self, ca_name: str, force: bool = False,
+                         progress: Callable[[str, int, int], None] | None = None) -> x509.CertificateRevocationList:
+        """The current CRL of a CA, re-signed when forced or past half its lifetime (RFC 5280 §5).
+        ``progress(step, done, total)`` hears about long work (a CRL of a large ledger)."""
         ca = self.cas[ca_name]
         now = time.time()
         current = await self.ledger.crl_current(ca_name)
@@ -1068,7 +1070,10 @@ class Issuer:
             raise CAError(f"CA {ca_name!r} cannot sign CRLs", reason=RejectReason.UNAVAILABLE)
         number = await self.ledger.crl_next_number(ca_name)
         entries = []
-        for serial, revoked_at, reason in await self.ledger.revoked_entries(ca_name):
+        revoked = await self.ledger.revoked_entries(ca_name)
+        for i, (serial, revoked_at, reason) in enumerate(revoked):
+            if progress is not None and i % 10_000 == 0:
+                progress("entries", i, len(revoked))
             b = (x509.RevokedCertificateBuilder().serial_number(serial)
                  .revocation_date(dt.datetime.fromtimestamp(int(revoked_at), dt.timezone.utc)))
             flag = REASONS.get(reason or "unspecified", x509.ReasonFlags.unspecified)
@@ -1077,16 +1082,19 @@ class Issuer:
             entries.append(b.build())
         this_update = dt.datetime.fromtimestamp(int(now), dt.timezone.utc)
         next_update = this_update + dt.timedelta(hours=ca.crl_validity_hours)
+        if progress is not None:
+            progress("signing", len(revoked), len(revoked))
         crl = await ca.backend.sign_crl(entries, number, this_update, next_update)
         await self.ledger.crl_store(ca_name, number, this_update.timestamp(), next_update.timestamp(),
                                     crl.public_bytes(serialization.Encoding.DER))
         return crl
 
-    async def publish_crl(self, ca_name: str, *, by: Actor = None) -> x509.CertificateRevocationList:
+    async def publish_crl(self, ca_name: str, *, by: Actor = None,
+                          progress: Callable[[str, int, int], None] | None = None) -> x509.CertificateRevocationList:
         """Sign and publish a new CRL now (an operator's "force publish"), audited."""
         if ca_name not in self.cas:
             raise NotFoundError(f"no CA named {ca_name!r}")
-        crl = await self.crl_for_ca(ca_name, force=True)
+        crl = await self.crl_for_ca(ca_name, force=True, progress=progress)
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
         await self.audit("crl-publish", ok=True, channel=Channel.ADMIN, profile=None, requester=_actor(by),
                          detail={"ca": ca_name, "crl_number": number, "entries": len(crl)})

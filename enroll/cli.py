@@ -452,6 +452,12 @@ def devices_retire(ctx: click.Context, device: str, reason: str) -> None:
     click.echo(f"retired device {device}; revoked {len(done)} certificate(s)")
 
 
+def _crl_progress(step: str, done: int, total: int) -> None:
+    """Progress of a large CRL on stderr (only when there is much to do)."""
+    if total >= 10_000:
+        click.echo(f"crl: {step} {done}/{total}", err=True)
+
+
 @main.command()
 @click.option("--ca", "ca_name", default=None, help="CA name (default: the only one).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="File to write (default stdout).")
@@ -465,7 +471,8 @@ def crl(ctx: click.Context, ca_name: str | None, out: str | None, der: bool, for
         name = ca_name or next(iter(issuer.cas))
         if name not in issuer.cas:
             raise click.ClickException(f"no CA named {name!r}")
-        c = await (issuer.publish_crl(name, by=_operator()) if force else issuer.crl_for_ca(name))
+        c = await (issuer.publish_crl(name, by=_operator(), progress=_crl_progress) if force
+                   else issuer.crl_for_ca(name, progress=_crl_progress))
         return c.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
 
     data = _run_with_issuer(ctx, go)

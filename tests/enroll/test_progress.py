@@ -40,3 +40,20 @@ async def test_load_run_reports_progress_while_answers_are_outstanding() -> None
         await server.wait_closed()
     assert [a.status for a in stats.answers] == [200, 200, 200]
     assert lines[0].startswith("0/3 answered, 0 failed")
+
+
+def test_crl_of_a_large_ledger_shows_progress(embedded) -> None:  # type: ignore[no-untyped-def]
+    """`enroll crl --force` on a ledger with 12,000 revoked entries reports its steps on stderr."""
+    import subprocess
+    import sys
+
+    from enroll.bench.seed import seed
+    from enroll.config import load_config
+
+    seed(load_config(embedded.config_path).ledger_url, 12_000, 12_000)
+    res = subprocess.run([sys.executable, "-m", "enroll", "-c", str(embedded.config_path), "crl", "--force",
+                          "--der", "--out", str(embedded.config_path.parent / "big.crl")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "crl: entries 0/12000" in res.stderr and "crl: entries 10000/12000" in res.stderr
+    assert "crl: signing 12000/12000" in res.stderr
