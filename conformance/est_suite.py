@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conformance import cmcmsg
+from conformance import cmcmsg, csrtemplate
 from conformance import scepmsg as sm
 from conformance.asn1dump import asn1parse
 from conformance.model import Fail, Interop, Level, Skip, Suite
@@ -780,6 +780,28 @@ async def csrattrs(ctx: EstContext) -> str:
     if any("truncated" in ln or "past the end" in ln for ln in lines):
         raise Fail("malformed DER", lines[:20])
     return f"{len(raw)} bytes of CsrAttrs"
+
+
+@suite.check("est.csrattrs.template", "csrattrs: a CSR attribute template is well-formed", R, "4.5.2",
+             Level.MUST, "(RFC 9908 §3.4) a certificationRequestInfoTemplate attribute carries one value that parses as the RFC's "
+             "CertificationRequestInfoTemplate (version v1, NameTemplate, [0] SubjectPublicKeyInfoTemplate, [1] "
+             "attributes, not both extensionRequest and extensionReqTemplate)")
+async def csrattrs_template(ctx: EstContext) -> str:
+    ex = await ctx.get("csrattrs")
+    if ex.status != 200:
+        raise Skip(f"/csrattrs answered {ex.status}: no attributes to judge")
+    raw = strict_b64(ex.body)
+    try:
+        found = csrtemplate.templates(raw)
+        if not found:
+            raise Skip("the CSR Attributes Response carries no template (RFC 9908 is optional)")
+        if len(found) > 1:
+            raise Fail(f"{len(found)} templates; RFC 9908 §3.4 allows one", asn1parse(raw, 40))
+        return csrtemplate.check_template(found[0])
+    except csrtemplate.Malformed as exc:
+        raise Fail(str(exc), asn1parse(raw, 40)) from None
+    except (ValueError, TypeError) as exc:
+        raise Fail(f"the template does not parse: {exc}", asn1parse(raw, 40)) from None
 
 
 @suite.check("est.fullcmc", "fullcmc: offered or clearly not", R, "4.3", Level.MAY,

@@ -235,10 +235,22 @@ def _subject(text: str | None) -> x509.Name | None:
 @_common
 @_auth
 @_enroll_options
+@click.option("--from-csrattrs", is_flag=True, default=False,
+              help="Fill the CSR from the label's /csrattrs template (RFC 9908): its subject values, key "
+                   "algorithm and extensions; --subject and --san give what it leaves open. Needs --key "
+                   "(a new key of the template's algorithm is written there).")
 def enroll_cmd(key_path: Path | None, key_type: str, subject: str | None, san: tuple[str, ...],
                csr_path: Path | None, pop: bool, out: Path | None, chain_out: Path | None,
-               **opts: Any) -> None:
+               from_csrattrs: bool = False, **opts: Any) -> None:
     """POST /simpleenroll with a new or existing key."""
+    if from_csrattrs:
+        if csr_path is not None or key_path is None:
+            raise click.UsageError("--from-csrattrs needs --key and no --csr")
+        result = _run(_enroll_from_template(key_path, _subject(subject), _sans(san), pop, opts))
+        _write(out, _pem_certs([result.certificate]))
+        if chain_out:
+            _write(chain_out, _pem_certs(result.certificates))
+        return
     key = _load_or_create_key(key_path, key_type) if key_path else None
     factory = _csr_factory(key, _subject(subject), _sans(san), csr_path)
 
@@ -366,3 +378,25 @@ def fullcmc_cmd(key_path: Path | None, key_type: str, subject: str | None, san: 
     _write(out, _pem_certs([cert]))
     if chain_out:
         _write(chain_out, _pem_certs(result.certificates))
+
+
+async def _enroll_from_template(key_path: Path, subject: x509.Name | None, sans: list[x509.GeneralName],
+                                pop: bool, opts: dict[str, Any]) -> Any:
+    """GET /csrattrs, fill its RFC 9908 template (est/template.py), POST /simpleenroll."""
+    from est import template
+
+    async with _client(opts, pop=pop) as c:
+        tmpl = template.find_template(await c.csrattrs())
+        if tmpl is None:
+            raise EstError("the label's /csrattrs carries no CSR attribute template (RFC 9908)")
+        if key_path.exists():
+            key = _load_or_create_key(key_path, "p256")
+            template.check_key(tmpl, key)
+        else:
+            key = template.key_for(tmpl)
+            _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()), private=True)
+        # Checked once before anything is sent, then rebuilt per TLS session when PoP-linked.
+        template.fill(tmpl, key, subject=subject, sans=sans)
+        return await c.enroll(lambda challenge: template.fill(tmpl, key, subject=subject, sans=sans,
+                                                              challenge=challenge))
