@@ -839,12 +839,14 @@ class Issuer:
         self._log(log_values)
         return Issued(cert, chain.chain, cert.serial_number)
 
-    async def adopt(self, cert: x509.Certificate, profile_name: str, *, by: Actor = None) -> CertRecord:
+    async def adopt(self, cert: x509.Certificate, profile_name: str, *, by: Actor = None,
+                    channel: Channel = Channel.ADMIN) -> CertRecord:
         """Record a certificate one of our CAs signed outside the ledger (``enroll certs import``:
         the development PKI's example client, certificates from before the ledger existed), so
         that it authenticates, appears on CRLs and OCSP, and can be revoked like any other.
 
-        Refused when no CA of ours signed it or its serial is already recorded.
+        Refused when no CA of ours signed it or its serial is already recorded. With ``channel``
+        :attr:`Channel.IMPORT` it records one from another instance's verified bundle (``enroll import``).
         """
         profile = self.profile(profile_name)
         ca = await self._ca_for_certificate(cert)
@@ -854,14 +856,14 @@ class Issuer:
         spki = spki_sha256(cert.public_key())
         who = _actor(by)
         row_id = await self.ledger.reserve_serial(
-            issuer=ca.name, serial=cert.serial_number, profile=profile.name, channel=Channel.ADMIN.value,
+            issuer=ca.name, serial=cert.serial_number, profile=profile.name, channel=channel.value,
             requester=_describe(who) or "", auth_method=AuthMethod.OPERATOR.value, csr_sha256=sha256_hex(der),
             spki_sha256=spki, transaction_id=None, renews_serial=None)
         if row_id is None:
             raise CAError(f"serial {serial_hex(cert.serial_number)} of CA {ca.name!r} is already recorded")
         sans = sans_of(cert.extensions)
         device = device_key(profile.name, cert.subject, sans)
-        audit = dict(event="adopt", ok=True, channel=Channel.ADMIN.value, profile=profile.name,
+        audit = dict(event="adopt" if channel is Channel.ADMIN else "import", ok=True, channel=channel.value, profile=profile.name,
                      requester=_describe(who), reason="recorded", csr_sha256=None, serial=cert.serial_number,
                      detail={"device": device, "sha256": sha256_hex(der)})
         await self.ledger.store_issued(

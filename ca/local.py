@@ -23,6 +23,11 @@ class LocalCA:
 
             raise ConfigError(f"cas.{name}.key", "the key does not match the CA certificate")
 
+    def sign_bytes(self, data: bytes) -> tuple[bytes, str | None]:
+        """A signature over ``data`` with the CA key and the name of its hash (None for Ed25519):
+        what signs the manifest of an export bundle (``enroll export``)."""
+        return self._signer.sign(data, self._hash), self._hash.name if self._hash is not None else None
+
     async def ca_chain(self) -> CAChain:
         """The published chain, issuer first (RFC 7030 §4.1.3)."""
         return self._chain

@@ -803,7 +803,8 @@ def _add_protocol_clients() -> None:
 
     for mod, attr in (("est.cli", "est"), ("scep.cli", "scep"), ("conformance.cli", "conformance"),
                       ("enroll.bench.cli", "bench"), ("enroll.factory_cli", "credentials"),
-                      ("enroll.factory_cli", "issue_cmd")):
+                      ("enroll.factory_cli", "issue_cmd"), ("enroll.factory_cli", "export_cmd"),
+                      ("enroll.factory_cli", "import_cmd")):
         try:
             group = getattr(importlib.import_module(mod), attr)
         except (ModuleNotFoundError, AttributeError):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from ca.errors import CAError
 from ca.issuer import Issuer
-from enroll.cli import _operator, _run_with_issuer, _when
+from enroll.cli import _operator, _parse_when, _run_with_issuer, _when
 from enroll.config import parse_duration
 from enroll.credentials import credentials_csv, device_range
 
@@ -120,3 +121,48 @@ def issue_cmd(ctx: click.Context, profile: str, csr_path: str, out_dir: str | No
     click.echo(f"{len(results) - len(refused)} issued, {len(refused)} refused", err=True)
     if refused:
         sys.exit(1)
+
+
+@click.command("export")
+@click.option("--since", required=True, help="From this date or time on (ISO 8601, UTC unless a zone is given).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The bundle file to write.")
+@click.option("--ca", "ca_name", default=None, help="The CA whose certificates to export (its key signs the bundle).")
+@click.pass_context
+def export_cmd(ctx: click.Context, since: str, out: str, ca_name: str | None) -> None:
+    """Write a signed bundle of the certificates issued and revoked since DATE, the current CRL
+    and the audit records of the period, for `enroll import` on another instance."""
+    from enroll.bundle import export
+
+    t0 = _parse_when(since, "--since")
+    assert t0 is not None
+    data = _run_with_issuer(ctx, lambda issuer: export(issuer, t0, ca_name))
+    Path(out).write_bytes(data)
+    click.echo(f"bundle written to {out} ({len(data)} bytes)", err=True)
+
+
+@click.command("import")
+@click.argument("bundle_path", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--trust", "trust_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="PEM file of the CA certificate(s) a bundle must be signed by.")
+@click.pass_context
+def import_cmd(ctx: click.Context, bundle_path: str, trust_path: str) -> None:
+    """Verify a bundle from `enroll export` (signer, signature, every hash) and only then record
+    its certificates (channel "import") and revocations; importing it again changes nothing."""
+    from cryptography import x509
+
+    from enroll.bundle import record, verify
+
+    try:
+        trusted = x509.load_pem_x509_certificates(Path(trust_path).read_bytes())
+    except ValueError as exc:
+        raise click.BadParameter(f"no PEM certificate: {exc}", param_hint="--trust") from None
+    try:
+        verified = verify(Path(bundle_path).read_bytes(), trusted)
+    except CAError as exc:
+        raise click.ClickException(f"bundle refused, nothing recorded: {exc.detail}") from None
+    summary = _run_with_issuer(ctx, lambda issuer: record(issuer, verified, by=_operator()))
+    click.echo(f"recorded {summary.recorded}, already known {summary.known}, revocations applied {summary.revoked}"
+               + (f", conflicting serials {', '.join(summary.conflicts)}" if summary.conflicts else ""))
+    if summary.conflicts:
+        sys.exit(1)
+
