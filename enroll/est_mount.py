@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from est import http as est_http
-from est.service import EstService, EstSettings, parse_settings
+from est.service import EstService
+from est.settings import EstSettings, parse_settings
 
 
 def settings(config: Any) -> EstSettings:

@@ -23,7 +23,8 @@ from est.errors import (
     PayloadTooLarge,
     from_ca_error,
 )
-from est.service import METHODS, Credentials, EstResponse, EstService, TlsInfo
+from est.service import Credentials, EstResponse, EstService, TlsInfo
+from est.settings import METHODS
 
 log = logging.getLogger("enroll.est")
 

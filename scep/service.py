@@ -20,14 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.api import AuthMethod, Channel, Claims, EnrollRequest, IssueRequest, Issued, Pending, Rejected, Requester
+from ca.api import AuthMethod, Channel, Claims, EnrollRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, NotFoundError, RejectReason
 from ca.keys import PrivateKey
 from ca.issuer import Issuer

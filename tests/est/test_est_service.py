@@ -13,7 +13,8 @@ from ca.api import CAChain
 from ca.errors import ConfigError
 from enroll.pki import DevPKI
 from est import wire
-from est.service import EstService, parse_settings
+from est.service import EstService
+from est.settings import parse_settings
 
 
 @dataclass
