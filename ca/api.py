@@ -40,7 +40,7 @@ class Channel(enum.Enum):
     EST = "est"
     SCEP = "scep"
     ADMIN = "admin"
-    OFFLINE = "offline"  # `enroll issue`: CSRs carried to an operator (docs/ARCHITECTURE.md, "Offline issuance")
+    OFFLINE = "offline"  # `enroll issue` (enroll/offline.py): CSRs carried to an operator, no network
     IMPORT = "import"  # `enroll import`: certificates another instance issued, from a verified bundle
 
 
