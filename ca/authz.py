@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import datetime as dt
 import hashlib
 import hmac
@@ -171,9 +172,9 @@ class TrustStore:
             if not _valid_at(cert, now):
                 return None
             for anchor in self.anchors:
-                if anchor.subject == cert.issuer and _signed_by(cert, anchor) and _valid_at(anchor, now):
+                if anchor.subject == cert.issuer and signed_by(cert, anchor) and _valid_at(anchor, now):
                     return path if anchor == cert else [*path, anchor]
-            nxt = next((c for c in pool if c.subject == cert.issuer and _is_ca(c) and _signed_by(cert, c)), None)
+            nxt = next((c for c in pool if c.subject == cert.issuer and _is_ca(c) and signed_by(cert, c)), None)
             if nxt is None:
                 return None
             pool.remove(nxt)
@@ -205,7 +206,11 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+@functools.lru_cache(maxsize=4096)
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` (RFC 5280 §6.1.3 (a)(1)); remembered per process
+    (the same two certificates always give the same answer), so a device's certificate is
+    verified once, not on every request."""
     try:
         cert.verify_directly_issued_by(issuer)
         return True

@@ -30,6 +30,7 @@ from ca.api import (
 from ca import ocsp
 from ca.serials import SerialPool
 from ca.authz import (
+    signed_by,
     TrustStore,
 )
 from ca.errors import (
@@ -154,13 +155,8 @@ class IssuerBase:
     async def _ca_for_certificate(self, cert: x509.Certificate) -> IssuingCA | None:
         for ca in self.cas.values():
             issuer = (await ca.backend.ca_chain()).issuer
-            if cert.issuer != issuer.subject:
-                continue
-            try:
-                cert.verify_directly_issued_by(issuer)
-            except Exception:
-                continue
-            return ca
+            if cert.issuer == issuer.subject and signed_by(cert, issuer):
+                return ca
         return None
 
     async def issued_by_us(self, cert: x509.Certificate) -> bool:
