@@ -16,9 +16,7 @@ a browser holding an admin client certificate cannot be made to act by another s
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
@@ -28,110 +26,35 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from ca.api import AuthMethod, Requester
-from ca.authz import verify_secret
+from ca.api import Requester
 from ca.errors import CAError, ConfigError, NotFoundError
 from ca.api import REASONS
 from ca.issuer import Issuer
-from ca.ledger import AuditRecord, CertificateQuery, CertRecord, DeviceRecord, PendingRecord, serial_hex
-from ca.profile import key_type_of, sans_of
+from ca.ledger import CertificateQuery, serial_hex
 from enroll.body import BodyError, read_body
-from enroll.config import AdminConfig, Config, fingerprint, load_certs, load_crl, parse_duration
+from enroll.config import Config, load_certs, parse_duration
 
+from enroll.admin_auth import AdminAuth, AdminCRL, same_origin
+from enroll.admin_openapi import openapi
+from enroll.admin_views import (
+    API,
+    audit_json,
+    cert_detail_json,
+    cert_json,
+    device_json,
+    iso,
+    json_error,
+    pending_json,
+)
 log = logging.getLogger("enroll.admin")
 
-API = "/admin/api/v1"
 PAGE_DIR = Path(__file__).resolve().parent / "admin_page"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 MAX_LIMIT = 500
 MAX_BODY = 64 * 1024  # admin requests are small JSON objects
 
 Handler = Callable[[web.Request, Requester], Awaitable[Any]]
-
-
-# --- JSON views of ledger records ----------------------------------------------------------------
-def iso(ts: float | None) -> str | None:
-    """RFC 3339 UTC timestamp, or None."""
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def cert_state(r: CertRecord, now: float | None = None) -> str:
-    """valid | on_hold | revoked | expired | retired (ca.ledger.CertState, as the CLI says)."""
-    return r.state(now).value
-
-
-def cert_json(r: CertRecord, now: float | None = None) -> dict[str, Any]:
-    """The list view of a certificate."""
-    return {
-        "serial": serial_hex(r.serial), "ca": r.issuer, "profile": r.profile, "device": r.device,
-        "subject": r.subject, "state": cert_state(r, now), "not_before": iso(r.not_before),
-        "not_after": iso(r.not_after), "issued_at": iso(r.issued_at), "revoked_at": iso(r.revoked_at),
-        "revocation_reason": r.revocation_reason, "retired": r.retired, "channel": r.channel,
-        "requester": r.requester, "renews": serial_hex(r.renews_serial) if r.renews_serial is not None else None,
-    }
-
-
-def cert_detail_json(r: CertRecord) -> dict[str, Any]:
-    """The detail view: the list view plus names, key, extensions, fingerprints and PEM."""
-    out = cert_json(r)
-    out.update({"transaction_id": r.transaction_id, "csr_sha256": r.csr_sha256, "spki_sha256": r.spki_sha256,
-                "retired_at": iso(r.retired_at)})
-    if r.der:
-        cert = x509.load_der_x509_certificate(r.der)
-        out.update({
-            "sans": sans_of(cert.extensions),
-            "issuer": cert.issuer.rfc4514_string(),
-            "key_type": key_type_of(cert.public_key()),
-            "sha256": hashlib.sha256(r.der).hexdigest(),
-            "extensions": [{"oid": e.oid.dotted_string, "name": getattr(e.oid, "_name", e.oid.dotted_string),
-                            "critical": e.critical} for e in cert.extensions],
-            "pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
-        })
-    return out
-
-
-def device_json(d: DeviceRecord) -> dict[str, Any]:
-    """A device of the inventory."""
-    return {"device": d.device, "profile": d.profile, "subject": d.subject, "sans": d.sans,
-            "first_seen": iso(d.first_seen), "last_issued_at": iso(d.last_issued_at),
-            "certificates": d.certificates, "active": d.active, "retired": d.retired,
-            "retired_at": iso(d.retired_at), "retired_by": d.retired_by, "retire_reason": d.retire_reason}
-
-
-def pending_json(p: PendingRecord) -> dict[str, Any]:
-    """A request waiting for (or decided by) an operator, with the names it asks for."""
-    sans: list[str] = []
-    try:
-        sans = sans_of(x509.load_der_x509_csr(p.csr_der).extensions)
-    except Exception:  # noqa: BLE001 - shown for information only; the CSR was checked at request time
-        pass
-    return {"id": p.id, "profile": p.profile, "status": p.status, "channel": p.channel, "requester": p.requester,
-            "subject": p.subject, "sans": sans, "csr_sha256": p.csr_sha256, "transaction_id": p.transaction_id,
-            "created_at": iso(p.created_at), "decided_at": iso(p.decided_at), "decided_by": p.decided_by,
-            "reason": p.reason, "serial": serial_hex(p.serial) if p.serial is not None else None}
-
-
-def audit_json(a: AuditRecord) -> dict[str, Any]:
-    """One decision of the audit trail."""
-    return {"id": a.id, "at": iso(a.at), "event": a.event, "ok": a.ok, "channel": a.channel, "profile": a.profile,
-            "requester": a.requester, "reason": a.reason, "serial": a.serial, "csr_sha256": a.csr_sha256,
-            "detail": a.detail}
-
-
-# --- errors --------------------------------------------------------------------------------------
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
-    """An HTTP error with a JSON body ``{"error": message}``."""
-    cls = web.HTTPException
-    for c in (web.HTTPBadRequest, web.HTTPUnauthorized, web.HTTPForbidden, web.HTTPNotFound, web.HTTPConflict,
-              web.HTTPUnsupportedMediaType, web.HTTPServiceUnavailable):
-        if c.status_code == status:
-            cls = c
-    exc = cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
-    return exc
 
 
 def _serial(text: str) -> int:
@@ -187,135 +110,6 @@ def _reason(body: dict[str, Any], default: str) -> str:
     if not isinstance(reason, str) or reason not in REASONS:
         raise json_error(400, f"reason must be one of {', '.join(REASONS)}")
     return reason
-
-
-# --- authentication ------------------------------------------------------------------------------
-class AdminCRL:
-    """``[admin] crl``: the admin CA's CRL, re-read when the file changes. Fail closed: an
-    unreadable CRL, one not signed by an admin trust anchor, or one past its nextUpdate
-    (RFC 5280 §5.1.2.5) refuses every admin client certificate."""
-
-    def __init__(self, path: Path, anchors: list[x509.Certificate]) -> None:
-        self.path = path
-        self.anchors = anchors
-        self._stamp: tuple[int, int] | None = None
-        self._crl: x509.CertificateRevocationList | None = None
-        self._problem = "not loaded"
-
-    def _load(self) -> None:
-        try:
-            st = self.path.stat()
-        except OSError as exc:
-            self._stamp, self._crl, self._problem = None, None, f"admin CRL unreadable: {exc.strerror}"
-            return
-        if self._stamp == (st.st_mtime_ns, st.st_size):
-            return
-        self._stamp, self._crl = (st.st_mtime_ns, st.st_size), None
-        try:
-            crl = load_crl(self.path, "admin.crl")
-        except ConfigError as exc:
-            self._problem = exc.problem
-            return
-        if not any(a.subject == crl.issuer and crl.is_signature_valid(a.public_key())  # type: ignore[arg-type]
-                   for a in self.anchors):
-            self._problem = "admin CRL is not signed by an admin trust anchor"
-            return
-        self._crl, self._problem = crl, ""
-
-    def load_problem(self) -> str:
-        """Why the CRL file cannot be used ("" when it can)."""
-        self._load()
-        return "" if self._crl is not None else self._problem
-
-    def refusal(self, cert: x509.Certificate, now: float | None = None) -> str | None:
-        """Why ``cert`` may not authenticate, or None when the CRL clears it."""
-        self._load()
-        crl = self._crl
-        if crl is None:
-            return self._problem
-        now = time.time() if now is None else now
-        if crl.next_update_utc is None or crl.next_update_utc.timestamp() <= now:
-            return "admin CRL is past its nextUpdate: publish a fresh one"
-        if cert.issuer != crl.issuer:
-            return "admin CRL does not cover this certificate's issuer"
-        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            return "admin certificate is revoked"
-        return None
-
-
-class AdminAuth:
-    """Bearer tokens (scrypt hashes from the config) and admin client certificates."""
-
-    def __init__(self, cfg: AdminConfig, issuer: Issuer, anchors: list[x509.Certificate] | None = None) -> None:
-        self.cfg = cfg
-        self.issuer = issuer
-        self.crl = AdminCRL(cfg.crl, anchors or []) if cfg.crl is not None else None
-        self._known: dict[str, str] = {}  # sha256(token) -> token name, after one scrypt check
-        # Wrong tokens cost one scrypt per configured token: bound how many run at once, so a
-        # flood of bad tokens cannot take every executor thread.
-        self._checks = asyncio.Semaphore(2)
-
-    async def token_name(self, token: str) -> str | None:
-        """The name of the configured token ``token`` matches, or None."""
-        if not token or len(token) > 512:
-            return None
-        key = hashlib.sha256(token.encode()).hexdigest()
-        if key in self._known:
-            return self._known[key]
-        loop = asyncio.get_running_loop()
-        async with self._checks:
-            for name, stored in self.cfg.tokens.items():
-                # scrypt takes tens of milliseconds: keep it off the event loop.
-                if await loop.run_in_executor(None, verify_secret, token, stored):
-                    self._known[key] = name
-                    return name
-        return None
-
-    async def authenticate(self, request: web.Request) -> Requester:
-        """The admin behind a request, or an HTTP error (403 plain HTTP, 401 no credentials)."""
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        if ssl_object is None:
-            raise json_error(403, "the admin interface is served over HTTPS only")
-        header = request.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer ":
-            name = await self.token_name(header[7:].strip())
-            if name is None:
-                log.warning(json.dumps({"event": "admin-auth-failed", "method": "bearer", "remote": request.remote}))
-                raise json_error(401, "bearer token not accepted",
-                                 {"WWW-Authenticate": 'Bearer realm="enroll-admin", error="invalid_token"'})
-            return Requester(AuthMethod.OPERATOR, f"token:{name}", remote=request.remote)
-        der = ssl_object.getpeercert(binary_form=True)
-        if der and self.cfg.client_trust:
-            cert = x509.load_der_x509_certificate(der)
-            refusal = self.certificate_refusal(cert)
-            if refusal is None:
-                return Requester(AuthMethod.TLS_CLIENT_CERT, f"cert:{cert.subject.rfc4514_string()}", certificate=cert,
-                                 remote=request.remote)
-            log.warning(json.dumps({"event": "admin-auth-failed", "method": "client-cert", "remote": request.remote,
-                                    "subject": cert.subject.rfc4514_string(), "reason": refusal}))
-            raise json_error(401, f"admin client certificate not accepted: {refusal}",
-                             {"WWW-Authenticate": 'Bearer realm="enroll-admin"'})
-        raise json_error(401, "admin credentials required: a bearer token or an admin client certificate",
-                         {"WWW-Authenticate": 'Bearer realm="enroll-admin"'})
-
-
-    def certificate_refusal(self, cert: x509.Certificate) -> str | None:
-        """Why an admin client certificate does not authenticate (None: it does): it must chain
-        to ``[admin] client_trust``, be on ``allowed_fingerprints`` when that is set, and not be
-        revoked by ``[admin] crl`` when that is set."""
-        if not self.issuer.verify_client_chain(cert, self.cfg.client_trust):
-            return "does not chain to an admin trust store"
-        if self.cfg.allowed_fingerprints and fingerprint(cert) not in self.cfg.allowed_fingerprints:
-            return "not in admin.allowed_fingerprints"
-        if self.crl is not None:
-            return self.crl.refusal(cert)
-        return None
-
-
-def _same_origin(request: web.Request) -> bool:
-    """No Origin (curl, scripts) or our own; a browser on another site sends its own Origin."""
-    origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
 
 
 # --- the API -------------------------------------------------------------------------------------
@@ -620,7 +414,7 @@ def _endpoint(auth: AdminAuth, fn: Handler, mutating: bool) -> Callable[[web.Req
         if mutating:
             if request.content_type != "application/json":
                 raise json_error(415, "send a JSON body (Content-Type: application/json)")
-            if not _same_origin(request):
+            if not same_origin(request):
                 raise json_error(403, "cross-origin admin requests are refused")
         try:
             result = await fn(request, who)
@@ -728,200 +522,3 @@ def mount(app: web.Application, config: Config, issuer: Issuer) -> None:
     app.router.add_get("/admin/{file:[a-z]+\\.(?:js|css|svg)}", page)
 
 
-# --- OpenAPI -------------------------------------------------------------------------------------
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _page_of(name: str) -> dict[str, Any]:
-    return {"type": "object", "required": ["items", "next_cursor"],
-            "properties": {"items": {"type": "array", "items": _ref(name)},
-                           "next_cursor": {"type": ["string", "null"],
-                                           "description": "pass as ?cursor= for the next page"}}}
-
-
-_TS = {"type": ["string", "null"], "format": "date-time"}
-_STR = {"type": "string"}
-_NSTR = {"type": ["string", "null"]}
-
-
-def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of ``/admin/api/v1`` (served at ``/admin/api/v1/openapi.json``)."""
-    reasons = {"type": "string", "enum": list(REASONS)}
-
-    def q(name: str, desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": False, "description": desc, "schema": schema or _STR}
-
-    def p(name: str, desc: str) -> dict[str, Any]:
-        return {"name": name, "in": "path", "required": True, "description": desc, "schema": _STR}
-
-    def ok(schema: dict[str, Any], desc: str = "OK") -> dict[str, Any]:
-        return {"description": desc, "content": {"application/json": {"schema": schema}}}
-
-    errors = {str(c): {"description": d, "content": {"application/json": {"schema": _ref("Error")}}}
-              for c, d in ((400, "bad parameter"), (401, "no or wrong credentials"),
-                           (403, "plain HTTP or cross-origin"), (404, "not found"),
-                           (409, "not possible in the current state"))}
-
-    def op(summary: str, response: dict[str, Any], params: list[dict[str, Any]] | None = None,
-           body: dict[str, Any] | None = None, op_id: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {"summary": summary, "operationId": op_id, "parameters": params or [],
-                               "responses": {"200": response, **errors}}
-        if body is not None:
-            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        return out
-
-    serial = p("serial", "certificate serial number in hex, as `openssl x509 -serial` prints it")
-    device = p("device", "device key (32 hex characters)")
-    reason_body = {"type": "object", "properties": {"reason": reasons, "ca": _STR}}
-    paths: dict[str, Any] = {
-        "/health": {"get": op("Service health: ledger, CRL state per CA, pending count",
-                              ok(_ref("Health")), op_id="health")},
-        "/overview": {"get": op("Fleet overview: counts by profile, expiring soon, recent enrollments",
-                                ok(_ref("Overview")), op_id="overview")},
-        "/charts": {"get": op("Chart data: issued per day and profile (30 days), expiring per week (13 weeks), "
-                              "refusals by reason class (30 days)", ok(_ref("Charts")), op_id="charts")},
-        "/certificates": {"get": op("List issued certificates, newest first (or soonest expiring)",
-                                    ok(_page_of("Certificate")), [
-                                        q("profile", "only this profile"),
-                                        q("state", "valid, revoked, on_hold, retired or expired",
-                                          {"type": "string",
-                                           "enum": ["valid", "revoked", "on_hold", "retired", "expired"]}),
-                                        q("device", "only this device"),
-                                        q("q", "substring of the subject"),
-                                        q("expiring_within", "valid and expiring within, e.g. 30d, 12h"),
-                                        q("limit", "page size (1-500)", {"type": "integer"}),
-                                        q("cursor", "next_cursor of the previous page")],
-                                    op_id="listCertificates")},
-        "/certificates/{serial}": {"get": op("One certificate with its PEM", ok(_ref("CertificateDetail")),
-                                             [serial, q("ca", "CA name when the serial exists under several")],
-                                             op_id="getCertificate")},
-        "/certificates/{serial}/revoke": {"post": op(
-            "Revoke (reason certificate_hold suspends); publishes a new CRL", ok(_ref("CertificateDetail")),
-            [serial], reason_body, "revokeCertificate")},
-        "/certificates/{serial}/unhold": {"post": op(
-            "Release a certificateHold; the certificate leaves the CRL", ok(_ref("CertificateDetail")),
-            [serial], {"type": "object", "properties": {"ca": _STR}}, "unholdCertificate")},
-        "/devices": {"get": op("Device inventory", ok(_page_of("Device")), [
-            q("profile", "only this profile"), q("q", "substring of subject or SAN, or a device key"),
-            q("retired", "true or false", {"type": "string", "enum": ["true", "false"]}),
-            q("limit", "page size (1-500)", {"type": "integer"}), q("cursor", "next_cursor of the previous page")],
-            op_id="listDevices")},
-        "/devices/{device}": {"get": op("A device, its certificates and its history", ok(_ref("DeviceDetail")),
-                                        [device], op_id="getDevice")},
-        "/devices/{device}/revoke": {"post": op("Revoke every certificate of a device", ok(_ref("Revoked")),
-                                                [device], reason_body, "revokeDevice")},
-        "/devices/{device}/retire": {"post": op(
-            "Retire a device: revoke all its certificates, refuse its future enrollments and renewals",
-            ok(_ref("Device")), [device], reason_body, "retireDevice")},
-        "/pending": {"get": op("Requests waiting for approval", ok(_page_of("Pending")), [
-            q("status", "pending (default), approved, issuing, issued, rejected or all")], op_id="listPending")},
-        "/pending/{id}/approve": {"post": op("Approve; the client's next poll gets its certificate",
-                                             ok(_ref("Pending")), [p("id", "request id")],
-                                             {"type": "object"}, "approvePending")},
-        "/pending/{id}/reject": {"post": op("Reject; the client's next poll is refused", ok(_ref("Pending")),
-                                            [p("id", "request id")],
-                                            {"type": "object", "properties": {"reason": _STR}}, "rejectPending")},
-        "/challenges": {"post": {**op("Issue a one-time SCEP challenge", ok(_ref("Challenge")), [],
-                                      {"type": "object", "required": ["profile"],
-                                       "properties": {"profile": _STR, "ttl": {"type": "integer", "minimum": 1}}},
-                                      "createChallenge"),
-                                 "responses": {"201": ok(_ref("Challenge"), "Created"), **errors}}},
-        "/credentials": {
-            "get": op("One-time EST credentials (never their passwords), newest first", ok(_page_of("Credential")), [
-                q("profile", "only this profile"), q("unused", "1: only those that can still enroll"),
-                q("limit", "at most this many (1-500)", {"type": "integer"})], op_id="listCredentials"),
-            "post": {**op("Make one-time EST credentials, one per device; the passwords are in this answer only",
-                          ok(_page_of("NewCredential")),
-                          [q("format", "csv: answer text/csv (user,password,profile,bind,device,uses,expires_at)",
-                             {"type": "string", "enum": ["json", "csv"]})],
-                          {"type": "object", "required": ["profile"], "properties": {
-                              "profile": _STR, "device": _STR, "devices": {"type": "array", "items": _STR},
-                              "bind": {"type": "string", "enum": ["serialNumber", "CN"]},
-                              "ttl": {"type": ["integer", "string"]}, "uses": {"type": "integer", "minimum": 1}}},
-                          "createCredentials"),
-                     "responses": {"201": ok(_page_of("NewCredential"), "Created"), **errors}}},
-        "/credentials/{id}/revoke": {"post": op("Revoke a one-time EST credential", ok(_ref("Credential")),
-                                                [p("id", "credential id (its HTTP Basic user name)")],
-                                                {"type": "object"}, "revokeCredential")},
-        "/crl/{ca}/publish": {"post": op("Sign and publish a new CRL now", ok(_ref("CRL")), [p("ca", "CA name")],
-                                         {"type": "object"}, "publishCrl")},
-        "/audit": {"get": op("The decision log, newest first", ok(_page_of("AuditRecord")), [
-            q("serial", "only records about this certificate"), q("device", "only records about this device"),
-            q("since", "ISO 8601 time, inclusive"), q("until", "ISO 8601 time, exclusive"),
-            q("event", "issue, renew, revoke, hold, unhold, approve, reject, retire-device, ..."),
-            q("limit", "page size (1-500)", {"type": "integer"}), q("cursor", "next_cursor of the previous page")],
-            op_id="listAudit")},
-        "/openapi.json": {"get": op("This document", ok({"type": "object"}), op_id="openapi")},
-    }
-    cert_props = {"serial": _STR, "ca": _STR, "profile": _STR, "device": _NSTR, "subject": _NSTR,
-                  "state": {"type": "string", "enum": ["valid", "on_hold", "revoked", "expired", "retired"]},
-                  "not_before": _TS, "not_after": _TS, "issued_at": _TS, "revoked_at": _TS,
-                  "revocation_reason": _NSTR, "retired": {"type": "boolean"}, "channel": _STR, "requester": _STR,
-                  "renews": _NSTR}
-    device_props = {"device": _STR, "profile": _STR, "subject": _STR, "sans": {"type": "array", "items": _STR},
-                    "first_seen": _TS, "last_issued_at": _TS, "certificates": {"type": "integer"},
-                    "active": {"type": "integer"}, "retired": {"type": "boolean"}, "retired_at": _TS,
-                    "retired_by": _NSTR, "retire_reason": _NSTR}
-    credential_props = {"id": _STR, "profile": _STR, "bind": _STR, "device": _STR, "uses": {"type": "integer"},
-                        "uses_left": {"type": "integer"}, "created_at": _TS, "expires_at": _TS,
-                        "last_used_at": _TS, "revoked_at": _TS, "created_by": _NSTR}
-    schemas = {
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
-        "Certificate": {"type": "object", "properties": cert_props},
-        "CertificateDetail": {"type": "object", "properties": {
-            **cert_props, "sans": {"type": "array", "items": _STR}, "issuer": _STR, "key_type": _STR,
-            "sha256": _STR, "pem": _STR, "transaction_id": _NSTR, "csr_sha256": _STR, "spki_sha256": _STR,
-            "retired_at": _TS, "extensions": {"type": "array", "items": {"type": "object"}}}},
-        "Device": {"type": "object", "properties": device_props},
-        "DeviceDetail": {"type": "object", "properties": {
-            **device_props, "items": {"type": "array", "items": _ref("Certificate")},
-            "history": {"type": "array", "items": _ref("AuditRecord")}}},
-        "Revoked": {"type": "object", "properties": {"revoked": {"type": "array", "items": _STR}}},
-        "Pending": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "profile": _STR, "status": _STR, "channel": _STR, "requester": _STR,
-            "subject": _NSTR, "sans": {"type": "array", "items": _STR}, "csr_sha256": _STR,
-            "transaction_id": _NSTR, "created_at": _TS, "decided_at": _TS, "decided_by": _NSTR, "reason": _NSTR,
-            "serial": _NSTR}},
-        "AuditRecord": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "at": _TS, "event": _STR, "ok": {"type": "boolean"}, "channel": _NSTR,
-            "profile": _NSTR, "requester": _NSTR, "reason": _NSTR, "serial": _NSTR, "csr_sha256": _NSTR,
-            "detail": {"type": ["object", "null"]}}},
-        "Challenge": {"type": "object", "properties": {"challenge": _STR, "profile": _STR, "expires_at": _TS}},
-        "Credential": {"type": "object", "properties": credential_props},
-        "NewCredential": {"type": "object", "properties": {**credential_props, "user": _STR, "password": _STR}},
-        "CRL": {"type": "object", "properties": {"ca": _STR, "crl_number": {"type": "integer"},
-                                                 "this_update": _TS, "next_update": _TS,
-                                                 "entries": {"type": "integer"}}},
-        "Health": {"type": "object", "properties": {"status": _STR, "ledger": _STR, "cas": {"type": "object"},
-                                                    "pending": {"type": "integer"}, "admin": _STR}},
-        "Charts": {"type": "object", "properties": {
-            "days": {"type": "array", "items": _STR},
-            "issued_per_day": {"type": "object", "additionalProperties": {"type": "array",
-                                                                          "items": {"type": "integer"}}},
-            "weeks": {"type": "array", "items": _TS},
-            "expiring_per_week": {"type": "array", "items": {"type": "integer"}},
-            "refusals": {"type": "array", "items": {"type": "object", "properties": {
-                "reason": _STR, "count": {"type": "integer"}}}},
-            "since": _TS}},
-        "Overview": {"type": "object", "properties": {
-            "profiles": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                "valid": {"type": "integer"}, "revoked": {"type": "integer"},
-                "expiring_7d": {"type": "integer"}, "expiring_30d": {"type": "integer"}}}},
-            "pending": {"type": "integer"}, "recent": {"type": "array", "items": _ref("Certificate")},
-            "expiring": {"type": "array", "items": _ref("Certificate")}, "admin": _STR}},
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "enroll admin API", "version": "1",
-                 "description": "Certificate lifecycle operations. Authenticate with a bearer token from "
-                                "[admin.tokens] or an admin client certificate. Mutating calls are POSTs with "
-                                "a JSON body and are audited with the admin's identity."},
-        "servers": [{"url": API}],
-        "security": [{"bearer": []}, {"adminCertificate": []}],
-        "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "adminCertificate": {"type": "mutualTLS",
-                                 "description": "a client certificate chaining to [admin] client_trust"}}},
-    }
