@@ -72,6 +72,7 @@ def plan(o: EstOptions) -> list[str]:
     pop = o.pop_label or o.label
     out.append(f"PoP linking on TLS 1.2 under {'label ' + repr(pop) if pop else 'the default label'} if it asks "
                "for it (or --pop-label): a CSR bound to another session -> must be refused; the right one -> 1")
+    out.append("the same on TLS 1.3 with tls-exporter (RFC 9266) if the server offers it -> 1")
     out.append("negative cases (no auth, wrong password, bad base64, bad CSR signature, changed subject) "
                "-> must not issue")
     return out
@@ -607,6 +608,203 @@ async def pop_tls_unique(ctx: EstContext) -> str:
     if ok.status != 200:
         raise Fail(f"a CSR carrying this session's tls-unique answered {ok.error or ok.status}", ok.lines())
     return f"label {shown}: another session's tls-unique refused ({status}); this session's accepted (200)"
+
+
+class Tls13Stream:
+    """A TLS 1.3 connection made with pyOpenSSL over memory BIOs on an asyncio TCP stream, read
+    and written like asyncio's streams (for :func:`exchange_on_stream`), with its RFC 9266
+    tls-exporter (Python's ssl cannot export keying material)."""
+
+    def __init__(self, conn: Any, reader: Any, writer: Any) -> None:
+        self.conn, self.reader, self.writer = conn, reader, writer
+        self.exporter = b""
+
+    def version(self) -> str:
+        return "TLSv1.3"
+
+    def get_extra_info(self, name: str) -> Any:
+        return self if name == "ssl_object" else None
+
+    def _flush(self) -> None:
+        from OpenSSL import SSL
+
+        while True:
+            try:
+                self.writer.write(self.conn.bio_read(65536))
+            except SSL.WantReadError:
+                return
+
+    async def _fill(self) -> bool:
+        data = await self.reader.read(65536)
+        if data:
+            self.conn.bio_write(data)
+        return bool(data)
+
+    async def handshake(self) -> None:
+        from OpenSSL import SSL
+
+        for _ in range(100):
+            try:
+                self.conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                self._flush()
+                await self.writer.drain()
+                if not await self._fill():
+                    raise OSError("connection closed during the TLS 1.3 handshake") from None
+        else:
+            raise OSError("TLS 1.3 handshake did not complete")
+        self._flush()
+        await self.writer.drain()
+        self.exporter = self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32, b"")
+
+    def write(self, data: bytes) -> None:
+        from OpenSSL import SSL
+
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.conn.send(view[:16384].tobytes()):]
+        except SSL.Error as exc:
+            raise OSError(f"TLS: {exc}") from None
+        self._flush()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def read(self, n: int) -> bytes:
+        from OpenSSL import SSL
+
+        for _ in range(1000):
+            try:
+                return bytes(self.conn.recv(n))
+            except SSL.WantReadError:
+                self._flush()
+                if not await self._fill():
+                    return b""
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                return b""
+            except SSL.Error as exc:
+                raise OSError(f"TLS: {exc}") from None
+        return b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _names_host(cert: x509.Certificate, host: str) -> bool:
+    """subjectAltName names ``host`` (RFC 6125 §6): an IP address exactly, a DNS name exactly or
+    by a left-most ``*`` label."""
+    import ipaddress
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return ipaddress.ip_address(host) in san.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        pass
+    want = host.lower().rstrip(".")
+    for dns in (d.lower().rstrip(".") for d in san.get_values_for_type(x509.DNSName)):
+        if dns == want or (dns.startswith("*.") and "." in want and want.split(".", 1)[1] == dns[2:]):
+            return True
+    return False
+
+
+async def tls13_stream(ctx: EstContext) -> Tls13Stream:
+    """A TLS 1.3 connection to the server (with --client-cert when given), its server certificate
+    verified against --ca-bundle and its name, and its tls-exporter."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    try:
+        from OpenSSL import SSL, crypto
+    except ImportError:
+        raise Skip("this suite cannot compute tls-exporter: pyOpenSSL is not installed") from None
+    u = urlsplit(ctx.o.url)
+    host = u.hostname or ""
+    tls = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    tls.set_min_proto_version(SSL.TLS1_3_VERSION)
+    tls.set_verify(SSL.VERIFY_PEER)
+    if ctx.o.ca_bundle:
+        tls.load_verify_locations(ctx.o.ca_bundle)
+    else:
+        tls.set_default_verify_paths()
+    if ctx.o.client_cert:
+        tls.use_certificate_chain_file(ctx.o.client_cert)
+        tls.use_privatekey_file(ctx.o.client_key or ctx.o.client_cert)
+    conn = SSL.Connection(tls, None)
+    conn.set_connect_state()
+    if not re.fullmatch(r"[0-9.]+|.*:.*", host):
+        conn.set_tlsext_host_name(host.encode("idna"))
+    try:
+        async with asyncio.timeout(ctx.o.timeout):
+            reader, writer = await asyncio.open_connection(host, u.port or 443)
+            stream = Tls13Stream(conn, reader, writer)
+            try:
+                await stream.handshake()
+            except BaseException:
+                writer.close()
+                raise
+    except (OSError, SSL.Error, crypto.Error, TimeoutError) as exc:
+        raise Skip(f"no TLS 1.3 session with the server ({type(exc).__name__}: {exc}), so no tls-exporter "
+                   "PoP linking to judge") from None
+    chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+    if not chain or not _names_host(chain[0], host):
+        stream.close()
+        raise Fail(f"the server certificate does not name {host!r} (RFC 6125 §6)")
+    return stream
+
+
+async def _pop13_probe(ctx: EstContext) -> tuple[str, Exchange, Exchange]:
+    """As :func:`_pop_probe`, on TLS 1.3 with tls-exporter (RFC 9266 §2) as the binding."""
+    if not ctx.has_credentials:
+        raise Skip("no --basic or --client-cert given")
+    label = ctx.o.pop_label if ctx.o.pop_label else "default"
+    shown = repr(ctx.o.pop_label or ctx.o.label or "(default)")
+    attrs = await ctx.get("csrattrs", label=label)
+    try:
+        asks = attrs.status == 200 and CHALLENGE_PASSWORD_TLV in strict_b64(attrs.body)
+    except Fail:
+        asks = False
+    if not asks and not ctx.o.pop_label:
+        raise Skip(f"label {shown} does not ask for PoP linking (its /csrattrs answered {attrs.status} without "
+                   "challengePassword, RFC 7030 §3.5); name a label that requires it with --pop-label")
+    other = await tls13_stream(ctx)
+    other.close()
+    wrong = pop_csr(new_key(), f"conformance-{ctx.run_id}-pop13-wrong", base64.b64encode(other.exporter))
+    stream = await tls13_stream(ctx)
+    refused = await post_on(ctx, (stream, stream, stream.exporter), label, wrong)
+    if refused.status in (200, 202) and not asks:
+        raise Skip(f"label {shown} does not require PoP linking: it answered {refused.status} to a CSR bound to "
+                   "another TLS 1.3 connection (and its /csrattrs lists no challengePassword)")
+    key = new_key()
+    stream = await tls13_stream(ctx)
+    ok = await post_on(ctx, (stream, stream, stream.exporter), label,
+                       pop_csr(key, f"conformance-{ctx.run_id}-pop13", base64.b64encode(stream.exporter)))
+    if ok.status == 200:
+        co = ctx.read_certs_only(ok)
+        if not any(sm.public_key_der(c) == sm.public_key_der(key) for c in co.certificates):
+            raise Fail("no certificate in the reply has the CSR's public key", ok.lines(body=False))
+    return shown, refused, ok
+
+
+@suite.check("est.pop.tls-exporter", "PoP linking on TLS 1.3: another connection's tls-exporter is refused, "
+             "this one's accepted", R, "3.5", Level.MUST, "on TLS 1.3, where tls-unique does not exist, the "
+             "channel binding in challengePassword is the RFC 9266 tls-exporter of the connection that carries "
+             "the CSR; the server verifies it")
+async def pop_tls_exporter(ctx: EstContext) -> str:
+    shown, refused, ok = await ctx.step("pop13", lambda: _pop13_probe(ctx))
+    if ok.status != 200 and refused.status == ok.status and ok.status in (400, 401, 403):
+        text = ok.body.decode("utf-8", "replace").strip()[:200]
+        raise Skip(f"label {shown} does not offer PoP linking on TLS 1.3 (a CSR carrying this connection's "
+                   f"tls-exporter answered {ok.status}: {text!r})")
+    status = require_refused(refused, "a CSR carrying the tls-exporter of another TLS 1.3 connection",
+                             (400, 401, 403))
+    if ok.status != 200:
+        raise Fail(f"a CSR carrying this connection's tls-exporter answered {ok.error or ok.status}", ok.lines())
+    return f"label {shown}: another connection's tls-exporter refused ({status}); this one's accepted (200)"
 
 
 @suite.check("est.pop.reject-message", "A PoP-linking refusal says that linking is required", R, "3.5", Level.SHOULD,

@@ -60,6 +60,8 @@ class TLSConfig:
     key: Path
     client_trust: tuple[str, ...] = ()
     min_version: str = "1.2"
+    # "stdlib" (Python's ssl) or "pyopenssl" (enroll/tls_openssl.py: RFC 9266 tls-exporter on TLS 1.3)
+    engine: str = "stdlib"
 
 
 @dataclass(frozen=True)
@@ -386,15 +388,18 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("server.client_cert_header", "is honoured only from trusted_proxies: list the proxies")
 
     t = _table(raw, "tls", "", required=bool(server.https))
-    _check_keys(t, {"cert", "key", "client_trust", "min_version"}, "tls")
+    _check_keys(t, {"cert", "key", "client_trust", "min_version", "engine"}, "tls")
     tls = TLSConfig(
         cert=resolve(base, _get(t, "cert", str, "tls", "")) if t else Path(),
         key=resolve(base, _get(t, "key", str, "tls", "")) if t else Path(),
         client_trust=_str_list(t, "client_trust", "tls"),
         min_version=_get(t, "min_version", str, "tls", "1.2"),
+        engine=_get(t, "engine", str, "tls", "stdlib"),
     )
     if tls.min_version not in ("1.2", "1.3"):
         raise ConfigError("tls.min_version", "must be \"1.2\" or \"1.3\"")
+    if tls.engine not in ("stdlib", "pyopenssl"):
+        raise ConfigError("tls.engine", "must be \"stdlib\" or \"pyopenssl\"")
 
     led = _table(raw, "ledger", "")
     _check_keys(led, {"url"}, "ledger")

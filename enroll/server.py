@@ -28,8 +28,11 @@ from aiohttp import web
 from enroll.app import IN_FLIGHT, InFlight, config_warnings, create_app, validate
 from enroll.config import Config, Listen
 from enroll.tls import server_context
+from enroll.tls_openssl import OpenSSLTls, openssl_context
 
 if TYPE_CHECKING:
+    import ssl
+
     from ca.ledger import Ledger
 
 log = logging.getLogger("enroll.server")
@@ -178,11 +181,25 @@ class GuardedSite(web.SockSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        tls = self._ssl_context is not None
+        layer = self._ssl_context
+        if isinstance(layer, OpenSSLTls):  # [tls] engine = "pyopenssl": TLS terminated in the protocol
+            self._server = await loop.create_server(
+                lambda: layer.protocol(GuardedProtocol(server(), self.header_timeout, self.max_connections)),
+                sock=self._sock, backlog=self._backlog)
+            return
+        tls = layer is not None
         self._server = await loop.create_server(
             lambda: GuardedProtocol(server(), self.header_timeout, self.max_connections),
             sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
+
+
+def tls_layer(config: Config) -> "ssl.SSLContext | OpenSSLTls":
+    """The HTTPS listeners' TLS per ``[tls] engine``: Python's ssl, or pyOpenSSL (which can
+    export RFC 9266 tls-exporter for PoP linking on TLS 1.3)."""
+    if config.tls.engine == "pyopenssl":
+        return OpenSSLTls(openssl_context(config), TLS_HANDSHAKE_TIMEOUT)
+    return server_context(config)
 
 
 @dataclass(frozen=True)
@@ -251,7 +268,7 @@ async def serve_sockets(config: Config, bound: list[Bound], ready: asyncio.Event
                            max_line_size=MAX_REQUEST_LINE, max_field_size=16384, max_headers=64,
                            keepalive_timeout=IDLE_TIMEOUT, auto_decompress=False)
     await runner.setup()
-    ctx = server_context(config) if any(b.tls for b in bound) else None
+    ctx = tls_layer(config) if any(b.tls for b in bound) else None
     try:
         for b in bound:
             await GuardedSite(runner, b.sock, ssl_context=ctx if b.tls else None).start()

@@ -7,7 +7,9 @@
 - PoP linking (RFC 7030 §3.5): the CSR's challengePassword is base64(tls-unique) of the very
   TLS session that carries it. tls-unique exists on TLS 1.2 only (RFC 9266 §1), and the stdlib
   cannot export keying material for tls-exporter (python/cpython#82133), so PoP linking pins
-  the session to TLS 1.2.
+  the session to TLS 1.2 -- unless ``pop_binding="tls-exporter"``: then each PoP-linked POST
+  goes on its own TLS 1.3 connection made with pyOpenSSL, whose RFC 9266 exporter the CSR
+  carries.
 - 202 + Retry-After (RFC 7030 §4.2.3) is polled by re-POSTing the same CSR, bounded by
   ``max_polls`` and ``max_wait``.
 """
@@ -34,9 +36,14 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
 from cryptography.x509.oid import AttributeOID
+from OpenSSL import SSL, crypto
 
 from est import asn1, cmc, wire
 from est.errors import EstError, ProtocolError
+
+#: RFC 9266 §2: the tls-exporter label (zero-length context, 32 bytes).
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+POP_BINDINGS = ("tls-unique", "tls-exporter")
 
 #: A CSR, or a function building one from the PoP challenge (None when PoP is off).
 CsrInput = x509.CertificateSigningRequest | Callable[[bytes | None], x509.CertificateSigningRequest]
@@ -152,8 +159,15 @@ class EstClient:
         min_poll_interval: float = 1.0,
         max_poll_interval: float = 300.0,
         server_hostname: str | None = None,
+        pop_binding: str = "tls-unique",
     ) -> None:
+        if pop_binding not in POP_BINDINGS:
+            raise ValueError(f"pop_binding must be one of {', '.join(POP_BINDINGS)}")
         self.base = est_base_url(url, label)
+        self.pop_binding = pop_binding
+        self.trust_anchor = trust_anchor
+        self.client_cert = client_cert
+        self.client_key = client_key
         self.username = username
         self.password = password
         self.pop = pop
@@ -270,6 +284,8 @@ class EstClient:
             if isinstance(csr, x509.CertificateSigningRequest):
                 current = csr
             else:
+                if self.pop and self.pop_binding == "tls-exporter":
+                    raise ProtocolError("fullcmc with tls-exporter PoP linking is not supported by this client")
                 binding = await self._prime_session() if self.pop else None
                 current = csr(base64.b64encode(binding) if binding is not None else None)
             der = cmc.build_request(current.public_bytes(serialization.Encoding.DER),
@@ -366,11 +382,16 @@ class EstClient:
 
     @staticmethod
     def _raise_for_status(resp: aiohttp.ClientResponse, body: bytes) -> None:
-        if resp.status == 200:
+        EstClient._raise_for_status_code(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+
+    @staticmethod
+    def _raise_for_status_code(status: int, headers: dict[str, str], body: bytes) -> None:
+        if status == 200:
             return
         text = body.decode("utf-8", "replace").strip()[:500]
-        headers = {k: v for k, v in resp.headers.items() if k.lower() in ("www-authenticate", "allow", "retry-after")}
-        raise EstError(f"HTTP {resp.status}: {text}", status=resp.status, headers=headers)
+        names = {"www-authenticate": "WWW-Authenticate", "allow": "Allow", "retry-after": "Retry-After"}
+        kept = {names[k]: v for k, v in headers.items() if k in names}
+        raise EstError(f"HTTP {status}: {text}", status=status, headers=kept)
 
     @staticmethod
     def _tls_unique(resp: aiohttp.ClientResponse) -> bytes | None:
@@ -417,40 +438,225 @@ class EstClient:
             fixed = csr(None)
         while True:
             binding: bytes | None = None
-            if fixed is not None:
-                current = fixed
-            else:
+            if fixed is None and self.pop_binding == "tls-exporter":
                 assert callable(csr)
-                binding = await self._prime_session()
-                current = csr(base64.b64encode(binding))
-            body = wire.encode_base64(current.public_bytes(serialization.Encoding.DER))
-            async with self.session.post(
-                self.url(op),
-                data=body,
-                headers={"Content-Type": wire.CT_PKCS10, "Content-Transfer-Encoding": "base64"},
-                **self._req_kwargs(),
-            ) as resp:
-                used = self._tls_unique(resp) if binding is not None else None
-                payload = await resp.read()
-                status = resp.status
-                ctype = resp.headers.get("Content-Type", "")
-                retry_after = resp.headers.get("Retry-After")
-                if status == 200:
-                    return ctype, payload, current
-                if status == 202:
-                    polls += 1
-                    wait: float = _retry_after_seconds(retry_after, 60)
-                    wait = min(max(wait, self.min_poll_interval), self.max_poll_interval)
-                    if polls > self.max_polls or time.monotonic() + wait > deadline:
-                        raise EnrollmentPending(
-                            payload.decode("utf-8", "replace").strip() or "request pending",
-                            retry_after=int(wait),
-                        )
-                elif binding is not None and used != binding and pop_retries < 2:
-                    # The server closed the primed session and the CSR went out on another one:
-                    # its challengePassword named the wrong session. Rebuild and retry.
-                    pop_retries += 1
-                    continue
+                status, headers, payload, current = await self._post_tls13(op, csr)
+                used = None
+            else:
+                if fixed is not None:
+                    current = fixed
                 else:
-                    self._raise_for_status(resp, payload)
+                    assert callable(csr)
+                    binding = await self._prime_session()
+                    current = csr(base64.b64encode(binding))
+                body = wire.encode_base64(current.public_bytes(serialization.Encoding.DER))
+                async with self.session.post(
+                    self.url(op),
+                    data=body,
+                    headers={"Content-Type": wire.CT_PKCS10, "Content-Transfer-Encoding": "base64"},
+                    **self._req_kwargs(),
+                ) as resp:
+                    used = self._tls_unique(resp) if binding is not None else None
+                    payload = await resp.read()
+                    status = resp.status
+                    headers = {k.lower(): v for k, v in resp.headers.items()}
+            ctype = headers.get("content-type", "")
+            if status == 200:
+                return ctype, payload, current
+            if status == 202:
+                polls += 1
+                wait: float = _retry_after_seconds(headers.get("retry-after"), 60)
+                wait = min(max(wait, self.min_poll_interval), self.max_poll_interval)
+                if polls > self.max_polls or time.monotonic() + wait > deadline:
+                    raise EnrollmentPending(
+                        payload.decode("utf-8", "replace").strip() or "request pending",
+                        retry_after=int(wait),
+                    )
+            elif binding is not None and used != binding and pop_retries < 2:
+                # The server closed the primed session and the CSR went out on another one:
+                # its challengePassword named the wrong session. Rebuild and retry.
+                pop_retries += 1
+                continue
+            else:
+                self._raise_for_status_code(status, headers, payload)
             await asyncio.sleep(wait)
+
+    async def _post_tls13(
+        self, op: str, csr: Callable[[bytes | None], x509.CertificateSigningRequest]
+    ) -> tuple[int, dict[str, str], bytes, x509.CertificateSigningRequest]:
+        """One POST on a fresh TLS 1.3 connection (pyOpenSSL) whose RFC 9266 tls-exporter the
+        CSR carries as challengePassword (RFC 7030 §3.5). Returns (status, headers with
+        lower-case names, body, CSR sent)."""
+        parts = urlsplit(self.url(op))
+        host = parts.hostname or ""
+        name = self.server_hostname or host
+        async with asyncio.timeout(self.timeout.total):
+            reader, writer = await asyncio.open_connection(host, parts.port or 443)
+            try:
+                tls = _OpenSSLStream(self._openssl_context(), name, reader, writer)
+                await tls.handshake()
+                binding = tls.conn.export_keying_material(EXPORTER_LABEL, 32, b"")
+                current = csr(base64.b64encode(binding))
+                body = wire.encode_base64(current.public_bytes(serialization.Encoding.DER))
+                head = {"Host": parts.netloc, "Content-Type": wire.CT_PKCS10,
+                        "Content-Transfer-Encoding": "base64", "Content-Length": str(len(body)),
+                        "Connection": "close", "User-Agent": "enroll-est-client"}
+                if self.username is not None:
+                    head["Authorization"] = aiohttp.encode_basic_auth(self.username, self.password or "")
+                await tls.send(f"POST {parts.path} HTTP/1.1\r\n".encode()
+                               + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode("latin-1")
+                               + b"\r\n" + body)
+                raw = await tls.read_to_eof(1 << 20)
+            finally:
+                writer.close()
+        status, headers, payload = _parse_http_response(raw)
+        return status, headers, payload, current
+
+    def _openssl_context(self) -> SSL.Context:
+        """TLS 1.3 only; the server verified against the explicit trust anchor (RFC 7030
+        §3.6.1) by OpenSSL, its name by :func:`_verify_server_name`."""
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        pem = self.trust_anchor if isinstance(self.trust_anchor, bytes) else Path(self.trust_anchor).read_bytes()
+        store = ctx.get_cert_store()
+        assert store is not None
+        for anchor in x509.load_pem_x509_certificates(pem):
+            store.add_cert(crypto.X509.from_cryptography(anchor))
+        ctx.set_verify(SSL.VERIFY_PEER)
+        if self.client_cert is not None:
+            ctx.use_certificate_chain_file(str(self.client_cert))
+            ctx.use_privatekey_file(str(self.client_key or self.client_cert))
+        return ctx
+
+
+class _OpenSSLStream:
+    """A TLS 1.3 client connection: pyOpenSSL over memory BIOs on an asyncio TCP stream (the
+    caller bounds it in time)."""
+
+    def __init__(self, ctx: SSL.Context, server_name: str, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_connect_state()
+        self.server_name = server_name
+        if not _is_ip(server_name):
+            self.conn.set_tlsext_host_name(server_name.encode("idna"))
+        self.reader = reader
+        self.writer = writer
+
+    async def _flush(self) -> None:
+        while True:
+            try:
+                out = self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            self.writer.write(out)
+        await self.writer.drain()
+
+    async def _fill(self) -> bool:
+        data = await self.reader.read(65536)
+        if data:
+            self.conn.bio_write(data)
+        return bool(data)
+
+    async def handshake(self) -> None:
+        """Handshake, then check the server's name (OpenSSL has verified its chain)."""
+        for _ in range(100):
+            try:
+                self.conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                await self._flush()
+                if not await self._fill():
+                    raise ProtocolError("the server closed the connection during the TLS 1.3 handshake") from None
+            except SSL.Error as exc:
+                raise ProtocolError(f"TLS 1.3 handshake failed: {exc}") from None
+        else:
+            raise ProtocolError("TLS 1.3 handshake did not complete")
+        await self._flush()
+        chain = self.conn.get_peer_cert_chain(as_cryptography=True) or []
+        if not chain:
+            raise ProtocolError("the server sent no certificate")
+        _verify_server_name(chain[0], self.server_name)
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.conn.send(view[:16384].tobytes())
+            view = view[n:]
+        await self._flush()
+
+    async def read_to_eof(self, limit: int) -> bytes:
+        """Application data until close_notify or TCP EOF, at most ``limit`` bytes."""
+        buf = bytearray()
+        while len(buf) <= limit:
+            try:
+                buf += self.conn.recv(65536)
+                continue
+            except SSL.WantReadError:
+                pass
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                break
+            except SSL.Error as exc:
+                raise ProtocolError(f"TLS error while reading the answer: {exc}") from None
+            await self._flush()  # e.g. a KeyUpdate answer
+            if not await self._fill():
+                break
+        if len(buf) > limit:
+            raise ProtocolError(f"answer larger than {limit} bytes")
+        return bytes(buf)
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _verify_server_name(cert: x509.Certificate, name: str) -> None:
+    """The server certificate names ``name`` in subjectAltName (RFC 9110 §4.3.4, RFC 6125 §6):
+    an IP address exactly, a DNS name exactly or by a left-most ``*`` label."""
+    import ipaddress
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ProtocolError("the server certificate has no subjectAltName") from None
+    if _is_ip(name):
+        if ipaddress.ip_address(name) in san.get_values_for_type(x509.IPAddress):
+            return
+    else:
+        want = name.lower().rstrip(".")
+        for dns in san.get_values_for_type(x509.DNSName):
+            dns = dns.lower().rstrip(".")
+            if dns == want:
+                return
+            if dns.startswith("*.") and "." in want and want.split(".", 1)[1] == dns[2:]:
+                return
+    raise ProtocolError(f"the server certificate does not name {name!r}")
+
+
+def _parse_http_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of an HTTP/1.1 answer read to EOF."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"not an HTTP answer: {raw[:80]!r}")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.strip()}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        out = bytearray()
+        while body:
+            size_line, _, body = body.partition(b"\r\n")
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            out += body[:size]
+            body = body[size + 2:]
+        body = bytes(out)
+    elif "content-length" in headers and headers["content-length"].isdigit():
+        body = body[: int(headers["content-length"])]
+    return int(parts[1]), headers, body

@@ -71,8 +71,14 @@ def tls_info(request: web.Request) -> TlsInfo | None:
         # (python/cpython#95341), so they are never read there.
         value = sslobj.get_channel_binding("tls-unique")
         tls_unique = bytes(value) if value else None
+    tls_exporter = None
+    export = getattr(sslobj, "export_keying_material", None)
+    if version == "TLSv1.3" and export is not None:
+        # RFC 9266 §2: "EXPORTER-Channel-Binding", zero-length context, 32 bytes. Only a TLS
+        # stack that can export offers this ([tls] engine = "pyopenssl"); Python's ssl cannot.
+        tls_exporter = bytes(export(b"EXPORTER-Channel-Binding", 32, b""))
     return TlsInfo(version=version, peer_certificate=peer, tls_unique=tls_unique,
-                   remote=request.remote)
+                   tls_exporter=tls_exporter, remote=request.remote)
 
 
 def basic_credentials(request: web.Request) -> Credentials | None:

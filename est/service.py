@@ -352,7 +352,8 @@ class EstService:
     # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
     def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
                   authenticating: x509.Certificate | None) -> None:
-        """challengePassword must equal base64(tls-unique); skipped for an EST RA (id-kp-cmcRA),
+        """challengePassword must equal base64 of the connection's channel binding: tls-unique
+        on TLS 1.2 (RFC 5929 §3), tls-exporter on TLS 1.3 (RFC 9266 §2); skipped for an EST RA (id-kp-cmcRA),
         which re-signs CSRs it relays (RFC 7030 §3.7), when its certificate is what must
         authenticate the request (``authenticating``: the core refuses it otherwise)."""
         if rule.pop == "off":
@@ -362,18 +363,22 @@ class EstService:
         if tls.via_proxy:
             raise BadRequest("this label requires PoP linking (RFC 7030 §3.5), which cannot be checked through a "
                              "TLS-terminating proxy: the client's TLS session ends at the proxy; use TLS passthrough")
-        if tls.version != "TLSv1.2" or tls.tls_unique is None:
+        if tls.version == "TLSv1.3" and tls.tls_exporter is not None:
+            binding, kind = tls.tls_exporter, "tls-exporter"
+        elif tls.version == "TLSv1.2" and tls.tls_unique is not None:
+            binding, kind = tls.tls_unique, "tls-unique"
+        else:
             raise BadRequest(
                 f"this label requires PoP linking (RFC 7030 §3.5) but the connection is {tls.version}: "
                 "tls-unique exists only up to TLS 1.2 and this server's TLS stack cannot export "
                 "RFC 9266 tls-exporter keying material; reconnect with TLS 1.2")
         sent = asn1.challenge_password(csr)
-        expected = base64.b64encode(tls.tls_unique)
+        expected = base64.b64encode(binding)
         if sent is None:
-            raise BadRequest("PoP linking required: the CSR lacks challengePassword = base64(tls-unique)")
+            raise BadRequest(f"PoP linking required: the CSR lacks challengePassword = base64({kind})")
         if not hmac.compare_digest(sent.strip(), expected):
             raise BadRequest("PoP linking failed: challengePassword does not match this TLS session's "
-                             "tls-unique (the CSR must be built on the connection that sends it)")
+                             f"{kind} (the CSR must be built on the connection that sends it)")
 
     # --- request media type (RFC 7030 §4.2.1, §4.4.1) ----------------------------------------
     async def check_content_type(self, label: str, op: str, content_type: str | None,
