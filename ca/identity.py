@@ -29,7 +29,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ca.api import BindIdentity, CertificatePolicy
+from ca.api import BindIdentity
 from ca.errors import AuthorizationError, PolicyError
 from ca.profile import sans_of
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import enum
 import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,428 +24,50 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ca.errors import AuthorizationError, LedgerError
+from ca.ledger_schema import (
+    MIGRATIONS,
+    NONCE_PRUNE_INTERVAL_SECONDS,
+    NONCE_RETENTION_SECONDS,
+    audit_log,
+    auth_failures,
+    certificates,
+    challenges,
+    credentials,
+    crl_state,
+    devices,
+    metadata,
+    nonces,
+    pending,
+    schema_version,
+)
+from ca.records import (
+    AuditRecord,
+    CertificateQuery,
+    CertRecord,
+    CertState,
+    CredentialRecord,
+    DeviceRecord,
+    PendingRecord,
+    cert_record,
+    credential_record,
+    pending_record,
+    serial_hex,
+)
 from ca.sqlite_writer import SqliteWriter
 
-metadata = sa.MetaData()
+__all__ = [
+    "MIGRATIONS", "NONCE_PRUNE_INTERVAL_SECONDS", "NONCE_RETENTION_SECONDS", "AuditRecord", "CertRecord",
+    "CertState", "CertificateQuery", "CredentialRecord", "DeviceRecord", "Ledger", "PendingRecord", "audit_log",
+    "auth_failures", "cert_record", "certificates", "challenges", "credential_record", "credentials", "crl_state",
+    "devices", "metadata", "nonces", "pending", "pending_record", "schema_version", "serial_hex", "sqlalchemy_url",
+]
 
 #: Transactions begun by the current task, while a test counts them (:meth:`Ledger.counting`).
 _COUNTS: contextvars.ContextVar[Counter[str] | None] = contextvars.ContextVar("ledger_counts", default=None)
 
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_at", sa.Float, nullable=False),
-)
-
-certificates = sa.Table(
-    "certificates",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("issuer", sa.String(200), nullable=False),
-    sa.Column("serial", sa.String(48), nullable=False),  # lower-case hex, no leading zeros
-    sa.Column("status", sa.String(16), nullable=False),  # reserved | issued | abandoned
-    sa.Column("profile", sa.String(200), nullable=False),
-    sa.Column("channel", sa.String(16), nullable=False),
-    sa.Column("requester", sa.Text, nullable=False),
-    sa.Column("auth_method", sa.String(40), nullable=False),
-    sa.Column("csr_sha256", sa.String(64), nullable=False),
-    sa.Column("spki_sha256", sa.String(64), nullable=False),
-    sa.Column("transaction_id", sa.String(200)),
-    sa.Column("renews_serial", sa.String(48)),
-    sa.Column("subject", sa.Text),
-    sa.Column("not_before", sa.Float),
-    sa.Column("not_after", sa.Float),
-    sa.Column("der", sa.LargeBinary),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("issued_at", sa.Float),
-    sa.Column("revoked_at", sa.Float),
-    sa.Column("revocation_reason", sa.String(40)),
-    sa.Column("retired_at", sa.Float),
-    sa.Column("device", sa.String(64)),  # migration 2: ca.profile.device_key of the certificate
-    sa.UniqueConstraint("issuer", "serial", name="uq_certificates_issuer_serial"),
-    sa.Index("ix_certificates_txn", "profile", "transaction_id"),
-    sa.Index("ix_certificates_spki", "spki_sha256"),
-)
-
-#: Migration 2: the identity behind certificates (profile + subject + SAN set) and its state.
-devices = sa.Table(
-    "devices",
-    metadata,
-    sa.Column("device", sa.String(64), primary_key=True),
-    sa.Column("profile", sa.String(200), nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("sans", sa.Text, nullable=False),  # JSON list of "dns:..." strings
-    sa.Column("first_seen", sa.Float, nullable=False),
-    sa.Column("retired_at", sa.Float),
-    sa.Column("retired_by", sa.Text),
-    sa.Column("retire_reason", sa.Text),
-    sa.Index("ix_devices_profile", "profile"),
-)
-
-pending = sa.Table(
-    "pending_requests",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("profile", sa.String(200), nullable=False),
-    sa.Column("channel", sa.String(16), nullable=False),
-    sa.Column("requester", sa.Text, nullable=False),
-    sa.Column("csr_der", sa.LargeBinary, nullable=False),
-    sa.Column("csr_sha256", sa.String(64), nullable=False),
-    sa.Column("spki_sha256", sa.String(64), nullable=False),
-    sa.Column("transaction_id", sa.String(200)),
-    sa.Column("subject", sa.Text),
-    sa.Column("status", sa.String(16), nullable=False),  # pending|approved|issuing|issued|rejected
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("decided_at", sa.Float),
-    sa.Column("decided_by", sa.Text),
-    sa.Column("reason", sa.Text),
-    sa.Column("serial", sa.String(48)),
-    sa.Column("issuer", sa.String(200)),
-    sa.Index("ix_pending_csr", "profile", "csr_sha256"),
-    sa.Index("ix_pending_txn", "profile", "transaction_id"),
-)
-
-challenges = sa.Table(
-    "challenges",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("profile", sa.String(200), nullable=False),
-    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # sha256 of the challenge
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("consumed_at", sa.Float),
-)
-
-#: A replayed senderNonce is refused for this long (RFC 8894 §3.2.1.5); older nonces are pruned.
-NONCE_RETENTION_SECONDS = 7 * 86400
-NONCE_PRUNE_INTERVAL_SECONDS = 3600.0
-
-nonces = sa.Table(
-    "nonces",
-    metadata,
-    sa.Column("scope", sa.String(40), nullable=False),
-    sa.Column("nonce", sa.String(128), nullable=False),
-    sa.Column("seen_at", sa.Float, nullable=False),
-    sa.PrimaryKeyConstraint("scope", "nonce", name="pk_nonces"),
-)
-
-crl_state = sa.Table(
-    "crl_state",
-    metadata,
-    sa.Column("issuer", sa.String(200), primary_key=True),
-    sa.Column("number", sa.Integer, nullable=False),
-    sa.Column("this_update", sa.Float),
-    sa.Column("next_update", sa.Float),
-    sa.Column("der", sa.LargeBinary),
-)
-
-audit_log = sa.Table(
-    "audit",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.Float, nullable=False),
-    sa.Column("event", sa.String(60), nullable=False),
-    sa.Column("ok", sa.Boolean, nullable=False),
-    sa.Column("channel", sa.String(16)),
-    sa.Column("profile", sa.String(200)),
-    sa.Column("requester", sa.Text),
-    sa.Column("reason", sa.Text),
-    sa.Column("csr_sha256", sa.String(64)),
-    sa.Column("serial", sa.String(48)),
-    sa.Column("detail", sa.Text),
-)
-
-#: Migration 3: failed authentication attempts, for the throttle in ca/ratelimit.py. In the
-#: ledger (not in process memory) so that every node of a scale-out deployment sees them.
-auth_failures = sa.Table(
-    "auth_failures",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("scope", sa.String(16), nullable=False),  # "client" (address) | "identity"
-    sa.Column("key", sa.String(200), nullable=False),
-    sa.Column("at", sa.Float, nullable=False),
-    sa.Index("ix_auth_failures_key", "scope", "key", "at"),
-)
-
-#: Migration 5: per-device enrollment credentials (``enroll credentials new``), stored by digest
-#: only; ``uses_left`` falls by one in the commit of each issuance it authorizes.
-credentials = sa.Table(
-    "enroll_credentials",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),  # the public user name
-    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # sha256("user:secret")
-    sa.Column("profile", sa.String(200), nullable=False),
-    sa.Column("bind", sa.String(16), nullable=False),  # subject attribute: "serialNumber" | "CN"
-    sa.Column("device", sa.String(200), nullable=False),  # the value the CSR's subject must carry
-    sa.Column("uses", sa.Integer, nullable=False),
-    sa.Column("uses_left", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("created_by", sa.Text),
-    sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("last_used_at", sa.Float),
-    sa.Column("revoked_at", sa.Float),
-    sa.Index("ix_enroll_credentials_profile", "profile"),
-)
-
-_MIGRATION_2_INDEXES = (
-    sa.Index("ix_certificates_device", certificates.c.device),
-    sa.Index("ix_certificates_not_after", certificates.c.status, certificates.c.not_after),
-    sa.Index("ix_audit_serial", audit_log.c.serial),
-    sa.Index("ix_audit_at", audit_log.c.at),
-)
-
-
-def _migration_1(conn: sa.Connection) -> None:
-    for table in (certificates, pending, challenges, nonces, crl_state, audit_log):
-        table.create(conn, checkfirst=True)
-
-
-def _migration_2(conn: sa.Connection) -> None:
-    """Devices: ``certificates.device``, the ``devices`` table, lookup indexes; backfill.
-
-    Migration 1 creates tables from the current metadata, so on a fresh database the column
-    already exists; on a version-1 database it is added here.
-    """
-    from ca.profile import device_key_of_certificate, sans_of  # cryptography only, no I/O
-
-    columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
-    if "device" not in columns:
-        conn.execute(sa.text("ALTER TABLE certificates ADD COLUMN device VARCHAR(64)"))
-    devices.create(conn, checkfirst=True)
-    for index in _MIGRATION_2_INDEXES:
-        index.create(conn, checkfirst=True)
-    rows = conn.execute(sa.select(certificates.c.id, certificates.c.profile, certificates.c.der,
-                                  certificates.c.issued_at)
-                        .where(certificates.c.status == "issued", certificates.c.device.is_(None))).fetchall()
-    from cryptography import x509
-
-    for r in rows:
-        cert = x509.load_der_x509_certificate(bytes(r.der))
-        key = device_key_of_certificate(r.profile, cert)
-        conn.execute(certificates.update().where(certificates.c.id == r.id).values(device=key))
-        if conn.execute(sa.select(devices.c.device).where(devices.c.device == key)).first() is None:
-            conn.execute(devices.insert().values(device=key, profile=r.profile, subject=cert.subject.rfc4514_string(),
-                                                 sans=json.dumps(sans_of(cert.extensions)),
-                                                 first_seen=r.issued_at or time.time()))
-
-
-def _migration_3(conn: sa.Connection) -> None:
-    """The ``auth_failures`` table (failed challenges and passwords, per client and identity)."""
-    auth_failures.create(conn, checkfirst=True)
-
-
-_REVOKED = certificates.c.revoked_at.is_not(None)
-_MIGRATION_4_INDEXES = (
-    sa.Index("ix_certificates_serial", certificates.c.serial),  # admin lookups name no CA
-    sa.Index("ix_certificates_subject", certificates.c.subject),
-    sa.Index("ix_certificates_revoked", certificates.c.issuer, certificates.c.revoked_at,
-             sqlite_where=_REVOKED, postgresql_where=_REVOKED),  # what a CRL lists
-)
-
-
-def _migration_4(conn: sa.Connection) -> None:
-    """Indexes for lookups by serial alone, by subject, and for CRL generation."""
-    for index in _MIGRATION_4_INDEXES:
-        index.create(conn, checkfirst=True)
-
-
-def _migration_5(conn: sa.Connection) -> None:
-    """The ``enroll_credentials`` table (one-time EST credentials, by digest)."""
-    credentials.create(conn, checkfirst=True)
-
-
-#: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4), (5, _migration_5)]
-
-
-@dataclass(frozen=True)
-class CredentialRecord:
-    """One enrollment credential as stored (never its secret)."""
-
-    id: str
-    profile: str
-    bind: str
-    device: str
-    uses: int
-    uses_left: int
-    created_at: float
-    expires_at: float
-    created_by: str | None = None
-    last_used_at: float | None = None
-    revoked_at: float | None = None
-
-    def usable(self, now: float) -> bool:
-        """Not revoked, not expired, a use left."""
-        return self.revoked_at is None and self.uses_left > 0 and self.expires_at > now
-
-
-def _credential(row: sa.Row[Any]) -> CredentialRecord:
-    m = dict(row._mapping)
-    m.pop("digest", None)
-    return CredentialRecord(**m)
-
-
-class CertState(str, enum.Enum):
-    """What an issued certificate is now, as every view names it."""
-
-    VALID = "valid"
-    ON_HOLD = "on_hold"
-    REVOKED = "revoked"
-    EXPIRED = "expired"
-    RETIRED = "retired"
-
-
-@dataclass(frozen=True)
-class CertRecord:
-    """One row of ``certificates``."""
-
-    id: int
-    issuer: str
-    serial: int
-    status: str
-    profile: str
-    channel: str
-    requester: str
-    auth_method: str
-    csr_sha256: str
-    spki_sha256: str
-    transaction_id: str | None
-    renews_serial: int | None
-    subject: str | None
-    not_before: float | None
-    not_after: float | None
-    der: bytes | None
-    created_at: float
-    issued_at: float | None
-    revoked_at: float | None
-    revocation_reason: str | None
-    retired_at: float | None
-    device: str | None = None
-
-    @property
-    def on_hold(self) -> bool:
-        """True while suspended with certificateHold (RFC 5280 §5.3.1): it may be released."""
-        return self.revoked_at is not None and self.revocation_reason == "certificate_hold"
-
-    def state(self, now: float | None = None) -> CertState:
-        """The one state name the CLI, the admin API and the page show (the first that holds:
-        on hold, revoked, expired, retired, valid)."""
-        if self.on_hold:
-            return CertState.ON_HOLD
-        if self.revoked:
-            return CertState.REVOKED
-        if self.not_after is not None and self.not_after <= (time.time() if now is None else now):
-            return CertState.EXPIRED
-        return CertState.RETIRED if self.retired else CertState.VALID
-
-    @property
-    def revoked(self) -> bool:
-        """True once revoked."""
-        return self.revoked_at is not None
-
-    @property
-    def retired(self) -> bool:
-        """True once the device was retired."""
-        return self.retired_at is not None
-
-
-@dataclass(frozen=True)
-class PendingRecord:
-    """One row of ``pending_requests``."""
-
-    id: int
-    profile: str
-    channel: str
-    requester: str
-    csr_der: bytes
-    csr_sha256: str
-    spki_sha256: str
-    transaction_id: str | None
-    subject: str | None
-    status: str
-    created_at: float
-    decided_at: float | None
-    decided_by: str | None
-    reason: str | None
-    serial: int | None
-    issuer: str | None
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    """One row of ``devices`` with counts over its certificates."""
-
-    device: str
-    profile: str
-    subject: str
-    sans: list[str]
-    first_seen: float
-    retired_at: float | None
-    retired_by: str | None
-    retire_reason: str | None
-    certificates: int = 0
-    active: int = 0  # issued, not revoked, not expired
-    last_issued_at: float | None = None
-
-    @property
-    def retired(self) -> bool:
-        """True once retired: its future enrollments and renewals are refused."""
-        return self.retired_at is not None
-
-
-@dataclass(frozen=True)
-class CertificateQuery:
-    """Filters for listing certificates (the CLI and the admin API share them)."""
-
-    profile: str | None = None
-    state: str | None = None  # valid | revoked | on_hold | retired | expired
-    device: str | None = None
-    text: str | None = None  # substring of the subject (case-insensitive)
-    expiring_before: float | None = None  # not_after <= this (and not yet expired, not revoked)
-    before_id: int | None = None  # keyset paging: rows with id < before_id
-    limit: int = 100
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One row of the append-only ``audit`` table."""
-
-    id: int
-    at: float
-    event: str
-    ok: bool
-    channel: str | None
-    profile: str | None
-    requester: str | None
-    reason: str | None
-    csr_sha256: str | None
-    serial: str | None
-    detail: dict[str, Any] | None
-
-
-def serial_hex(serial: int) -> str:
-    """The ledger's spelling of a serial number."""
-    return format(serial, "x")
-
-
 def _reason(exc: SQLAlchemyError | OSError) -> str:
     orig = getattr(exc, "orig", None) or exc
     return f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"[:200]
-
-
-def _cert(row: sa.Row[Any]) -> CertRecord:
-    m = dict(row._mapping)
-    m["serial"] = int(m["serial"], 16)
-    m["renews_serial"] = int(m["renews_serial"], 16) if m["renews_serial"] else None
-    return CertRecord(**m)
-
-
-def _pending(row: sa.Row[Any]) -> PendingRecord:
-    m = dict(row._mapping)
-    m["serial"] = int(m["serial"], 16) if m["serial"] else None
-    return PendingRecord(**m)
 
 
 def _audit_insert(*, event: str, ok: bool, channel: str | None, profile: str | None,
@@ -706,7 +326,7 @@ class Ledger:
             sa.select(certificates).where(certificates.c.issuer == issuer,
                                           certificates.c.serial == serial_hex(serial))
         )
-        return _cert(rows[0]) if rows else None
+        return cert_record(rows[0]) if rows else None
 
     async def find_by_serials(self, keys: Sequence[tuple[str, int]]) -> list[CertRecord | None]:
         """The rows for several (issuer, serial) pairs, in one read transaction."""
@@ -716,7 +336,7 @@ class Ledger:
             for issuer, serial in keys:
                 row = conn.execute(sa.select(certificates).where(certificates.c.issuer == issuer,
                                                                  certificates.c.serial == serial_hex(serial))).first()
-                out.append(_cert(row) if row is not None else None)
+                out.append(cert_record(row) if row is not None else None)
             return out
 
         return list(await self.run_read(run))
@@ -724,7 +344,7 @@ class Ledger:
     async def find_serial_any_issuer(self, serial: int) -> list[CertRecord]:
         """Issued rows with this serial under any CA (admin commands)."""
         rows = await self._read(sa.select(certificates).where(certificates.c.serial == serial_hex(serial)))
-        return [_cert(r) for r in rows]
+        return [cert_record(r) for r in rows]
 
     async def find_by_transaction(self, profile: str, transaction_id: str) -> list[CertRecord]:
         """Issued rows for (profile, transaction_id), oldest first."""
@@ -734,7 +354,7 @@ class Ledger:
                    certificates.c.status == "issued")
             .order_by(certificates.c.id)
         )
-        return [_cert(r) for r in rows]
+        return [cert_record(r) for r in rows]
 
     async def list_certificates(self, *, profile: str | None = None, status: str | None = "issued",
                                 limit: int = 1000) -> list[CertRecord]:
@@ -744,7 +364,7 @@ class Ledger:
             q = q.where(certificates.c.profile == profile)
         if status:
             q = q.where(certificates.c.status == status)
-        return [_cert(r) for r in await self._read(q)]
+        return [cert_record(r) for r in await self._read(q)]
 
     async def abandon_stale_reservations(self, created_before: float) -> list[tuple[str, str]]:
         """Mark ``reserved`` rows created before ``created_before`` as ``abandoned``.
@@ -903,7 +523,7 @@ class Ledger:
             q = q.order_by(certificates.c.not_after, certificates.c.id.desc())
         else:
             q = q.order_by(certificates.c.id.desc())
-        return [_cert(r) for r in await self._read(q.limit(max(1, min(f.limit, 10000))))]
+        return [cert_record(r) for r in await self._read(q.limit(max(1, min(f.limit, 10000))))]
 
     async def counts_by_profile(self, now: float, horizons: Sequence[float] = ()) -> dict[str, dict[str, int]]:
         """Per profile: ``valid``, ``revoked``, and ``expiring_<i>`` (valid, not_after <= horizons[i])."""
@@ -1071,19 +691,19 @@ class Ledger:
         else:
             return None
         rows = await self._read(q)
-        return _pending(rows[0]) if rows else None
+        return pending_record(rows[0]) if rows else None
 
     async def get_pending(self, request_id: int) -> PendingRecord | None:
         """One pending-table row by id."""
         rows = await self._read(sa.select(pending).where(pending.c.id == request_id))
-        return _pending(rows[0]) if rows else None
+        return pending_record(rows[0]) if rows else None
 
     async def list_pending(self, status: str | None = "pending") -> list[PendingRecord]:
         """Rows with this status, oldest first."""
         q = sa.select(pending).order_by(pending.c.id)
         if status:
             q = q.where(pending.c.status == status)
-        return [_pending(r) for r in await self._read(q)]
+        return [pending_record(r) for r in await self._read(q)]
 
     async def transition_pending(self, request_id: int, old: Sequence[str], new: str, **values: Any) -> bool:
         """Move a request from one of ``old`` to ``new``; False if it was not in ``old``."""
@@ -1112,12 +732,12 @@ class Ledger:
             q = q.where(k.profile == profile)
         if usable_at is not None:
             q = q.where(k.revoked_at.is_(None), k.uses_left > 0, k.expires_at > usable_at)
-        return [_credential(r) for r in await self._read(q.order_by(k.created_at.desc(), k.id).limit(limit))]
+        return [credential_record(r) for r in await self._read(q.order_by(k.created_at.desc(), k.id).limit(limit))]
 
     async def get_credential(self, cred_id: str) -> CredentialRecord | None:
         """One credential by its public id (user name)."""
         rows = await self._read(sa.select(credentials).where(credentials.c.id == cred_id))
-        return _credential(rows[0]) if rows else None
+        return credential_record(rows[0]) if rows else None
 
     async def revoke_credential(self, cred_id: str, at: float) -> bool:
         """Revoke a credential that is not revoked yet; True when this call revoked it."""

@@ -33,9 +33,9 @@ from ca.ledger import (
     CertRecord,
     CredentialRecord,
     PendingRecord,
-    _cert,
-    _credential,
-    _pending,
+    cert_record,
+    credential_record,
+    pending_record,
     audit_log,
     auth_failures,
     certificates,
@@ -112,7 +112,7 @@ def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
         row = conn.execute(sa.select(certificates).where(
             c.profile == q.profile, c.transaction_id == q.transaction_id, c.status == "issued")
             .order_by(c.id).limit(1)).first()
-        prior = _cert(row) if row is not None else None
+        prior = cert_record(row) if row is not None else None
     found_pending = None
     if q.pending_lookup:
         p = pending.c
@@ -120,7 +120,7 @@ def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
         where.append(p.transaction_id == q.transaction_id if q.transaction_id is not None
                      else p.csr_sha256 == q.pending_csr_sha256)
         row = conn.execute(sa.select(pending).where(*where).order_by(p.id.desc()).limit(1)).first()
-        found_pending = _pending(row) if row is not None else None
+        found_pending = pending_record(row) if row is not None else None
     retired = False
     if q.device is not None:
         row = conn.execute(sa.select(devices.c.retired_at).where(devices.c.device == q.device)).first()
@@ -129,7 +129,7 @@ def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
     if q.certificate is not None:
         row = conn.execute(sa.select(certificates).where(
             c.issuer == q.certificate[0], c.serial == serial_hex(q.certificate[1]))).first()
-        cert = _cert(row) if row is not None else None
+        cert = cert_record(row) if row is not None else None
     challenge_valid = None
     if q.challenge_digest is not None:
         ch = challenges.c
@@ -153,7 +153,7 @@ def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
         row = conn.execute(sa.select(credentials).where(
             k.digest == q.credential_digest, k.profile == q.profile, k.revoked_at.is_(None), k.uses_left > 0,
             k.expires_at > now)).first()
-        credential = _credential(row) if row is not None else None
+        credential = credential_record(row) if row is not None else None
     return GateFacts(prior, found_pending, retired, cert, challenge_valid, throttle, seen, credential)
 
 

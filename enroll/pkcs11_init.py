@@ -83,14 +83,14 @@ def move_keys_to_token(init: InitResult, token_uri: str, settings: p11.Settings,
     ra_key = p11.generate_key(uris.ra, settings, "scep.ra_key", "rsa-2048")
     ocsp_key = p11.generate_key(uris.ocsp, settings, "cas.issuing.ocsp_key", key_type)
 
-    root = Pair(_cert(d / "root-ca.pem"), load_file_key(d / "root-ca.key", "root-ca.key").key)
-    issuing = TokenPair(recertify(_cert(d / "issuing-ca.pem"), issuing_key.public_key(), root), issuing_key)
-    ra = recertify(_cert(d / "scep-ra.pem"), ra_key.public_key(), issuing)
+    root = Pair(cert_record(d / "root-ca.pem"), load_file_key(d / "root-ca.key", "root-ca.key").key)
+    issuing = TokenPair(recertify(cert_record(d / "issuing-ca.pem"), issuing_key.public_key(), root), issuing_key)
+    ra = recertify(cert_record(d / "scep-ra.pem"), ra_key.public_key(), issuing)
     org = issuing.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     ocsp_name = x509.Name([*org, x509.NameAttribute(NameOID.COMMON_NAME, "Enroll OCSP Responder")])
     ocsp = make_cert(ocsp_name, ocsp_key, issuing, days=825, eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
     tls, client = (recertify(old, old.public_key(), issuing)
-                   for old in (_cert(d / "tls-server.pem"), _cert(d / "example-client.pem")))
+                   for old in (cert_record(d / "tls-server.pem"), cert_record(d / "example-client.pem")))
 
     (d / "issuing-ca.pem").write_bytes(pem(issuing.cert))
     (d / "scep-ra.pem").write_bytes(pem(ra))
@@ -125,6 +125,6 @@ def token_config(text: str, uris: TokenKeys, settings: p11.Settings) -> str:
     return text.rstrip("\n") + "\n" + table
 
 
-def _cert(path: Path) -> x509.Certificate:
+def cert_record(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificates(path.read_bytes())[0]
 

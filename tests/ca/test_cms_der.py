@@ -46,7 +46,7 @@ def test_set_of_sorts_like_der() -> None:
     assert cms_der.set_of(items) == core.SetOf([core.Any.load(i) for i in items], spec=core.Any).dump(force=True)
 
 
-def _cert(serial: int, *, version: x509.Version | None = None) -> x509.Certificate:
+def cert_record(serial: int, *, version: x509.Version | None = None) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "O")])
     now = dt.datetime.now(dt.timezone.utc)
@@ -57,7 +57,7 @@ def _cert(serial: int, *, version: x509.Version | None = None) -> x509.Certifica
 
 @pytest.mark.parametrize("serial", [1, 127, 128, (1 << 151) + 12345, (1 << 158) | 0xFF])
 def test_issuer_and_serial_number_matches_asn1crypto(serial: int) -> None:
-    cert = _cert(serial)
+    cert = cert_record(serial)
     der = cert.public_bytes(serialization.Encoding.DER)
     acert = ax509.Certificate.load(der)
     want = acms.IssuerAndSerialNumber({"issuer": acert.issuer, "serial_number": acert.serial_number}).dump()
@@ -70,7 +70,7 @@ def test_issuer_and_serial_number_of_a_v1_certificate_without_version_field() ->
 
     key = rsa.generate_private_key(65537, 2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "v1")])
-    acert_v3 = ax509.Certificate.load(_cert(77).public_bytes(serialization.Encoding.DER))
+    acert_v3 = ax509.Certificate.load(cert_record(77).public_bytes(serialization.Encoding.DER))
     tbs = acert_v3["tbs_certificate"].copy()
     tbs["version"] = "v1"
     tbs["issuer"] = ax509.Name.load(name.public_bytes())
@@ -86,7 +86,7 @@ def test_issuer_and_serial_number_of_a_v1_certificate_without_version_field() ->
 
 
 def test_certs_only_keeps_order_unless_sorted() -> None:
-    a, b = (_cert(i).public_bytes(serialization.Encoding.DER) for i in (5, 6))
+    a, b = (cert_record(i).public_bytes(serialization.Encoding.DER) for i in (5, 6))
     first, second = sorted([a, b], reverse=True)
     kept = acms.ContentInfo.load(cms_der.certs_only([first, second]))["content"]
     assert [c.chosen.dump() for c in kept["certificates"]] == [first, second]
@@ -97,7 +97,7 @@ def test_certs_only_keeps_order_unless_sorted() -> None:
 
 def test_signer_info_version_follows_the_sid_choice() -> None:
     """RFC 5652 §5.3: issuerAndSerialNumber -> v1, subjectKeyIdentifier -> v3."""
-    der = _cert(9).public_bytes(serialization.Encoding.DER)
+    der = cert_record(9).public_bytes(serialization.Encoding.DER)
     alg = cms_der.algorithm_identifier(cms_der.oid("2.16.840.1.101.3.4.2.1"))
     ias = cms_der.SignerTemplate(cms_der.issuer_and_serial_number(der), alg, alg)
     ski = cms_der.SignerTemplate(cms_der.tlv(0x80, b"\x01" * 20), alg, alg)

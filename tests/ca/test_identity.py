@@ -40,7 +40,7 @@ async def issue(issuer: Issuer, cn: str, profile: str = "gateway") -> Issued:
     return out
 
 
-def _cert(subject: x509.Name, issuer_pair, *, days: tuple[int, int] = (-1, 30)) -> x509.Certificate:  # type: ignore[no-untyped-def]
+def cert_record(subject: x509.Name, issuer_pair, *, days: tuple[int, int] = (-1, 30)) -> x509.Certificate:  # type: ignore[no-untyped-def]
     now = dt.datetime.now(dt.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_pair.cert.subject)
@@ -94,7 +94,7 @@ async def test_certificate_from_a_profile_the_label_does_not_list_is_refused(iss
 
 
 async def test_expired_certificate_of_ours_authenticates_nothing(issuer: Issuer, dev_pki: DevPKI) -> None:
-    old = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-old")]), dev_pki.issuing, days=(-60, -1))
+    old = cert_record(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-old")]), dev_pki.issuing, days=(-60, -1))
     await issuer.adopt(old, "gateway", by="test")
     with pytest.raises((AuthenticationError, AuthorizationError)):
         await authenticate(issuer, old)
@@ -102,7 +102,7 @@ async def test_expired_certificate_of_ours_authenticates_nothing(issuer: Issuer,
 
 async def test_certificate_of_our_ca_unknown_to_the_ledger_is_an_audited_anomaly(
         issuer: Issuer, dev_pki: DevPKI) -> None:
-    stray = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stray")]), dev_pki.issuing)
+    stray = cert_record(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stray")]), dev_pki.issuing)
     with pytest.raises(AuthorizationError, match="not in the ledger"):
         await authenticate(issuer, stray)
     [row] = await issuer.ledger.audit_records(10, event="client-cert-anomaly")
