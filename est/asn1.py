@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asn1crypto import core, keys
+from asn1crypto import x509 as ax509
 from cryptography import x509
 
 from est.errors import BadRequest
@@ -455,10 +456,34 @@ def csr_attribute_der(csr: x509.CertificateSigningRequest, oid: str) -> bytes | 
         return None
     except ValueError as exc:
         raise BadRequest(f"CSR attribute {oid}: {exc}") from None
-    tag = int(attr._type)  # noqa: SLF001 - the universal tag number of the value
-    if tag > 30:
-        raise BadRequest(f"CSR attribute {oid}: unsupported tag")
+    tag = int(attr._type)  # noqa: SLF001 - the value's tag: its universal number, or the tag byte
     if tag in (16, 17):
         tag |= 0x20  # SEQUENCE / SET are constructed
+    elif tag not in (0x30, 0x31) and tag > 30:  # cryptography reports SEQUENCE / SET as 0x30 / 0x31
+        raise BadRequest(f"CSR attribute {oid}: unsupported tag")
     value = bytes(attr.value)
     return bytes([tag]) + _der_length(len(value)) + value
+
+
+class ChangeSubjectName(core.Sequence):  # type: ignore[misc]
+    """``ChangeSubjectName ::= SEQUENCE { subject Name OPTIONAL, subjectAlt GeneralNames
+    OPTIONAL }`` (RFC 6402 §2.10)."""
+
+    _fields = [
+        ("subject", ax509.Name, {"optional": True}),
+        ("subject_alt", ax509.GeneralNames, {"optional": True}),
+    ]
+
+
+def change_subject_name(der: bytes) -> tuple[bytes | None, bytes | None]:
+    """The DER of the current subject and subjectAltName a ChangeSubjectName attribute names
+    (None for each one absent); ValueError when it does not parse (the parse gate)."""
+    try:
+        csn = ChangeSubjectName.load(der, strict=True)
+        if bytes(csn.dump(force=True)) != der:  # every element typed, nothing left over
+            raise ValueError("not a ChangeSubjectName")
+        subject, alt = csn["subject"], csn["subject_alt"]
+        return (None if isinstance(subject, core.Void) else bytes(subject.dump()),
+                None if isinstance(alt, core.Void) else bytes(alt.dump()))
+    except Exception as exc:  # noqa: BLE001 - every failure of untrusted bytes is one error
+        raise ValueError(f"ChangeSubjectName does not parse: {type(exc).__name__}") from None

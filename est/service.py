@@ -15,8 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from asn1crypto import core
-from asn1crypto import x509 as ax509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -138,16 +136,6 @@ def _san_bytes(exts: x509.Extensions) -> bytes | None:
     except x509.ExtensionNotFound:
         return None
     return bytes(ext.value.public_bytes())
-
-
-class _ChangeSubjectName(core.Sequence):  # type: ignore[misc]
-    """``ChangeSubjectName ::= SEQUENCE { subject Name OPTIONAL, subjectAlt GeneralNames
-    OPTIONAL }`` (RFC 6402 §2.10)."""
-
-    _fields = [
-        ("subject", ax509.Name, {"optional": True}),
-        ("subject_alt", ax509.GeneralNames, {"optional": True}),
-    ]
 
 
 class EstService:
@@ -490,19 +478,13 @@ class EstService:
             if not rule.allow_change_subject_name:
                 raise Forbidden("ChangeSubjectName is not allowed for this label")
             try:
-                csn = _ChangeSubjectName.load(change, strict=True)
-                old_subject = csn["subject"]
-                old_alt = csn["subject_alt"]
-                if not isinstance(old_subject, core.Void) and \
-                        bytes(old_subject.dump()) != cert.subject.public_bytes():
-                    raise Forbidden("ChangeSubjectName.subject is not the current certificate's subject")
-                if not isinstance(old_alt, core.Void) and cert_san is not None:
-                    if bytes(old_alt.dump()) != cert_san:
-                        raise Forbidden("ChangeSubjectName.subjectAlt is not the current certificate's SAN")
-            except EstError:
-                raise
-            except Exception:  # noqa: BLE001 - parse gate
+                old_subject, old_alt = asn1.change_subject_name(change)
+            except ValueError:
                 raise BadRequest("ChangeSubjectName does not parse") from None
+            if old_subject is not None and old_subject != cert.subject.public_bytes():
+                raise Forbidden("ChangeSubjectName.subject is not the current certificate's subject")
+            if old_alt is not None and cert_san is not None and old_alt != cert_san:
+                raise Forbidden("ChangeSubjectName.subjectAlt is not the current certificate's SAN")
             return
         if csr.subject.public_bytes() != cert.subject.public_bytes():
             raise Forbidden("re-enrollment must repeat the subject of the certificate being renewed "

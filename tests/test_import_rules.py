@@ -118,3 +118,11 @@ def test_comments_cite_only_what_is_in_the_repository(pkg: str) -> None:
             continue
         bad = [w for w in outside if w in text]
         assert not bad, f"{path} cites {bad}"
+
+
+@pytest.mark.parametrize("service", ["est/service.py", "scep/service.py"])
+def test_protocol_services_leave_asn1_to_the_codecs(service: str) -> None:
+    """The rules modules decide; parsing untrusted ASN.1 stays in the codecs (*/asn1.py, est/wire.py,
+    est/cmc.py, scep/cms.py, scep/message.py)."""
+    bad = {m for m in imports_of(ROOT / service) if top(m) == "asn1crypto"}
+    assert not bad, f"{service} imports {bad}"
