@@ -33,6 +33,7 @@ from enroll.tls_openssl import OpenSSLTls, openssl_context
 if TYPE_CHECKING:
     import ssl
 
+    from ca.issuer import Issuer
     from ca.ledger import Ledger
 
 log = logging.getLogger("enroll.server")
@@ -283,7 +284,7 @@ async def serve_sockets(config: Config, bound: list[Bound], ready: asyncio.Event
             ready.set()
         from enroll.app import ISSUER
 
-        sweeper = asyncio.create_task(_sweep_forever(app[ISSUER].ledger))
+        sweeper = asyncio.create_task(_sweep_forever(app[ISSUER]))
         await stop.wait()
         sweeper.cancel()
         await drain(runner, app[IN_FLIGHT])
@@ -323,8 +324,11 @@ async def sweep_reservations(ledger: "Ledger") -> None:
 
     from ca.errors import LedgerError
 
+    from ca.ledger import NONCE_RETENTION_SECONDS
+
     try:
         await ledger.prune_auth_failures(time.time() - 86400)  # older than any throttle window
+        await ledger.prune_nonces(time.time() - NONCE_RETENTION_SECONDS)  # RFC 8894 §3.2.1.5 replay window
         from enroll.app import RESERVATION_TIMEOUT
 
         done = await ledger.abandon_stale_reservations(time.time() - RESERVATION_TIMEOUT)
@@ -336,10 +340,11 @@ async def sweep_reservations(ledger: "Ledger") -> None:
                                 "serials": [f"{issuer}:{serial}" for issuer, serial in done[:20]]}))
 
 
-async def _sweep_forever(ledger: "Ledger") -> None:
+async def _sweep_forever(issuer: "Issuer") -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY)
-        await sweep_reservations(ledger)
+        await sweep_reservations(issuer.ledger)
+        await issuer.flush_refusal_summaries()  # the last sampled minute's summary, even when quiet
 
 
 def run(config: Config, workers: int | None = None) -> None:
