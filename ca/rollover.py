@@ -190,13 +190,17 @@ def publication(chain: Sequence[x509.Certificate], *, successor: Sequence[x509.C
     ``chain``: the CA's own chain, issuer first. While it has a ``successor`` (its chain,
     issuer first) it publishes the link certificates in EST /cacerts and the successor through
     SCEP GetNextCACert. A CA that succeeded a root publishes the old root (OldWithOld) and the
-    links, so clients that trust only the old root can still reach it.
+    links, so clients that trust only the old root can still reach it. A CA that succeeded an
+    issuing CA publishes the old issuing CA, which the certificates it signed still chain through
+    (RFC 7030 §4.1.3: every certificate needed to build a chain from an EST CA-issued certificate).
     """
     rollover: list[x509.Certificate] = []
     if successor:
         rollover += links
     if predecessor and is_root(predecessor[-1]) and predecessor[-1] not in chain:
         rollover += [predecessor[-1], *predecessor_links]
+    if predecessor and not is_root(predecessor[0]) and predecessor[0] not in chain:
+        rollover.append(predecessor[0])
     return CAChain(issuer=chain[0], chain=tuple(chain), rollover=tuple(dict.fromkeys(rollover)),
                    next_issuer=successor[0] if successor else None)
 

@@ -105,6 +105,7 @@ async def test_issuing_ca_rollover_publishes_next_ca_then_switches_issuance(embe
         new.certificate.verify_directly_issued_by(new_ca)
         assert (await iss.ledger.find_by_serial("issuing-2", new.serial)) is not None
         assert (await iss.ca_chain("gateway")).next_issuer is None
+        assert old_ca in (await iss.ca_chain("gateway")).rollover  # its certificates chain through it
         # The old CA still answers for what it signed: renewal, revocation, its own CRL.
         assert await iss.renewable(old_cert.certificate, "gateway") is not None
         await iss.revoke(old_cert.serial, "superseded", "issuing", by="test")
