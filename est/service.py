@@ -174,7 +174,8 @@ class EstService:
         except CAError as exc:
             raise from_ca_error(exc, realm=self.settings.realm) from None
         certs: list[x509.Certificate] = []
-        for cert in (*chain.chain, *chain.rollover):
+        upcoming = (chain.next_issuer,) if chain.next_issuer is not None else ()
+        for cert in (*chain.chain, *chain.rollover, *upcoming):  # the next CA too (RFC 7030 §4.1.3)
             if cert not in certs:
                 certs.append(cert)
         if not certs:

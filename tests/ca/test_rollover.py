@@ -133,8 +133,8 @@ async def test_root_rollover_cacerts_carries_the_link_certificates(embedded: Ini
         status, headers, body = await srv.get("/.well-known/est/gateway/cacerts")
         assert status == 200
         published = decode_certs_only(base64.b64decode(body))
-        # OldWithOld, OldWithNew and NewWithOld (RFC 7030 §4.1.3).
-        assert set(published) == {old_root, *links}
+        # OldWithOld, OldWithNew, NewWithOld and NewWithNew (RFC 7030 §4.1.3).
+        assert set(published) == {old_root, new_root, *links}
         # GetNextCACert: the new root first, then the links (RFC 8894 §4.7).
         nxt = await ScepClient(f"http://127.0.0.1:{srv.http_port}/scep").get_next_ca_cert()
         assert nxt[0] == new_root and set(nxt[1:]) == set(links)
@@ -144,7 +144,7 @@ async def test_root_rollover_cacerts_carries_the_link_certificates(embedded: Ini
     async with serve_inproc(config) as srv:
         status, _, body = await srv.get("/.well-known/est/gateway/cacerts")
         published = decode_certs_only(base64.b64decode(body))
-        assert published[0] == new_root and set(published) == {new_root, old_root, *links}
+        assert set(published) == {new_root, old_root, *links}  # a certs-only SET: no order
         issued = await srv.issuer.issue(request(make_csr("gw-after.example.net")[0], "gateway"))
         assert isinstance(issued, Issued)
         issued.certificate.verify_directly_issued_by(new_root)
