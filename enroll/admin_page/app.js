@@ -178,7 +178,8 @@ async function overview() {
     el("h3", {}, "Recent enrollments"), certTable(o.recent));
   try {
     const section = await charts();
-    document.getElementById("profiles").after(section);
+    const anchor = document.getElementById("profiles");
+    if (anchor) anchor.after(section);  // gone when the operator left the overview meanwhile
   } catch (e) { say("charts: " + e.message, true); }
 }
 
