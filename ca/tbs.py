@@ -17,43 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes, CertificatePublicKeyTypes
 
-
-def length(n: int) -> bytes:
-    """A DER length octet string (X.690 §8.1.3, definite form)."""
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def tlv(tag: int, body: bytes) -> bytes:
-    """One tag-length-value (single-octet tags only)."""
-    return bytes([tag]) + length(len(body)) + body
-
-
-def sequence(*items: bytes) -> bytes:
-    """SEQUENCE of already-encoded items."""
-    return tlv(0x30, b"".join(items))
-
-
-def integer(value: int) -> bytes:
-    """INTEGER, two's complement, minimal length (X.690 §8.3)."""
-    size = max(1, (value.bit_length() + 8) // 8) if value >= 0 else (value.bit_length() + 8) // 8
-    return tlv(0x02, value.to_bytes(size, "big", signed=True))
-
-
-def oid(dotted: str) -> bytes:
-    """OBJECT IDENTIFIER (X.690 §8.19)."""
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return tlv(0x06, bytes(out))
+from ca.cms_der import integer, oid, sequence, tlv
 
 
 def bit_string(data: bytes) -> bytes:
