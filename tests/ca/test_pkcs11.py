@@ -29,10 +29,9 @@ from ca.keys import probe
 from ca.local import LocalCA
 from enroll.pki import DevPKI
 from enroll.setup import InitResult
-from tests.conftest import require_tool
+from tests.softhsm import softhsm_setup
 from tests.lint import pkix_errors
 
-MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 PIN = "2468"
 TOKENS = 32
 _labels = itertools.count(1)
@@ -56,15 +55,8 @@ class SoftHSM:
 
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
-    util = require_tool("softhsm2-util")
-    module = next((m for m in MODULES if Path(m).is_file()), None)
-    if module is None:
-        require_tool(MODULES[0])
-    assert module is not None
     base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    util, module, conf = softhsm_setup(base)
     for n in range(1, TOKENS + 1):
         subprocess.run([util, "--init-token", "--free", "--label", f"t{n}", "--pin", PIN, "--so-pin", "13579"],
                        check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(conf)})

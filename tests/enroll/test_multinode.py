@@ -34,7 +34,7 @@ from enroll.setup import InitResult, init_directory, record_example_client
 from est.client import EnrollmentPending, EstClient, build_csr
 from scep.asn1 import PkiStatus
 from scep.client import ScepClient, self_signed_signer, simple_csr
-from tests.conftest import _wait_listening, free_port
+from tests.conftest import missing_peer, _wait_listening, free_port
 
 NODES = 3
 
@@ -100,9 +100,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if request.param == "postgresql":
         pg = request.getfixturevalue("pg_cluster")
         if pg is None:
-            if os.environ.get("ENROLL_REQUIRE_INTEROP") == "1":
-                pytest.fail("PostgreSQL is required (ENROLL_REQUIRE_INTEROP=1) but not installed")
-            pytest.skip("PostgreSQL not installed")
+            missing_peer("PostgreSQL (Debian postgresql)")
         url = str(pg.new_database())
     else:
         url = f"sqlite:///{base / 'shared.db'}"

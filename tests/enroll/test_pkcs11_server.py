@@ -38,8 +38,8 @@ from tests.conftest import enroll_serve, make_csr, require_tool
 from tests.est.conftest import EXTRA_PROFILES as EST_PROFILES
 from tests.est.conftest import KEK, KEK_ID
 from tests.scep.conftest import add_scep_test_profiles
+from tests.softhsm import softhsm_setup
 
-MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 PIN = "3141"
 PIN_ENV = "ENROLL_TEST_HSM_PIN"
 _spares = itertools.count(1)
@@ -118,15 +118,8 @@ def enroll(*args: str, config: Path | None = None, env: dict[str, str] | None = 
 
 @pytest.fixture(scope="module")
 def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
-    util = require_tool("softhsm2-util")
-    module = next((m for m in MODULES if Path(m).is_file()), None)
-    if module is None:
-        require_tool(MODULES[0])
-    assert module is not None
     base = tmp_path_factory.mktemp("hsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    util, module, conf = softhsm_setup(base)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOFTHSM2_CONF", str(conf))
         mp.setenv(PIN_ENV, PIN)
