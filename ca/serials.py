@@ -77,3 +77,11 @@ class SerialPool:
     def held(self, issuer: str) -> int:
         """How many reserved serials this process holds for ``issuer``."""
         return len(self._free.get(issuer, ()))
+
+
+def parse_serial(text: str) -> int:
+    """A serial number as an operator types it (CLI argument, admin API path): hex as the ledger
+    spells it (``serial_hex``), optionally ``0x``-prefixed or colon-separated like openssl's
+    ``01:A3``; ValueError when it is not hex."""
+    t = text.strip().lower().replace(":", "")
+    return int(t[2:] if t.startswith("0x") else t, 16)
