@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from ca.api import BindIdentity
 from ca.errors import AuthorizationError, PolicyError
-from ca.profile import sans_of
+from ca.names import sans_of
 
 #: A CRL larger than this is refused (a trust store's CRL is fetched from configuration, but a
 #: URL may still answer with anything).

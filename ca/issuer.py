@@ -57,14 +57,13 @@ from ca.ledger import (
     PendingRecord,
     serial_hex,
 )
+from ca.names import device_key, sans_of
 from ca.profile import (
     Profile,
     build_template,
     check_issued,
     check_key,
-    device_key,
     refuse_forbidden_requests,
-    sans_of,
     verify_csr,
 )
 

@@ -45,7 +45,7 @@ certificates = sa.Table(
     sa.Column("revoked_at", sa.Float),
     sa.Column("revocation_reason", sa.String(40)),
     sa.Column("retired_at", sa.Float),
-    sa.Column("device", sa.String(64)),  # migration 2: ca.profile.device_key of the certificate
+    sa.Column("device", sa.String(64)),  # migration 2: ca.names.device_key of the certificate
     sa.UniqueConstraint("issuer", "serial", name="uq_certificates_issuer_serial"),
     sa.Index("ix_certificates_txn", "profile", "transaction_id"),
     sa.Index("ix_certificates_spki", "spki_sha256"),
@@ -190,7 +190,7 @@ def _migration_2(conn: sa.Connection) -> None:
     Migration 1 creates tables from the current metadata, so on a fresh database the column
     already exists; on a version-1 database it is added here.
     """
-    from ca.profile import device_key_of_certificate, sans_of  # cryptography only, no I/O
+    from ca.names import device_key_of_certificate, sans_of  # cryptography only, no I/O
 
     columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
     if "device" not in columns:

@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.ledger import AuditRecord, CertRecord, DeviceRecord, PendingRecord, serial_hex
-from ca.profile import key_type_of, sans_of
+from ca.names import sans_of
+from ca.profile import key_type_of
 
 #: Where the admin API lives.
 API = "/admin/api/v1"

@@ -212,7 +212,7 @@ class EstService:
             alg_oid = asn1.Oid.ED25519
             key_attr = asn1.AttrOrOid(asn1.Oid.ED25519)
         if rule.csr_template:
-            from ca.profile import SUBJECT_ATTRIBUTES
+            from ca.names import SUBJECT_ATTRIBUTES
 
             subject = [asn1.TemplateRdn(SUBJECT_ATTRIBUTES[n].dotted_string)
                        for n in profile.subject_require if n in SUBJECT_ATTRIBUTES]

@@ -22,7 +22,7 @@ from ca.errors import CAError, NotFoundError, ParseError, RejectReason
 from ca.issuer import Issuer
 from ca.keys import FileKey
 from ca.ledger import MIGRATIONS, Ledger
-from ca.profile import device_key_of_certificate
+from ca.names import device_key_of_certificate
 from enroll.app import build_issuer
 from enroll.config import Config
 from enroll.pki import DevPKI, Pair, make_cert

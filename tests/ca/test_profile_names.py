@@ -1,4 +1,4 @@
-"""Subject and SAN content policy (ca/profile.py): what a requested name may contain.
+"""Subject and SAN content policy (ca/names.py): what a requested name may contain.
 
 Every profile refuses control characters and '..' in subject values, and '/' and '\\' unless it
 sets ``[subject] allow_path_separators``; ``[subject] patterns`` must match each value of their
@@ -18,7 +18,8 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from ca.api import Rejected
 from ca.errors import ConfigError, PolicyError, RejectReason
 from ca.issuer import Issuer
-from ca.profile import Profile, check_subject_value, requested_sans, requested_subject, validate_profile
+from ca.names import check_subject_value, requested_sans, requested_subject
+from ca.profile import Profile, validate_profile
 from enroll.config import Config, load_config
 from enroll.setup import InitResult
 from tests.conftest import make_csr, request

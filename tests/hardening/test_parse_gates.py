@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from ca.errors import CAError, ParseError
 from ca.ocsp import parse_request
-from ca.profile import Profile, refuse_forbidden_requests, requested_sans, requested_subject, verify_csr
+from ca.names import requested_sans, requested_subject
+from ca.profile import Profile, refuse_forbidden_requests, verify_csr
 from est.asn1 import decode_csrattrs
 from est.errors import EstError
 from est.wire import csr_signature_valid, decode_base64_body, decode_certs_only, parse_csr
