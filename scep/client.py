@@ -47,6 +47,46 @@ class HttpResponse:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+async def read_response(reader: asyncio.StreamReader, max_body: int = MAX_RESPONSE) -> HttpResponse:
+    """Read one HTTP/1.1 response (RFC 9112 §6): status line, headers, then a chunked,
+    Content-Length or read-to-close body of at most ``max_body`` bytes."""
+    status_line = await reader.readline()
+    if not status_line:
+        raise ScepClientError("connection closed before the status line")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise ScepClientError(f"bad status line {status_line[:80]!r}") from None
+    headers: dict[str, str] = {}
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        data = bytearray()
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass  # trailer fields
+                break
+            data += await reader.readexactly(size)
+            await reader.readline()
+            if len(data) > max_body:
+                raise ScepClientError("response too large")
+        payload = bytes(data)
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        if n > max_body:
+            raise ScepClientError("response too large")
+        payload = await reader.readexactly(n)
+    else:
+        payload = await reader.read(max_body)
+    return HttpResponse(status, headers, payload)
+
+
 async def http_request(
     url: str, method: str = "GET", body: bytes | None = None, *, content_type: str | None = None,
     ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0,
@@ -74,38 +114,7 @@ async def http_request(
         try:
             writer.write(head + (body or b""))
             await writer.drain()
-            status_line = await reader.readline()
-            try:
-                status = int(status_line.split()[1])
-            except (IndexError, ValueError):
-                raise ScepClientError(f"bad status line {status_line[:80]!r}") from None
-            headers: dict[str, str] = {}
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                data = bytearray()
-                while True:
-                    size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        await reader.readline()
-                        break
-                    data += await reader.readexactly(size)
-                    await reader.readline()
-                    if len(data) > MAX_RESPONSE:
-                        raise ScepClientError("response too large")
-                payload = bytes(data)
-            elif "content-length" in headers:
-                n = int(headers["content-length"])
-                if n > MAX_RESPONSE:
-                    raise ScepClientError("response too large")
-                payload = await reader.readexactly(n)
-            else:
-                payload = await reader.read(MAX_RESPONSE)
-            return HttpResponse(status, headers, payload)
+            return await read_response(reader)
         finally:
             writer.close()
             try:
@@ -389,6 +398,7 @@ __all__ = [
     "ScepDecodeError",
     "ScepResult",
     "http_request",
+    "read_response",
     "self_signed_signer",
     "simple_csr",
     "transaction_id_for",

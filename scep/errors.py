@@ -24,6 +24,14 @@ class ScepError(Exception):
     http_status: int = 200
     default_text: str = "bad request"
 
+    def __init_subclass__(cls, *, fail_info: FailInfo | None = None, text: str | None = None) -> None:
+        """A subclass names its failInfo (RFC 8894 §3.2.1.4.5) and default text in its bases."""
+        super().__init_subclass__()
+        if fail_info is not None:
+            cls.fail_info = fail_info
+        if text is not None:
+            cls.default_text = text
+
     def __init__(self, detail: str = "", *, public_text: str | None = None) -> None:
         super().__init__(detail or self.default_text)
         self.detail = detail or self.default_text
@@ -37,40 +45,25 @@ class ScepDecodeError(ScepError):
     default_text = "malformed SCEP message"
 
 
-class MessageCheckError(ScepError):
+class MessageCheckError(ScepError, fail_info=FailInfo.BAD_MESSAGE_CHECK, text="message check failed"):
     """Any signature, digest or decryption failure: one shape for all (RFC 8894 §3.3.2.2)."""
-
-    fail_info = FailInfo.BAD_MESSAGE_CHECK
-    default_text = "message check failed"
 
     def __init__(self, detail: str = "") -> None:
         # The public text is fixed whatever went wrong: no padding or key oracle.
         super().__init__(detail, public_text=self.default_text)
 
 
-class BadAlgError(ScepError):
+class BadAlgError(ScepError, fail_info=FailInfo.BAD_ALG, text="algorithm not allowed"):
     """An algorithm the profile does not allow (cipher, digest, key transport)."""
 
-    fail_info = FailInfo.BAD_ALG
-    default_text = "algorithm not allowed"
 
-
-class BadRequestError(ScepError):
+class BadRequestError(ScepError, fail_info=FailInfo.BAD_REQUEST, text="bad request"):
     """Not allowed by protocol or policy (unknown type, wrong challenge, replay...)."""
 
-    fail_info = FailInfo.BAD_REQUEST
-    default_text = "bad request"
 
-
-class BadCertIdError(ScepError):
+class BadCertIdError(ScepError, fail_info=FailInfo.BAD_CERT_ID, text="no matching certificate"):
     """No certificate or CRL matches the request (GetCert, GetCRL, CertPoll)."""
 
-    fail_info = FailInfo.BAD_CERT_ID
-    default_text = "no matching certificate"
 
-
-class BadTimeError(ScepError):
+class BadTimeError(ScepError, fail_info=FailInfo.BAD_TIME, text="signer certificate not valid now"):
     """The signer certificate is outside its validity period."""
-
-    fail_info = FailInfo.BAD_TIME
-    default_text = "signer certificate not valid now"

@@ -48,7 +48,8 @@ def new_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-def _printable(name: str, sm: cms.SignedMessage, *, required: bool = True) -> str | None:
+def _single_value(name: str, sm: cms.SignedMessage, kind: str, *, required: bool) -> tuple[object] | None:
+    """The one value of a SCEP signed attribute (RFC 8894 §3.2.1), decoded; None if absent."""
     values = sm.attribute_values(name)
     if not values:
         if required:
@@ -57,29 +58,27 @@ def _printable(name: str, sm: cms.SignedMessage, *, required: bool = True) -> st
     if len(values) != 1:
         raise ScepDecodeError(f"{name} must have exactly one value")
     try:
-        text = values[0].native
+        return (values[0].native,)
     except Exception:  # noqa: BLE001
-        raise ScepDecodeError(f"{name} is not a PrintableString") from None
-    if not isinstance(text, str):
+        raise ScepDecodeError(f"{name} is not {kind}") from None
+
+
+def _printable(name: str, sm: cms.SignedMessage, *, required: bool = True) -> str | None:
+    got = _single_value(name, sm, "a PrintableString", required=required)
+    if got is None:
+        return None
+    if not isinstance(got[0], str):
         raise ScepDecodeError(f"{name} is not a string")
-    return text
+    return got[0]
 
 
 def _octets(name: str, sm: cms.SignedMessage, *, required: bool = True) -> bytes | None:
-    values = sm.attribute_values(name)
-    if not values:
-        if required:
-            raise ScepDecodeError(f"missing {name}")
+    got = _single_value(name, sm, "an OCTET STRING", required=required)
+    if got is None:
         return None
-    if len(values) != 1:
-        raise ScepDecodeError(f"{name} must have exactly one value")
-    try:
-        data = values[0].native
-    except Exception:  # noqa: BLE001
-        raise ScepDecodeError(f"{name} is not an OCTET STRING") from None
-    if not isinstance(data, bytes) or not 1 <= len(data) <= 64:
+    if not isinstance(got[0], bytes) or not 1 <= len(got[0]) <= 64:
         raise ScepDecodeError(f"{name} has a bad length")
-    return data
+    return got[0]
 
 
 #: SCEP signed attributes (RFC 8894 §3.2.1): asn1crypto name -> (OID, value encoder)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from enroll.bench import runner
 from enroll.bench.est import EstTarget
+
+if TYPE_CHECKING:
+    from enroll.bench.server import SpawnedServer
 
 
 def _emit(report: dict[str, Any], json_out: str | None) -> None:
@@ -48,6 +54,34 @@ def _load_options(f: Any) -> Any:
     return f
 
 
+@dataclass
+class _Spawned:
+    """The server a run spawned, if any (stopped when the run ends)."""
+
+    server: SpawnedServer | None = None
+
+
+@contextlib.contextmanager
+def _run_scope() -> Iterator[_Spawned]:
+    """Stops the spawned server however the run ends; bad input becomes a click error."""
+    spawned = _Spawned()
+    try:
+        yield spawned
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if spawned.server is not None:
+            spawned.server.stop()
+
+
+def _spawned_report(srv: SpawnedServer, softhsm: bool, **facts: Any) -> dict[str, Any]:
+    """The ``spawned`` section of a report: the given facts, the ledger's scheme, the key store."""
+    report: dict[str, Any] = {**facts, "ledger": _scheme(srv.ledger_url)}
+    if softhsm:
+        report["keys"] = "softhsm2"
+    return report
+
+
 @click.group("bench")
 def bench() -> None:
     """Load generator and measurements (EST, SCEP, comparison with micromdm, ledger seeding).
@@ -79,9 +113,10 @@ def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | Non
     from enroll.bench import server as bench_server
 
     srv = None
-    try:
+    with _run_scope() as spawned:
         if spawn:
-            srv = bench_server.spawn(ca_key=ca_key, workers=workers, ledger_url=ledger_url, softhsm=softhsm)
+            srv = spawned.server = bench_server.spawn(ca_key=ca_key, workers=workers, ledger_url=ledger_url,
+                                                      softhsm=softhsm)
             certs = srv.certs
             target = EstTarget(f"https://127.0.0.1:{srv.https_port}", certs / "root-ca.pem", label or "gateway",
                                certs / "example-client.pem", certs / "example-client.key",
@@ -93,18 +128,12 @@ def est_cmd(url: str | None, count: int, concurrency: int, server_pid: int | Non
             user, _, pw = (basic or "").partition(":")
             target = EstTarget(url, Path(ca_bundle), label, Path(client_cert) if client_cert else None,
                                Path(client_key) if client_key else None, (user, pw) if basic else None)
-        opts = runner.EstOptions(target, mode, auth, fresh, count, concurrency, server_pid, ledger_url, timeout,
-                                 max_seconds, db_pid)
+        opts = runner.EstOptions(target, mode, auth, fresh, count=count, concurrency=concurrency,
+                                 server_pid=server_pid, ledger_url=ledger_url, timeout=timeout,
+                                 max_seconds=max_seconds, db_pid=db_pid)
         report = asyncio.run(runner.run_est(opts))
         if srv is not None:
-            report["spawned"] = {"workers": workers, "ca_key": ca_key, "ledger": _scheme(srv.ledger_url)}
-            if softhsm:
-                report["spawned"]["keys"] = "softhsm2"
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        if srv is not None:
-            srv.stop()
+            report["spawned"] = _spawned_report(srv, softhsm, workers=workers, ca_key=ca_key)
     _emit(report, json_out)
 
 
@@ -134,9 +163,10 @@ def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | No
     from enroll.bench import server as bench_server
 
     srv = None
-    try:
+    with _run_scope() as spawned:
         if spawn:
-            srv = bench_server.spawn(ca_key="rsa-2048", workers=workers, ledger_url=ledger_url, softhsm=softhsm)
+            srv = spawned.server = bench_server.spawn(ca_key="rsa-2048", workers=workers, ledger_url=ledger_url,
+                                                      softhsm=softhsm)
             if challenge is None and not one_time:
                 one_time = True
             profile = profile or ("benchscep" if one_time else "router")
@@ -153,19 +183,12 @@ def scep_cmd(url: str | None, count: int, concurrency: int, server_pid: int | No
             if not ledger_url:
                 raise click.UsageError("--one-time needs --ledger (or --spawn)")
             otc = asyncio.run(runner.add_one_time_challenges(ledger_url, profile or "benchscep", count))
-        opts = runner.ScepOptions(url, challenge, otc, cipher, digest, keys, count, concurrency, server_pid,
-                                  ledger_url, timeout, max_seconds, db_pid)
+        opts = runner.ScepOptions(url, challenge, otc, cipher, digest, keys, count=count, concurrency=concurrency,
+                                  server_pid=server_pid, ledger_url=ledger_url, timeout=timeout,
+                                  max_seconds=max_seconds, db_pid=db_pid)
         report = asyncio.run(runner.run_scep(opts))
         if srv is not None:
-            report["spawned"] = {"workers": workers, "ca_key": "rsa-2048", "profile": profile,
-                                 "ledger": _scheme(srv.ledger_url)}
-            if softhsm:
-                report["spawned"]["keys"] = "softhsm2"
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        if srv is not None:
-            srv.stop()
+            report["spawned"] = _spawned_report(srv, softhsm, workers=workers, ca_key="rsa-2048", profile=profile)
     _emit(report, json_out)
 
 

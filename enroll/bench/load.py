@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enroll.bench import procstat
+from scep.client import ScepClientError, read_response
 
 MAX_BODY = 4 << 20
-
-
-class HttpError(Exception):
-    """The connection broke or the answer was not HTTP."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class Connection:
                 await self.open()
             try:
                 return await self._exchange(raw)
-            except (ConnectionError, asyncio.IncompleteReadError, HttpError):
+            except (ConnectionError, asyncio.IncompleteReadError, ScepClientError):
                 await self.close()
                 if attempt:
                     raise
@@ -73,42 +70,12 @@ class Connection:
     async def _exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
         assert self.reader is not None and self.writer is not None
         self.writer.write(raw)
-        reader = self.reader
-        line = await reader.readline()
-        if not line:
-            raise HttpError("connection closed before the status line")
-        try:
-            status = int(line.split()[1])
-        except (IndexError, ValueError):
-            raise HttpError(f"bad status line {line[:60]!r}") from None
-        headers: dict[str, str] = {}
-        while True:
-            h = await reader.readline()
-            if h in (b"\r\n", b"\n", b""):
-                break
-            k, _, v = h.decode("latin-1").partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            data = bytearray()
-            while True:
-                size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                data += await reader.readexactly(size)
-                await reader.readline()
-                if len(data) > MAX_BODY:
-                    raise HttpError("response too large")
-            body = bytes(data)
-        elif "content-length" in headers:
-            body = await reader.readexactly(int(headers["content-length"]))
-        else:
-            body = await reader.read(MAX_BODY)
-            headers["connection"] = "close"
-        if headers.get("connection", "").lower() == "close":
+        resp = await read_response(self.reader, MAX_BODY)
+        headers = resp.headers
+        framed = "content-length" in headers or headers.get("transfer-encoding", "").lower() == "chunked"
+        if not framed or headers.get("connection", "").lower() == "close":
             await self.close()
-        return status, headers, body
+        return resp.status, headers, resp.body
 
 
 def build_request(method: str, target: str, host: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = (),
@@ -197,7 +164,8 @@ async def run(jobs: list[Job], *, endpoints: Callable[[int], Endpoint], concurre
                 try:
                     status, _, body = await asyncio.wait_for(conn.send(job.raw), timeout)
                     answers.append(Answer(job, status, body, time.perf_counter() - t0))
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError, ssl.SSLError) as exc:
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ScepClientError,
+                        ssl.SSLError) as exc:
                     answers.append(Answer(job, 0, b"", time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:200]))
                     await conn.close()
                 if fresh:

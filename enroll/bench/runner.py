@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,10 @@ async def add_one_time_challenges(ledger_url: str, profile: str, n: int, ttl: fl
     return values
 
 
-@dataclass
-class EstOptions:
-    """What ``enroll bench est`` runs."""
+@dataclass(kw_only=True)
+class LoadOptions:
+    """How much load, how long, and which processes to measure (every ``enroll bench`` run)."""
 
-    target: est_load.EstTarget
-    mode: str = "simpleenroll"  # or "reenroll"
-    auth: str = "mtls"  # or "basic"
-    fresh: bool = False
     count: int = 1000
     concurrency: int = 64
     server_pid: int | None = None
@@ -87,6 +83,16 @@ class EstOptions:
     timeout: float = 60.0
     max_seconds: float | None = None
     db_pid: int | None = None
+
+
+@dataclass
+class EstOptions(LoadOptions):
+    """What ``enroll bench est`` runs."""
+
+    target: est_load.EstTarget
+    mode: str = "simpleenroll"  # or "reenroll"
+    auth: str = "mtls"  # or "basic"
+    fresh: bool = False
 
 
 async def run_est(o: EstOptions) -> dict[str, Any]:
@@ -157,7 +163,7 @@ def _thin(samples: list[tuple[float, int]], n: int = 20) -> list[tuple[float, fl
 
 
 @dataclass
-class ScepOptions:
+class ScepOptions(LoadOptions):
     """What ``enroll bench scep`` runs."""
 
     url: str
@@ -166,13 +172,8 @@ class ScepOptions:
     cipher: str = "aes128"
     digest: str = "sha256"
     keys: int = 32
-    count: int = 500
-    concurrency: int = 16
-    server_pid: int | None = None
-    ledger_url: str | None = None
-    timeout: float = 60.0
-    max_seconds: float | None = None
-    db_pid: int | None = None
+    count: int = field(default=500, kw_only=True)
+    concurrency: int = field(default=16, kw_only=True)
 
 
 async def run_scep(o: ScepOptions) -> dict[str, Any]:

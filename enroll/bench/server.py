@@ -1,7 +1,7 @@
 """A throwaway ``enroll serve`` for benchmarking: its own directory, PKI, ports and ledger.
 
 The PKI is the embedded default's, except that the issuing CA's key type is chosen
-(``rsa-2048`` as shipped, or ``ec-p256``). Two profiles are added for the load generator:
+(``rsa-2048`` as shipped, or ``ec-p256``). One profile is added for the load generator:
 ``benchscep`` (the ``router`` profile with one-time challenges only, so that a pre-seeded
 challenge costs a SHA-256 and one UPDATE rather than an scrypt) and nothing else changes.
 """
@@ -9,6 +9,7 @@ challenge costs a SHA-256 and one UPDATE rather than an scrypt) and nothing else
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -19,9 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -33,22 +36,30 @@ from enroll.setup import InitResult, init_directory, record_example_client
 
 CA_KEY_TYPES = ("rsa-2048", "ec-p256")
 
-BENCH_PROFILES = """
-# --- added by `enroll bench`: the router profile with one-time challenges only --------------
-[profiles.benchscep]
-ca = "issuing"
-validity_days = 365
-key_types = ["rsa-2048", "rsa-3072", "rsa-4096"]
-key_usage = ["digital_signature", "key_encipherment"]
-extended_key_usage = ["client_auth"]
-allow_legacy_digests = true
-[profiles.benchscep.subject]
-allow = ["CN", "O", "OU", "serialNumber"]
-require = ["CN"]
-[profiles.benchscep.scep]
-auth = ["one-time"]
-allow_legacy = true
-"""
+BENCH_PROFILE = "benchscep"
+
+
+def bench_profile(config_text: str) -> str:
+    """The TOML of the ``benchscep`` profile: the embedded default's ``router`` profile (as
+    ``enroll init`` wrote it into ``config_text``) with one-time challenges only and no EST label."""
+    router = dict(tomllib.loads(config_text)["profiles"]["router"])
+    router.pop("est", None)
+    router["scep"] = {k: v for k, v in router["scep"].items() if k != "challenge_hash"} | {"auth": ["one-time"]}
+    return "\n# --- added by `enroll bench`: the router profile with one-time challenges only\n" + _toml_table(
+        f"profiles.{BENCH_PROFILE}", router)
+
+
+def _toml_table(name: str, table: dict[str, Any]) -> str:
+    """A TOML table and its sub-tables (values: strings, integers, booleans, lists of those)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v) if isinstance(v, str) else str(int(v))
+
+    text = f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in table.items() if not isinstance(v, dict))
+    return text + "".join(_toml_table(f"{name}.{k}", v) for k, v in table.items() if isinstance(v, dict))
 
 
 def _name(cn: str) -> x509.Name:
@@ -140,7 +151,7 @@ def write_config(base: Path, *, ca_key: str = "rsa-2048", ledger_url: str | None
         text, n = re.subn(r'(?m)^url = "sqlite:///var/enroll.db"$', f'url = "{ledger_url}"', text)
         if n != 1:
             raise RuntimeError("could not set [ledger] url in the generated config")
-    init.config_path.write_text(text + BENCH_PROFILES)
+    init.config_path.write_text(text + bench_profile(text))
     if token is not None:
         from enroll.pkcs11_init import move_keys_to_token
 
