@@ -107,18 +107,18 @@ def _print_clauses(results: list[Result] | None, protocol: str | None, err: bool
 def run_scep(url: str, challenge: str | None, ca_bundle: str | None, timeout: float, only: str | None,
              err: bool) -> tuple[list[Result], list[str]]:
     """Announce the plan, run the SCEP suite against ``url``, return (results, plan)."""
-    from conformance import scep_suite
+    from conformance import scep_common, scep_suite
     from conformance.transport import Http
 
     click.echo(f"SCEP conformance run against {url}. Enrollments this run will request:", err=err)
-    plan = scep_suite.plan(challenge)
+    plan = scep_common.plan(challenge)
     for p in plan:
         click.echo(f"  - {p}", err=err)
 
     async def go() -> list[Result]:
         ssl_ctx = _ssl_context(ca_bundle, None, None) if url.startswith("https:") else None
         async with Http(ssl_context=ssl_ctx, timeout=timeout) as http:
-            ctx = scep_suite.ScepContext(url, http, challenge)
+            ctx = scep_common.ScepContext(url, http, challenge)
             return await _run(scep_suite.suite, ctx, err, only)
 
     return asyncio.run(go()), plan
@@ -128,20 +128,20 @@ def run_est(url: str, label: str | None, ca_bundle: str | None, basic: str | Non
             client_key: str | None, pending_label: str | None, pop_label: str | None, timeout: float,
             only: str | None, err: bool) -> tuple[list[Result], list[str]]:
     """Announce the plan, run the EST suite against ``url``, return (results, plan)."""
-    from conformance import est_suite
+    from conformance import est_common, est_suite
 
     if basic is not None and ":" not in basic:
         raise click.BadParameter("expected USER:PASS", param_hint="--basic")
-    opts = est_suite.EstOptions(url=url.rstrip("/"), label=label, ca_bundle=ca_bundle, basic=basic,
-                                client_cert=client_cert, client_key=client_key, pending_label=pending_label,
-                                pop_label=pop_label, timeout=timeout)
-    plan = est_suite.plan(opts)
+    opts = est_common.EstOptions(url=url.rstrip("/"), label=label, ca_bundle=ca_bundle, basic=basic,
+                                 client_cert=client_cert, client_key=client_key, pending_label=pending_label,
+                                 pop_label=pop_label, timeout=timeout)
+    plan = est_common.plan(opts)
     click.echo(f"EST conformance run against {url}. Enrollments this run will request:", err=err)
     for p in plan:
         click.echo(f"  - {p}", err=err)
 
     async def go() -> list[Result]:
-        ctx = est_suite.EstContext(opts)
+        ctx = est_common.EstContext(opts)
         try:
             return await _run(est_suite.suite, ctx, err, only)
         finally:

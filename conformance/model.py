@@ -119,7 +119,8 @@ class Check:
 
 
 class Suite:
-    """An ordered list of checks for one protocol, filled by the :meth:`check` decorator."""
+    """An ordered list of checks for one protocol (or one group of them), filled by the
+    :meth:`check` decorator."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -137,3 +138,14 @@ class Suite:
             return fn
 
         return deco
+
+    @classmethod
+    def of(cls, name: str, *groups: Suite) -> Suite:
+        """One suite from check groups (one module each, by RFC section), in the given order."""
+        whole = cls(name)
+        for group in groups:
+            for chk in group.checks:
+                if any(c.id == chk.id for c in whole.checks):
+                    raise ValueError(f"duplicate check id {chk.id}")
+                whole.checks.append(chk)
+        return whole

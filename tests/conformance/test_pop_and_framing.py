@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conformance import est_suite
+from conformance import est_common as est_suite
 from conformance.model import Interop
 from conformance.transport import Exchange
 from enroll.pki import DevPKI
