@@ -32,8 +32,10 @@ from ca.errors import CAError, ConfigError, NotFoundError
 from ca.api import REASONS
 from ca.issuer import Issuer
 from ca.ledger import CertificateQuery, serial_hex
+from ca.serials import parse_serial
 from enroll.body import BodyError, read_body
-from enroll.config import Config, load_certs, parse_duration
+from enroll.config import Config
+from enroll.config_toml import load_certs, parse_duration
 
 from enroll.admin_auth import AdminAuth, AdminCRL, same_origin
 from enroll.admin_openapi import openapi
@@ -58,10 +60,8 @@ Handler = Callable[[web.Request, Requester], Awaitable[Any]]
 
 
 def _serial(text: str) -> int:
-    t = text.lower().replace(":", "")
-    t = t[2:] if t.startswith("0x") else t
     try:
-        return int(t, 16)
+        return parse_serial(text)
     except ValueError:
         raise json_error(400, f"{text!r} is not a hex serial number") from None
 
@@ -258,7 +258,6 @@ class AdminAPI:
     async def credentials_new(self, request: web.Request, who: Requester) -> web.Response:
         """One-time EST credentials for one device or many; the passwords are in this answer only
         (JSON, or CSV with ``?format=csv`` for a provisioning station)."""
-        from enroll.config import parse_duration
         from enroll.credentials import credential_json, credentials_csv
 
         body = await _body(request)

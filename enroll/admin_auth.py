@@ -18,7 +18,8 @@ from ca.api import AuthMethod, Requester
 from ca.authz import verify_secret
 from ca.errors import ConfigError
 from ca.issuer import Issuer
-from enroll.config import AdminConfig, fingerprint, load_crl
+from enroll.config_admin import AdminConfig, fingerprint
+from enroll.config_toml import load_crl
 
 from enroll.admin_views import json_error
 

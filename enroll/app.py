@@ -36,7 +36,9 @@ from ca.local import LocalCA
 from cryptography import x509
 
 from enroll.body import BodyError, read_body
-from enroll.config import CAConfig, Config, load_certs
+from enroll.config import Config
+from enroll.config_cas import CAConfig
+from enroll.config_toml import load_certs
 from enroll.metrics import Metrics
 
 log = logging.getLogger("enroll.server")

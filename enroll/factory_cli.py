@@ -11,8 +11,8 @@ import click
 
 from ca.errors import CAError
 from ca.issuer import Issuer
-from enroll.cli import _operator, _parse_when, _run_with_issuer, _when
-from enroll.config import parse_duration
+from enroll.cli_common import operator, parse_when, run_with_issuer, when
+from enroll.config_toml import parse_duration
 from enroll.credentials import credentials_csv, device_range
 
 
@@ -56,10 +56,10 @@ def credentials_new(ctx: click.Context, profile: str, devices: tuple[str, ...], 
 
     async def go(issuer: Issuer) -> str:
         made = await issuer.create_credentials(profile, names, ttl_seconds=ttl_seconds, uses=uses, bind=bind,
-                                               by=_operator())
+                                               by=operator())
         return credentials_csv(made)
 
-    text = _run_with_issuer(ctx, go)
+    text = run_with_issuer(ctx, go)
     if csv_path is None:
         click.echo(text, nl=False)
         return
@@ -79,9 +79,9 @@ def credentials_list(ctx: click.Context, profile: str | None, unused: bool) -> N
     async def go(issuer: Issuer) -> None:
         for r in await issuer.list_credentials(profile, unused=unused):
             state = "revoked" if r.revoked_at is not None else f"{r.uses_left}/{r.uses} left"
-            click.echo(f"{r.id}  {r.profile:<10} {r.bind}={r.device:<20} {state:<10} expires {_when(r.expires_at)}")
+            click.echo(f"{r.id}  {r.profile:<10} {r.bind}={r.device:<20} {state:<10} expires {when(r.expires_at)}")
 
-    _run_with_issuer(ctx, go)
+    run_with_issuer(ctx, go)
 
 
 @credentials.command("revoke")
@@ -89,7 +89,7 @@ def credentials_list(ctx: click.Context, profile: str | None, unused: bool) -> N
 @click.pass_context
 def credentials_revoke(ctx: click.Context, cred_id: str) -> None:
     """Revoke a credential (its user name): it enrolls nothing from now on."""
-    rec = _run_with_issuer(ctx, lambda issuer: issuer.revoke_credential(cred_id, by=_operator()))
+    rec = run_with_issuer(ctx, lambda issuer: issuer.revoke_credential(cred_id, by=operator()))
     click.echo(f"revoked {rec.id} ({rec.bind}={rec.device}, profile {rec.profile})")
 
 
@@ -108,8 +108,8 @@ def issue_cmd(ctx: click.Context, profile: str, csr_path: str, out_dir: str | No
     from enroll.offline import csr_files, issue_batch
 
     paths = csr_files(Path(csr_path))
-    results = _run_with_issuer(ctx, lambda issuer: issue_batch(
-        issuer, profile, paths, _operator(), Path(out_dir) if out_dir else None, jobs))
+    results = run_with_issuer(ctx, lambda issuer: issue_batch(
+        issuer, profile, paths, operator(), Path(out_dir) if out_dir else None, jobs))
     refused = [r for r in results if r.reason is not None]
     for r in results:
         if r.reason is None:
@@ -133,9 +133,9 @@ def export_cmd(ctx: click.Context, since: str, out: str, ca_name: str | None) ->
     and the audit records of the period, for `enroll import` on another instance."""
     from enroll.bundle import export
 
-    t0 = _parse_when(since, "--since")
+    t0 = parse_when(since, "--since")
     assert t0 is not None
-    data = _run_with_issuer(ctx, lambda issuer: export(issuer, t0, ca_name))
+    data = run_with_issuer(ctx, lambda issuer: export(issuer, t0, ca_name))
     Path(out).write_bytes(data)
     click.echo(f"bundle written to {out} ({len(data)} bytes)", err=True)
 
@@ -160,7 +160,7 @@ def import_cmd(ctx: click.Context, bundle_path: str, trust_path: str) -> None:
         verified = verify(Path(bundle_path).read_bytes(), trusted)
     except CAError as exc:
         raise click.ClickException(f"bundle refused, nothing recorded: {exc.detail}") from None
-    summary = _run_with_issuer(ctx, lambda issuer: record(issuer, verified, by=_operator()))
+    summary = run_with_issuer(ctx, lambda issuer: record(issuer, verified, by=operator()))
     click.echo(f"recorded {summary.recorded}, already known {summary.known}, revocations applied {summary.revoked}"
                + (f", conflicting serials {', '.join(summary.conflicts)}" if summary.conflicts else ""))
     if summary.conflicts:

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ca.errors import ConfigError
 from ca.issuer import Issuer
 from ca.keys import PrivateKey, open_key, probe
-from enroll.config import Config, key_ref, load_certs
+from enroll.config import Config
+from enroll.config_toml import key_ref, load_certs
 from scep.http import mount_routes, post_webhook
 from scep.service import RA, ScepService
 from scep.settings import ScepGlobal, ScepProfile, parse_global, scep_profiles

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.errors import ConfigError
 from ca.keys import check_key_file_mode
-from enroll.config import Config, load_certs
+from enroll.config import Config
+from enroll.config_toml import load_certs
 
 
 #: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305, ECDSA or RSA certificates.

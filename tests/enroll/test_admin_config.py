@@ -11,7 +11,8 @@ import pytest
 
 from ca.authz import hash_secret
 from ca.errors import ConfigError
-from enroll.config import Config, parse_config, parse_duration
+from enroll.config import Config, parse_config
+from enroll.config_toml import parse_duration
 from enroll.default_config import render
 from enroll.setup import InitResult
 

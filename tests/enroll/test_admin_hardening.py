@@ -19,7 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.errors import ConfigError
 from enroll.app import validate
-from enroll.config import Config, fingerprint, load_config, parse_config
+from enroll.config import Config, load_config, parse_config
+from enroll.config_admin import fingerprint
 from enroll.pki import DevPKI, Pair, make_cert
 from enroll.setup import InitResult
 from tests.enroll.admin_helpers import TOKEN, write_admin_config
