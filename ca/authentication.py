@@ -312,10 +312,11 @@ class Authentication(IssuerBase):
         return ok and stored is not None
 
     async def check_static_challenge(self, profile_name: str, challenge: str) -> bool:
-        """Compare a SCEP challengePassword (RFC 8894 §2.2) with the profile's stored hash (fail
-        closed); scrypt runs off the event loop."""
-        stored = self.profile(profile_name).scep.get("challenge_hash")
-        if not isinstance(stored, str) or not stored:
+        """Compare a static challenge (SCEP challengePassword, RFC 8894 §2.2) with the profile's
+        stored hash (fail closed); scrypt runs off the event loop."""
+        self.profile(profile_name)
+        stored = self.static_challenges.get(profile_name)
+        if not stored:
             return False
         return await verify_secret_async(challenge, stored)
 

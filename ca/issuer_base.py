@@ -120,6 +120,7 @@ class IssuerBase:
         profiles: Mapping[str, Profile],
         *,
         users: Mapping[str, str] | None = None,
+        static_challenges: Mapping[str, str] | None = None,
         trust: Mapping[str, TrustStore] | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -127,6 +128,8 @@ class IssuerBase:
         self.cas = dict(cas)
         self.profiles = dict(profiles)
         self.users = dict(users or {})
+        #: profile name -> hash of its static challenge (AuthMethod.CHALLENGE), from the wiring
+        self.static_challenges = dict(static_challenges or {})
         self.trust = dict(trust or {})
         self.observer = observer
         self.serials = SerialPool(ledger)

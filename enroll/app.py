@@ -152,12 +152,22 @@ def build_issuer(config: Config, metrics: Metrics | None = None) -> Issuer:
                               _revocation(config, name))
              for name, paths in config.trust.items()}
     issuer = Issuer(Ledger(config.ledger_url), build_cas(config), config.profiles, users=config.users, trust=trust,
+                    static_challenges=_static_challenges(config),
                     observer=metrics.observe_issuance if metrics else None)
     # Reserved serials are used well before the sweep would call them abandoned; a tiny timeout
     # (the crash tests) means no reserving ahead at all.
     issuer.serials = SerialPool(issuer.ledger, block=16 if RESERVATION_TIMEOUT >= 10 else 1,
                                 max_age=min(120.0, RESERVATION_TIMEOUT / 2))
     return issuer
+
+
+def _static_challenges(config: Config) -> dict[str, str]:
+    """Profile name -> ``[profiles.NAME.scep] challenge_hash`` (RFC 8894 §2.2), parsed by scep.settings."""
+    try:
+        from scep.settings import scep_profiles
+    except ModuleNotFoundError:
+        return {}
+    return {name: p.challenge_hash for name, p in scep_profiles(config.profiles).items() if p.challenge_hash}
 
 
 def validate(config: Config) -> None:
