@@ -22,6 +22,7 @@ from ca.api import (
     Requester,
 )
 from ca.ratelimit import Throttle
+from ca.records import RowStatus, StoredRequester
 from ca.unit_of_work import GateFacts, GateQuery
 from ca.identity import Standing, lifecycle_refusal
 from ca.authz import (
@@ -73,15 +74,13 @@ def offers_secret(claims: Claims) -> bool:
         claims.challenge and (accepts(claims, AuthMethod.CHALLENGE) or accepts(claims, AuthMethod.ONE_TIME_CHALLENGE)))
 
 
-def stored_requester(text: str, method: str | None, remote: str | None) -> Requester:
-    """The requester a ledger row recorded (``method:principal``), for a retransmission."""
-    kind, _, principal = text.partition(":")
-    try:
-        auth = AuthMethod(method or kind)
-    except ValueError:
-        # A row this version did not write: authenticate again rather than guess (fail closed).
-        raise AuthenticationError(f"the stored requester {text[:64]!r} names no known method") from None
-    return Requester(auth, principal or text, None, remote)
+def stored_requester(stored: StoredRequester, remote: str | None) -> Requester:
+    """The requester a ledger row recorded, for a retransmission of the same request."""
+    if stored.method is None:
+        # A row an older version wrote with a method this one does not know: authenticate
+        # again rather than guess (fail closed).
+        raise AuthenticationError(f"the stored requester {stored.principal[:64]!r} names no known method")
+    return Requester(stored.method, stored.principal, None, remote)
 
 
 #: The subject attributes a one-time credential can bind a device by (``enroll credentials new --bind``).
@@ -176,7 +175,7 @@ class Authentication(IssuerBase):
         """``record`` if it is exactly this certificate, issued; a certificate of our CA that the
         ledger does not know is audited as an anomaly (a leaked key or a lost record) and refused."""
         der = cert.public_bytes(serialization.Encoding.DER)
-        if record is None or record.der != der or record.status != "issued":
+        if record is None or record.der != der or record.status is not RowStatus.ISSUED:
             await self.audit("client-cert-anomaly", ok=False, channel=channel, profile=profile,
                              requester=Requester(AuthMethod.NONE, cert.subject.rfc4514_string(), cert, remote),
                              reason="certificate signed by our CA is not in the ledger", serial=cert.serial_number,

@@ -57,6 +57,7 @@ from ca.ledger import (
     PendingRecord,
     serial_hex,
 )
+from ca.records import PendingStatus, RowStatus
 from ca.names import device_key, sans_of
 from ca.profile import (
     Profile,
@@ -78,7 +79,7 @@ from ca.authentication import (
 )
 from ca.issuer_base import Actor as Actor
 from ca.issuer_base import IssuingCA as IssuingCA
-from ca.issuer_base import actor, describe, log, utc_now, valid_now
+from ca.issuer_base import actor, describe, log, requester_columns, utc_now, valid_now
 from ca.issuer_base import sha256_hex as sha256_hex
 from ca.issuer_base import spki_sha256 as spki_sha256
 from ca.lifecycle import Lifecycle
@@ -175,10 +176,10 @@ class Issuer(Authentication, Lifecycle):
                 # A retransmission of a known transaction gets the same answer without being
                 # authenticated again, and without spending a one-time challenge (RFC 8894 §3.3.1).
                 if facts.prior is not None:
-                    requester = stored_requester(facts.prior.requester, facts.prior.auth_method, claims.remote)
+                    requester = stored_requester(facts.prior.requester, claims.remote)
                     return await self._replayed(profile, _as_issue(req, requester), facts.prior, spki, csr_sha)
                 if facts.pending is not None and facts.pending.spki_sha256 == spki:
-                    requester = stored_requester(facts.pending.requester, None, claims.remote)
+                    requester = stored_requester(facts.pending.requester, claims.remote)
                     return await self._pending_flow(_as_issue(req, requester), profile, facts.pending, csr_sha, spki)
             if facts.nonce_seen:
                 raise PolicyError("replayed senderNonce", reason=RejectReason.BAD_REQUEST)
@@ -245,10 +246,10 @@ class Issuer(Authentication, Lifecycle):
             if signer_spki != pending.spki_sha256:
                 rec = facts.certificate
                 mine = (rec is not None and rec.der == signer.public_bytes(serialization.Encoding.DER)
-                        and rec.status == "issued" and not rec.revoked and not rec.retired and valid_now(signer))
+                        and rec.status is RowStatus.ISSUED and not rec.revoked and not rec.retired and valid_now(signer))
                 if not (mine and pending.subject is not None and signer.subject.rfc4514_string() == pending.subject):
                     raise NotFoundError("CertPoll signer does not match the request", reason=RejectReason.BAD_CERT_ID)
-            requester = stored_requester(pending.requester, None, remote)
+            requester = stored_requester(pending.requester, remote)
             csr = x509.load_der_x509_csr(pending.csr_der)
             return await self._pending_flow(IssueRequest(csr, profile.name, requester, channel, transaction_id),
                                             profile, pending, pending.csr_sha256, pending.spki_sha256)
@@ -268,12 +269,12 @@ class Issuer(Authentication, Lifecycle):
         keys = [(ca_name, serial)] + ([(signer_ca.name, signer.serial_number)] if signer_ca is not None else [])
         found = await self.ledger.find_by_serials(keys)
         record, signer_rec = found[0], (found[1] if len(found) > 1 else None)
-        if record is None or record.status != "issued" or record.der is None:
+        if record is None or record.status is not RowStatus.ISSUED or record.der is None:
             raise NotFoundError(f"no certificate {serial_hex(serial)} of CA {ca_name}", reason=RejectReason.BAD_CERT_ID)
         cert = x509.load_der_x509_certificate(record.der)
         signer_der = signer.public_bytes(serialization.Encoding.DER)
         entitled = signer_der == record.der or spki_sha256(signer.public_key()) == record.spki_sha256
-        if not entitled and signer_rec is not None and signer_rec.der == signer_der and signer_rec.status == "issued" \
+        if not entitled and signer_rec is not None and signer_rec.der == signer_der and signer_rec.status is RowStatus.ISSUED \
                 and not signer_rec.revoked and not signer_rec.retired and valid_now(signer):
             entitled = (signer_rec.device == record.device if record.device is not None and signer_rec.device
                         is not None else record.subject is not None and signer_rec.subject == record.subject)
@@ -369,24 +370,24 @@ class Issuer(Authentication, Lifecycle):
                               reason=RejectReason.BAD_REQUEST)
         if rec is None:
             rid = await self.ledger.create_pending(
-                profile=profile.name, channel=req.channel.value, requester=describe(req.requester) or "",
+                profile=profile.name, channel=req.channel.value, **requester_columns(req.requester),
                 csr_der=req.csr.public_bytes(serialization.Encoding.DER), csr_sha256=csr_sha,
                 spki_sha256=spki, transaction_id=req.transaction_id, subject=req.csr.subject.rfc4514_string())
             await self.audit("pending", ok=True, channel=req.channel, profile=profile.name,
                              requester=req.requester, csr_sha256=csr_sha, detail={"request_id": rid})
             return Pending(rid, profile.retry_after)
-        if rec.status in ("pending", "issuing"):
+        if rec.status in (PendingStatus.PENDING, PendingStatus.ISSUING):
             return Pending(rec.id, profile.retry_after)
-        if rec.status == "rejected":
+        if rec.status is PendingStatus.REJECTED:
             raise CAError(f"request {rec.id} was rejected by an operator"
                           + (f": {rec.reason}" if rec.reason else ""), reason=RejectReason.REJECTED)
-        if rec.status == "issued" and rec.serial is not None and rec.issuer is not None:
+        if rec.status is PendingStatus.ISSUED and rec.serial is not None and rec.issuer is not None:
             cert_rec = await self.ledger.find_by_serial(rec.issuer, rec.serial)
             if cert_rec is not None and cert_rec.der is not None:
                 chain = await self.cas[rec.issuer].backend.ca_chain()
                 return Issued(x509.load_der_x509_certificate(cert_rec.der), chain.chain, rec.serial, replayed=True)
         # approved: exactly one caller moves it to issuing and issues
-        if not await self.ledger.transition_pending(rec.id, ["approved"], "issuing"):
+        if not await self.ledger.transition_pending(rec.id, [PendingStatus.APPROVED], PendingStatus.ISSUING):
             return Pending(rec.id, profile.retry_after)
         ca = self._ca_of(profile)
         chain = await ca.backend.ca_chain()
@@ -398,7 +399,7 @@ class Issuer(Authentication, Lifecycle):
             return await self._issue_now(approved, profile, ca, chain, draft, rec.csr_sha256, rec.spki_sha256,
                                          device, sans, pending_id=rec.id)
         except BaseException:
-            await self.ledger.transition_pending(rec.id, ["issuing"], "approved")
+            await self.ledger.transition_pending(rec.id, [PendingStatus.ISSUING], PendingStatus.APPROVED)
             raise
 
     async def _issue_now(self, req: IssueRequest, profile: Profile, ca: IssuingCA, chain: CAChain,
@@ -424,8 +425,8 @@ class Issuer(Authentication, Lifecycle):
                           channel=req.channel.value, profile=profile.name, requester=describe(req.requester),
                           reason="issued", csr_sha256=csr_sha, serial=cert.serial_number, detail=detail)
         values: dict[str, Any] = dict(
-            profile=profile.name, channel=req.channel.value, requester=describe(req.requester) or "",
-            auth_method=req.requester.method.value, csr_sha256=csr_sha, spki_sha256=spki,
+            profile=profile.name, channel=req.channel.value, **requester_columns(req.requester),
+            csr_sha256=csr_sha, spki_sha256=spki,
             transaction_id=req.transaction_id,
             renews_serial=serial_hex(req.renewal_of.serial_number) if req.renewal_of is not None else None,
             der=der, subject=cert.subject.rfc4514_string(), not_before=cert.not_valid_before_utc.timestamp(),
@@ -464,10 +465,10 @@ class Issuer(Authentication, Lifecycle):
             raise CAError("the certificate was not signed by any CA of this server")
         der = cert.public_bytes(serialization.Encoding.DER)
         spki = spki_sha256(cert.public_key())
-        who = actor(by)
+        who = actor(by) or Requester(AuthMethod.OPERATOR, "")
         row_id = await self.ledger.reserve_serial(
             issuer=ca.name, serial=cert.serial_number, profile=profile.name, channel=channel.value,
-            requester=describe(who) or "", auth_method=AuthMethod.OPERATOR.value, csr_sha256=sha256_hex(der),
+            **dict(requester_columns(who), auth_method=AuthMethod.OPERATOR.value), csr_sha256=sha256_hex(der),
             spki_sha256=spki, transaction_id=None, renews_serial=None)
         if row_id is None:
             raise CAError(f"serial {serial_hex(cert.serial_number)} of CA {ca.name!r} is already recorded")

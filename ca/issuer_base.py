@@ -80,7 +80,15 @@ def spki_sha256(public_key: Any) -> str:
 
 
 def describe(r: Requester | None) -> str | None:
+    """``method:principal``: how the audit trail names a requester (display only, never parsed)."""
     return None if r is None else f"{r.method.value}:{r.principal}"
+
+
+def requester_columns(r: Requester) -> dict[str, str | None]:
+    """The ledger columns of a requester (:class:`ca.records.StoredRequester`): method, principal,
+    and as evidence the SHA-256 of the certificate that authenticated it, when one did."""
+    evidence = sha256_hex(r.certificate.public_bytes(serialization.Encoding.DER)) if r.certificate else None
+    return {"auth_method": r.method.value, "requester": r.principal, "requester_evidence": evidence}
 
 
 Actor = Requester | str | None

@@ -48,6 +48,8 @@ from ca.records import (
     CredentialRecord,
     DeviceRecord,
     PendingRecord,
+    PendingStatus,
+    RowStatus,
     cert_record,
     credential_record,
     pending_record,
@@ -91,6 +93,24 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
     return url
+
+
+def state_is(state: CertState, now: float) -> sa.ColumnElement[bool]:
+    """SQL true for an issued row whose ``CertRecord.state(now)`` is ``state``: the first that
+    holds of on hold (RFC 5280 §5.3.1 certificateHold), revoked, expired, retired, valid; every
+    listing and count by state goes through here, so each certificate has exactly one state."""
+    c = certificates.c
+    live = c.revoked_at.is_(None)
+    current = sa.or_(c.not_after.is_(None), c.not_after >= now)  # RFC 5280 §4.1.2.5: inclusive
+    held = c.revocation_reason == "certificate_hold"
+    conditions = {
+        CertState.ON_HOLD: sa.and_(c.revoked_at.is_not(None), held),
+        CertState.REVOKED: sa.and_(c.revoked_at.is_not(None), sa.or_(c.revocation_reason.is_(None), sa.not_(held))),
+        CertState.EXPIRED: sa.and_(live, c.not_after.is_not(None), c.not_after < now),
+        CertState.RETIRED: sa.and_(live, current, c.retired_at.is_not(None)),
+        CertState.VALID: sa.and_(live, current, c.retired_at.is_(None)),
+    }
+    return conditions[state]
 
 
 class Ledger:
@@ -270,7 +290,7 @@ class Ledger:
         With ``refuse_retired`` (a device key), the same transaction first checks that the device
         is not retired, so a retirement can never slip between the check and the reservation.
         """
-        values = dict(values, serial=serial_hex(values["serial"]), status="reserved", created_at=time.time())
+        values = dict(values, serial=serial_hex(values["serial"]), status=RowStatus.RESERVED.value, created_at=time.time())
         if values.get("renews_serial") is not None:
             values["renews_serial"] = serial_hex(values["renews_serial"])
 
@@ -299,8 +319,8 @@ class Ledger:
         async def run(conn: AsyncConnection) -> None:
             res = await conn.execute(
                 certificates.update()
-                .where(certificates.c.id == row_id, certificates.c.status == "reserved")
-                .values(status="issued", der=der, subject=subject, not_before=not_before,
+                .where(certificates.c.id == row_id, certificates.c.status == RowStatus.RESERVED.value)
+                .values(status=RowStatus.ISSUED.value, der=der, subject=subject, not_before=not_before,
                         not_after=not_after, issued_at=time.time(), device=device)
             )
             if res.rowcount != 1:
@@ -316,7 +336,7 @@ class Ledger:
                 row = (await conn.execute(sa.select(certificates.c.serial, certificates.c.issuer)
                                           .where(certificates.c.id == row_id))).one()
                 await conn.execute(pending.update().where(pending.c.id == pending_id)
-                                   .values(status="issued", serial=row.serial, issuer=row.issuer))
+                                   .values(status=PendingStatus.ISSUED.value, serial=row.serial, issuer=row.issuer))
 
         await self._write(run)
 
@@ -351,19 +371,20 @@ class Ledger:
         rows = await self._read(
             sa.select(certificates)
             .where(certificates.c.profile == profile, certificates.c.transaction_id == transaction_id,
-                   certificates.c.status == "issued")
+                   certificates.c.status == RowStatus.ISSUED.value)
             .order_by(certificates.c.id)
         )
         return [cert_record(r) for r in rows]
 
-    async def list_certificates(self, *, profile: str | None = None, status: str | None = "issued",
+    async def list_certificates(self, *, profile: str | None = None,
+                                status: RowStatus | None = RowStatus.ISSUED,
                                 limit: int = 1000) -> list[CertRecord]:
         """Rows newest first."""
         q = sa.select(certificates).order_by(certificates.c.id.desc()).limit(limit)
         if profile:
             q = q.where(certificates.c.profile == profile)
         if status:
-            q = q.where(certificates.c.status == status)
+            q = q.where(certificates.c.status == status.value)
         return [cert_record(r) for r in await self._read(q)]
 
     async def abandon_stale_reservations(self, created_before: float) -> list[tuple[str, str]]:
@@ -379,12 +400,12 @@ class Ledger:
         async def run(conn: AsyncConnection) -> list[tuple[str, str]]:
             c = certificates.c
             stale = (await conn.execute(sa.select(c.id, c.issuer, c.serial)
-                                        .where(c.status == "reserved", c.created_at < created_before))).fetchall()
+                                        .where(c.status == RowStatus.RESERVED.value, c.created_at < created_before))).fetchall()
             if not stale:
                 return []
             await conn.execute(certificates.update()
-                               .where(c.id.in_([r.id for r in stale]), c.status == "reserved")
-                               .values(status="abandoned"))
+                               .where(c.id.in_([r.id for r in stale]), c.status == RowStatus.RESERVED.value)
+                               .values(status=RowStatus.ABANDONED.value))
             for r in stale:
                 await conn.execute(_audit_insert(event="abandon-reservation", ok=True, channel=None, profile=None,
                                                  requester=None, reason="reserved but never issued",
@@ -403,10 +424,10 @@ class Ledger:
         async def run(conn: AsyncConnection) -> int:
             c = certificates.c
             rows = (await conn.execute(sa.select(c.id, c.issuer, c.serial)
-                                       .where(c.id.in_(list(row_ids)), c.status == "reserved"))).fetchall()
+                                       .where(c.id.in_(list(row_ids)), c.status == RowStatus.RESERVED.value))).fetchall()
             if rows:
                 await conn.execute(certificates.update().where(c.id.in_([r.id for r in rows]),
-                                                               c.status == "reserved").values(status="abandoned"))
+                                                               c.status == RowStatus.RESERVED.value).values(status=RowStatus.ABANDONED.value))
             for r in rows:
                 await conn.execute(_audit_insert(event="abandon-reservation", ok=True, channel=None, profile=None,
                                                  requester=None, reason="reserved, unused at shutdown",
@@ -442,7 +463,7 @@ class Ledger:
         """Forget failures older than every throttle window."""
         await self._write(lambda conn: conn.execute(auth_failures.delete().where(auth_failures.c.at < before)))
 
-    async def count_certificates(self, status: str = "issued", *, channels: Sequence[str] = ()) -> int:
+    async def count_certificates(self, status: str = RowStatus.ISSUED.value, *, channels: Sequence[str] = ()) -> int:
         """How many rows have this status (only those that came in on ``channels``, when given)."""
         q = sa.select(sa.func.count()).select_from(certificates).where(certificates.c.status == status)
         if channels:
@@ -460,7 +481,7 @@ class Ledger:
 
         async def run(conn: AsyncConnection) -> bool:
             where = [certificates.c.issuer == issuer, certificates.c.serial == serial_hex(serial),
-                     certificates.c.status == "issued"]
+                     certificates.c.status == RowStatus.ISSUED.value]
             if reason == "certificate_hold":
                 where.append(certificates.c.revoked_at.is_(None))
             else:
@@ -480,7 +501,7 @@ class Ledger:
             res = await conn.execute(
                 certificates.update()
                 .where(certificates.c.issuer == issuer, certificates.c.serial == serial_hex(serial),
-                       certificates.c.status == "issued", certificates.c.revocation_reason == "certificate_hold")
+                       certificates.c.status == RowStatus.ISSUED.value, certificates.c.revocation_reason == "certificate_hold")
                 .values(revoked_at=None, revocation_reason=None)
             )
             return res.rowcount == 1
@@ -489,7 +510,7 @@ class Ledger:
 
     def _certificate_filter(self, q: sa.Select[Any], f: CertificateQuery, now: float) -> sa.Select[Any]:
         c = certificates.c
-        q = q.where(c.status == "issued")
+        q = q.where(c.status == RowStatus.ISSUED.value)
         if f.profile:
             q = q.where(c.profile == f.profile)
         if f.device:
@@ -497,20 +518,14 @@ class Ledger:
         if f.text:
             pattern = _like_pattern(f.text)
             q = q.where(sa.func.lower(c.subject).like(pattern, escape="\\"))
-        if f.state == "valid":
-            q = q.where(c.revoked_at.is_(None), c.not_after > now)
-        elif f.state == "revoked":
-            q = q.where(c.revoked_at.is_not(None))
-        elif f.state == "on_hold":
-            q = q.where(c.revocation_reason == "certificate_hold")
-        elif f.state == "retired":
-            q = q.where(c.retired_at.is_not(None))
-        elif f.state == "expired":
-            q = q.where(c.not_after <= now)
-        elif f.state:
-            raise ValueError(f"unknown state {f.state!r}")
+        if f.state:
+            try:
+                state = CertState(f.state)
+            except ValueError:
+                raise ValueError(f"unknown state {f.state!r}") from None
+            q = q.where(state_is(state, now))
         if f.expiring_before is not None:
-            q = q.where(c.revoked_at.is_(None), c.not_after > now, c.not_after <= f.expiring_before)
+            q = q.where(state_is(CertState.VALID, now), c.not_after <= f.expiring_before)
         if f.before_id is not None:
             q = q.where(c.id < f.before_id)
         return q
@@ -526,21 +541,23 @@ class Ledger:
         return [cert_record(r) for r in await self._read(q.limit(max(1, min(f.limit, 10000))))]
 
     async def counts_by_profile(self, now: float, horizons: Sequence[float] = ()) -> dict[str, dict[str, int]]:
-        """Per profile: ``valid``, ``revoked``, and ``expiring_<i>`` (valid, not_after <= horizons[i])."""
+        """Per profile, the issued certificates in each :class:`CertState` (keys: its values, the
+        same classification as ``CertRecord.state`` and the ``state`` filter of
+        :meth:`query_certificates`), and ``expiring_<i>``: valid ones with not_after <= horizons[i].
+        The one summary the CLI (``enroll certs summary``), the admin API's overview and the
+        metrics show."""
         c = certificates.c
-        cols: list[Any] = [c.profile,
-                sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now), 1), else_=0)),
-                sa.func.sum(sa.case((c.revoked_at.is_not(None), 1), else_=0))]
-        for h in horizons:
-            cols.append(sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now, c.not_after <= h), 1),
-                                            else_=0)))
-        rows = await self._read(sa.select(*cols).where(c.status == "issued").group_by(c.profile))
+        cols: list[Any] = [c.profile]
+        cols += [sa.func.sum(sa.case((state_is(s, now), 1), else_=0)) for s in CertState]
+        cols += [sa.func.sum(sa.case((sa.and_(state_is(CertState.VALID, now), c.not_after <= h), 1), else_=0))
+                 for h in horizons]
+        rows = await self._read(sa.select(*cols).where(c.status == RowStatus.ISSUED.value).group_by(c.profile))
         out: dict[str, dict[str, int]] = {}
         for r in rows:
             values = tuple(r)
-            d = {"valid": int(values[1] or 0), "revoked": int(values[2] or 0)}
+            d = {s.value: int(v or 0) for s, v in zip(CertState, values[1:])}
             for i in range(len(horizons)):
-                d[f"expiring_{i}"] = int(values[3 + i] or 0)
+                d[f"expiring_{i}"] = int(values[1 + len(CertState) + i] or 0)
             out[str(values[0])] = d
         return out
 
@@ -553,10 +570,10 @@ class Ledger:
     def _device_select(self, now: float) -> sa.Select[Any]:
         c = certificates.c
         stats = (sa.select(c.device.label("device"), sa.func.count().label("n"),
-                           sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after > now), 1),
+                           sa.func.sum(sa.case((sa.and_(c.revoked_at.is_(None), c.not_after >= now), 1),
                                                else_=0)).label("active"),
                            sa.func.max(c.issued_at).label("last_issued_at"))
-                 .where(c.status == "issued").group_by(c.device).subquery())
+                 .where(c.status == RowStatus.ISSUED.value).group_by(c.device).subquery())
         return (sa.select(devices, stats.c.n, stats.c.active, stats.c.last_issued_at)
                 .select_from(devices.outerjoin(stats, stats.c.device == devices.c.device)))
 
@@ -604,7 +621,7 @@ class Ledger:
             if res.rowcount != 1:
                 return False
             await conn.execute(certificates.update()
-                               .where(certificates.c.device == device, certificates.c.status == "issued",
+                               .where(certificates.c.device == device, certificates.c.status == RowStatus.ISSUED.value,
                                       certificates.c.retired_at.is_(None))
                                .values(retired_at=at))
             return True
@@ -618,7 +635,7 @@ class Ledger:
             res = await conn.execute(
                 certificates.update()
                 .where(certificates.c.issuer == issuer, certificates.c.serial == serial_hex(serial),
-                       certificates.c.status == "issued", certificates.c.retired_at.is_(None))
+                       certificates.c.status == RowStatus.ISSUED.value, certificates.c.retired_at.is_(None))
                 .values(retired_at=at)
             )
             return res.rowcount == 1
@@ -672,7 +689,7 @@ class Ledger:
     # --- pending requests --------------------------------------------------------------------
     async def create_pending(self, **values: Any) -> int:
         """Record a request that waits for an operator."""
-        values = dict(values, status="pending", created_at=time.time())
+        values = dict(values, status=PendingStatus.PENDING.value, created_at=time.time())
 
         async def run(conn: AsyncConnection) -> int:
             res = await conn.execute(pending.insert().values(**values))
@@ -698,20 +715,21 @@ class Ledger:
         rows = await self._read(sa.select(pending).where(pending.c.id == request_id))
         return pending_record(rows[0]) if rows else None
 
-    async def list_pending(self, status: str | None = "pending") -> list[PendingRecord]:
-        """Rows with this status, oldest first."""
+    async def list_pending(self, status: PendingStatus | None = PendingStatus.PENDING) -> list[PendingRecord]:
+        """Rows with this status (all with None), oldest first."""
         q = sa.select(pending).order_by(pending.c.id)
         if status:
-            q = q.where(pending.c.status == status)
+            q = q.where(pending.c.status == status.value)
         return [pending_record(r) for r in await self._read(q)]
 
-    async def transition_pending(self, request_id: int, old: Sequence[str], new: str, **values: Any) -> bool:
+    async def transition_pending(self, request_id: int, old: Sequence[PendingStatus], new: PendingStatus,
+                                 **values: Any) -> bool:
         """Move a request from one of ``old`` to ``new``; False if it was not in ``old``."""
 
         async def run(conn: AsyncConnection) -> bool:
             res = await conn.execute(
-                pending.update().where(pending.c.id == request_id, pending.c.status.in_(list(old)))
-                .values(status=new, **values)
+                pending.update().where(pending.c.id == request_id, pending.c.status.in_([o.value for o in old]))
+                .values(status=new.value, **values)
             )
             return res.rowcount == 1
 

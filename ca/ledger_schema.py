@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from ca.api import AuthMethod
 
 metadata = sa.MetaData()
 
@@ -27,11 +28,13 @@ certificates = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("issuer", sa.String(200), nullable=False),
     sa.Column("serial", sa.String(48), nullable=False),  # lower-case hex, no leading zeros
-    sa.Column("status", sa.String(16), nullable=False),  # reserved | issued | abandoned
+    sa.Column("status", sa.String(16), nullable=False),  # ca.records.RowStatus
     sa.Column("profile", sa.String(200), nullable=False),
     sa.Column("channel", sa.String(16), nullable=False),
+    # The requester (ca.records.StoredRequester): principal, method, evidence (migration 6).
     sa.Column("requester", sa.Text, nullable=False),
     sa.Column("auth_method", sa.String(40), nullable=False),
+    sa.Column("requester_evidence", sa.String(64)),
     sa.Column("csr_sha256", sa.String(64), nullable=False),
     sa.Column("spki_sha256", sa.String(64), nullable=False),
     sa.Column("transaction_id", sa.String(200)),
@@ -73,12 +76,14 @@ pending = sa.Table(
     sa.Column("profile", sa.String(200), nullable=False),
     sa.Column("channel", sa.String(16), nullable=False),
     sa.Column("requester", sa.Text, nullable=False),
+    sa.Column("auth_method", sa.String(40)),  # migration 6; NULL: an older row's unknown method
+    sa.Column("requester_evidence", sa.String(64)),
     sa.Column("csr_der", sa.LargeBinary, nullable=False),
     sa.Column("csr_sha256", sa.String(64), nullable=False),
     sa.Column("spki_sha256", sa.String(64), nullable=False),
     sa.Column("transaction_id", sa.String(200)),
     sa.Column("subject", sa.Text),
-    sa.Column("status", sa.String(16), nullable=False),  # pending|approved|issuing|issued|rejected
+    sa.Column("status", sa.String(16), nullable=False),  # ca.records.PendingStatus
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("decided_at", sa.Float),
     sa.Column("decided_by", sa.Text),
@@ -238,8 +243,33 @@ def _migration_5(conn: sa.Connection) -> None:
     credentials.create(conn, checkfirst=True)
 
 
+def _add_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column = table.c[name]
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} "
+                                 f"{column.type.compile(dialect=conn.dialect)}"))
+
+
+def _migration_6(conn: sa.Connection) -> None:
+    """The requester as columns: versions 1-5 wrote ``method:principal`` into ``requester``; it is
+    split into ``auth_method`` and the principal, and ``requester_evidence`` is added (unknown
+    for older rows). A pending row whose prefix names no method keeps a NULL method."""
+    _add_columns(conn, certificates, "requester_evidence")
+    _add_columns(conn, pending, "auth_method", "requester_evidence")
+    for method in AuthMethod:
+        prefix = f"{method.value}:"
+        for table, unset in ((certificates, certificates.c.auth_method == method.value),
+                             (pending, pending.c.auth_method.is_(None))):
+            conn.execute(table.update().where(unset, table.c.requester.startswith(prefix, autoescape=True))
+                         .values(requester=sa.func.substr(table.c.requester, len(prefix) + 1),
+                                 auth_method=method.value))
+
+
 #: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4), (5, _migration_5)]
+    (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4), (5, _migration_5),
+    (6, _migration_6)]
 
 

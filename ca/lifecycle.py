@@ -17,6 +17,7 @@ from ca.api import (
     SupportsCRL,
 )
 from ca import ocsp
+from ca.records import PendingStatus, RowStatus
 from ca.errors import (
     CAError,
     LedgerError,
@@ -39,7 +40,7 @@ from ca.issuer_base import IssuerBase, Actor, actor, describe, is_device_key
 class Lifecycle(IssuerBase):
     """Approve, revoke, hold, retire; publish what relying parties check."""
 
-    async def list_pending(self, status: str | None = "pending") -> list[PendingRecord]:
+    async def list_pending(self, status: PendingStatus | None = PendingStatus.PENDING) -> list[PendingRecord]:
         """Requests waiting for (or decided by) an operator."""
         return await self.ledger.list_pending(status)
 
@@ -47,7 +48,7 @@ class Lifecycle(IssuerBase):
         """Approve a pending request; the client's next poll gets the certificate."""
         who = actor(by)
         rec = await self.ledger.get_pending(request_id)
-        ok = await self.ledger.transition_pending(request_id, ["pending"], "approved", decided_at=time.time(),
+        ok = await self.ledger.transition_pending(request_id, [PendingStatus.PENDING], PendingStatus.APPROVED, decided_at=time.time(),
                                                   decided_by=describe(who))
         await self.audit("approve", ok=ok, channel=Channel.ADMIN, profile=rec.profile if rec else None,
                          requester=who, reason="" if ok else "not pending", csr_sha256=rec.csr_sha256 if rec else None,
@@ -58,7 +59,8 @@ class Lifecycle(IssuerBase):
         """Reject a pending request; the client's next poll is refused."""
         who = actor(by)
         rec = await self.ledger.get_pending(request_id)
-        ok = await self.ledger.transition_pending(request_id, ["pending", "approved"], "rejected",
+        ok = await self.ledger.transition_pending(request_id, [PendingStatus.PENDING, PendingStatus.APPROVED],
+                                                  PendingStatus.REJECTED,
                                                   decided_at=time.time(), decided_by=describe(who), reason=reason)
         await self.audit("reject", ok=ok, channel=Channel.ADMIN, profile=rec.profile if rec else None,
                          requester=who, reason=reason if ok else "not pending",
@@ -68,7 +70,7 @@ class Lifecycle(IssuerBase):
     async def get_certificate(self, serial: int, ca: str | None = None) -> CertRecord:
         """The one issued certificate with this serial (NotFoundError, or CAError if ambiguous)."""
         rows = [r for r in await self.ledger.find_serial_any_issuer(serial)
-                if r.status == "issued" and (ca is None or r.issuer == ca)]
+                if r.status is RowStatus.ISSUED and (ca is None or r.issuer == ca)]
         if not rows:
             raise NotFoundError(f"no issued certificate with serial {serial_hex(serial)}")
         if len(rows) > 1:
@@ -197,7 +199,7 @@ class Lifecycle(IssuerBase):
             return ocsp.error_response(OCSPResponseStatus.TRY_LATER), "internal"
         now = dt.datetime.fromtimestamp(int(time.time()), dt.timezone.utc)
         next_update = now + dt.timedelta(seconds=ca.ocsp_validity_seconds)
-        if rec is None or rec.status != "issued":
+        if rec is None or rec.status is not RowStatus.ISSUED:
             status, revoked_at, reason = ocsp.Status.UNKNOWN, None, None
         elif rec.revoked_at is not None:
             status = ocsp.Status.REVOKED

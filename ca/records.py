@@ -10,6 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ca.api import AuthMethod
+
 
 @dataclass(frozen=True)
 class CredentialRecord:
@@ -38,7 +40,52 @@ def credential_record(row: sa.Row[Any]) -> CredentialRecord:
     return CredentialRecord(**m)
 
 
-class CertState(str, enum.Enum):
+class RowStatus(enum.StrEnum):
+    """Where a ``certificates`` row is in issuance: a serial is reserved before signing and the row
+    becomes issued in the commit that stores the certificate (docs/ARCHITECTURE.md, "The unit of
+    work"); a reservation never signed with is abandoned, its serial never reused."""
+
+    RESERVED = "reserved"
+    ISSUED = "issued"
+    ABANDONED = "abandoned"
+
+
+class PendingStatus(enum.StrEnum):
+    """Where a request held for manual approval is (RFC 7030 §4.2.3 202, RFC 8894 §3.3.2 PENDING):
+    an operator approves or rejects it; one caller then moves it from approved to issuing, and the
+    issuance commit to issued."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    ISSUING = "issuing"
+    ISSUED = "issued"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class StoredRequester:
+    """Who a ledger row was issued to or held for, as columns (never a ``method:principal`` string
+    parsed back): how it authenticated, who it was, and the evidence (the SHA-256 of the
+    certificate that authenticated it, when one did). ``method`` is None only on a pending row an
+    older version wrote with a method this one does not know: it is authenticated again."""
+
+    method: AuthMethod | None
+    principal: str
+    evidence: str | None = None
+
+    def describe(self) -> str:
+        """``method:principal``, the audit trail's spelling (display only)."""
+        return f"{self.method.value if self.method else 'unknown'}:{self.principal}"
+
+
+def _auth_method(value: str | None) -> AuthMethod | None:
+    try:
+        return AuthMethod(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class CertState(enum.StrEnum):
     """What an issued certificate is now, as every view names it."""
 
     VALID = "valid"
@@ -55,11 +102,10 @@ class CertRecord:
     id: int
     issuer: str
     serial: int
-    status: str
+    status: RowStatus
     profile: str
     channel: str
-    requester: str
-    auth_method: str
+    requester: StoredRequester
     csr_sha256: str
     spki_sha256: str
     transaction_id: str | None
@@ -87,7 +133,7 @@ class CertRecord:
             return CertState.ON_HOLD
         if self.revoked:
             return CertState.REVOKED
-        if self.not_after is not None and self.not_after <= (time.time() if now is None else now):
+        if self.not_after is not None and self.not_after < (time.time() if now is None else now):
             return CertState.EXPIRED
         return CertState.RETIRED if self.retired else CertState.VALID
 
@@ -109,13 +155,13 @@ class PendingRecord:
     id: int
     profile: str
     channel: str
-    requester: str
+    requester: StoredRequester
     csr_der: bytes
     csr_sha256: str
     spki_sha256: str
     transaction_id: str | None
     subject: str | None
-    status: str
+    status: PendingStatus
     created_at: float
     decided_at: float | None
     decided_by: str | None
@@ -181,8 +227,15 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
+
+def _requester(m: dict[str, Any]) -> StoredRequester:
+    return StoredRequester(_auth_method(m.pop("auth_method")), m.pop("requester"), m.pop("requester_evidence"))
+
+
 def cert_record(row: sa.Row[Any]) -> CertRecord:
     m = dict(row._mapping)
+    m["requester"] = _requester(m)
+    m["status"] = RowStatus(m["status"])
     m["serial"] = int(m["serial"], 16)
     m["renews_serial"] = int(m["renews_serial"], 16) if m["renews_serial"] else None
     return CertRecord(**m)
@@ -190,6 +243,8 @@ def cert_record(row: sa.Row[Any]) -> CertRecord:
 
 def pending_record(row: sa.Row[Any]) -> PendingRecord:
     m = dict(row._mapping)
+    m["requester"] = _requester(m)
+    m["status"] = PendingStatus(m["status"])
     m["serial"] = int(m["serial"], 16) if m["serial"] else None
     return PendingRecord(**m)
 

@@ -29,6 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ca.errors import AuthenticationError, AuthorizationError, CAError, LedgerError, RejectReason
+from ca.records import PendingStatus, RowStatus
 from ca.ledger import (
     CertRecord,
     CredentialRecord,
@@ -110,7 +111,7 @@ def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
     prior = None
     if q.transaction_id is not None:
         row = conn.execute(sa.select(certificates).where(
-            c.profile == q.profile, c.transaction_id == q.transaction_id, c.status == "issued")
+            c.profile == q.profile, c.transaction_id == q.transaction_id, c.status == RowStatus.ISSUED.value)
             .order_by(c.id).limit(1)).first()
         prior = cert_record(row) if row is not None else None
     found_pending = None
@@ -219,11 +220,11 @@ def apply_issue(conn: sa.Connection, u: IssueCommit, now: float) -> None:
     txn = u.values.get("transaction_id")
     if u.unique_transaction and txn is not None:
         won = conn.execute(sa.select(c.id).where(c.profile == u.values["profile"], c.transaction_id == txn,
-                                                 c.status == "issued").limit(1)).first()
+                                                 c.status == RowStatus.ISSUED.value).limit(1)).first()
         if won is not None:
             raise LostRace("transaction already issued by a concurrent request")
-    res = conn.execute(certificates.update().where(c.id == u.row_id, c.status == "reserved")
-                       .values(status="issued", issued_at=now, **u.values))
+    res = conn.execute(certificates.update().where(c.id == u.row_id, c.status == RowStatus.RESERVED.value)
+                       .values(status=RowStatus.ISSUED.value, issued_at=now, **u.values))
     if res.rowcount != 1:
         raise LedgerError("the serial's reservation was lost (swept as abandoned)")
     if u.device is not None:
@@ -236,7 +237,7 @@ def apply_issue(conn: sa.Connection, u: IssueCommit, now: float) -> None:
     if u.pending_id is not None:
         row = conn.execute(sa.select(c.serial, c.issuer).where(c.id == u.row_id)).one()
         conn.execute(pending.update().where(pending.c.id == u.pending_id).values(
-            status="issued", serial=row.serial, issuer=row.issuer))
+            status=PendingStatus.ISSUED.value, serial=row.serial, issuer=row.issuer))
 
 
 def reserve_block(conn: sa.Connection, issuer: str, count: int, now: float) -> list[tuple[int, int]]:
@@ -253,7 +254,7 @@ def reserve_block(conn: sa.Connection, issuer: str, count: int, now: float) -> l
         try:
             with conn.begin_nested():
                 res = conn.execute(certificates.insert().values(
-                    issuer=issuer, serial=serial_hex(serial), status="reserved", profile="", channel="",
+                    issuer=issuer, serial=serial_hex(serial), status=RowStatus.RESERVED.value, profile="", channel="",
                     requester="", auth_method="", csr_sha256="", spki_sha256="", created_at=now))
         except sa.exc.IntegrityError:
             continue

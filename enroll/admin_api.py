@@ -16,8 +16,6 @@ a browser holding an admin client certificate cannot be made to act by another s
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,15 +27,16 @@ from cryptography import x509
 
 from ca.api import Requester
 from ca.errors import CAError, ConfigError, NotFoundError
-from ca.api import REASONS
 from ca.issuer import Issuer
-from ca.ledger import CertificateQuery, serial_hex
-from ca.serials import parse_serial
-from enroll.body import BodyError, read_body
+from ca.ledger import CertificateQuery, CertState, serial_hex
+from ca.records import PendingStatus
+from enroll.body import BodyError
 from enroll.config import Config
 from enroll.config_toml import load_certs, parse_duration
 
 from enroll.admin_auth import AdminAuth, AdminCRL, same_origin
+from enroll.admin_charts import chart_data
+from enroll.admin_params import int_param, json_body, reason_field, serial_param, time_param
 from enroll.admin_openapi import openapi
 from enroll.admin_views import (
     API,
@@ -53,63 +52,8 @@ log = logging.getLogger("enroll.admin")
 
 PAGE_DIR = Path(__file__).resolve().parent / "admin_page"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
-MAX_LIMIT = 500
-MAX_BODY = 64 * 1024  # admin requests are small JSON objects
 
 Handler = Callable[[web.Request, Requester], Awaitable[Any]]
-
-
-def _serial(text: str) -> int:
-    try:
-        return parse_serial(text)
-    except ValueError:
-        raise json_error(400, f"{text!r} is not a hex serial number") from None
-
-
-def _int(request: web.Request, name: str, default: int | None, lo: int = 1, hi: int = MAX_LIMIT) -> int | None:
-    v = request.query.get(name)
-    if v is None or v == "":
-        return default
-    try:
-        n = int(v)
-    except ValueError:
-        raise json_error(400, f"{name} must be an integer") from None
-    if not lo <= n <= hi:
-        raise json_error(400, f"{name} must be between {lo} and {hi}")
-    return n
-
-
-def _when(request: web.Request, name: str) -> float | None:
-    v = request.query.get(name)
-    if not v:
-        return None
-    try:
-        d = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise json_error(400, f"{name} must be an ISO 8601 date or time, e.g. 2026-01-31T12:00:00Z") from None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
-    return d.timestamp()
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    raw = await read_body(request, MAX_BODY)  # BodyError: answered by _endpoint
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise json_error(400, "the body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise json_error(400, "the body must be a JSON object")
-    return data
-
-
-def _reason(body: dict[str, Any], default: str) -> str:
-    reason = body.get("reason", default)
-    if not isinstance(reason, str) or reason not in REASONS:
-        raise json_error(400, f"reason must be one of {', '.join(REASONS)}")
-    return reason
 
 
 # --- the API -------------------------------------------------------------------------------------
@@ -125,7 +69,7 @@ class AdminAPI:
             cur = await self.issuer.ledger.crl_current(name)
             cas[name] = {"crl_number": cur[0] if cur else None, "crl_this_update": iso(cur[1]) if cur else None,
                          "crl_next_update": iso(cur[2]) if cur else None}
-        pending = len(await self.issuer.list_pending("pending"))
+        pending = len(await self.issuer.list_pending(PendingStatus.PENDING))
         return {"status": "ok", "ledger": "ok", "cas": cas, "pending": pending, "admin": who.principal}
 
     async def overview(self, request: web.Request, who: Requester) -> dict[str, Any]:
@@ -134,11 +78,11 @@ class AdminAPI:
         profiles = {}
         for name in sorted(set(self.issuer.profiles) | set(counts)):
             c = counts.get(name, {})
-            profiles[name] = {"valid": c.get("valid", 0), "revoked": c.get("revoked", 0),
+            profiles[name] = {**{st.value: c.get(st.value, 0) for st in CertState},
                               "expiring_7d": c.get("expiring_0", 0), "expiring_30d": c.get("expiring_1", 0)}
         recent = await self.issuer.ledger.query_certificates(CertificateQuery(limit=10), now)
         expiring = await self.issuer.expiring(30 * 86400, limit=10)
-        return {"profiles": profiles, "pending": len(await self.issuer.list_pending("pending")),
+        return {"profiles": profiles, "pending": len(await self.issuer.list_pending(PendingStatus.PENDING)),
                 "recent": [cert_json(r, now) for r in recent], "expiring": [cert_json(r, now) for r in expiring],
                 "admin": who.principal}
 
@@ -150,10 +94,10 @@ class AdminAPI:
     async def certificates(self, request: web.Request, who: Requester) -> dict[str, Any]:
         q = request.query
         state = q.get("state") or None
-        if state not in (None, "valid", "revoked", "on_hold", "retired", "expired"):
-            raise json_error(400, "state must be valid, revoked, on_hold, retired or expired")
-        limit = _int(request, "limit", 50) or 50
-        cursor = _int(request, "cursor", None, 1, 2**62)
+        if state is not None and state not in {st.value for st in CertState}:
+            raise json_error(400, f"state must be {', '.join(st.value for st in CertState)}")
+        limit = int_param(request, "limit", 50) or 50
+        cursor = int_param(request, "cursor", None, 1, 2**62)
         expiring_before = None
         if q.get("expiring_within"):
             try:
@@ -169,24 +113,24 @@ class AdminAPI:
         return {"items": [cert_json(r, now) for r in rows], "next_cursor": str(rows[-1].id) if more else None}
 
     async def certificate(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        rec = await self.issuer.get_certificate(_serial(request.match_info["serial"]), request.query.get("ca"))
+        rec = await self.issuer.get_certificate(serial_param(request.match_info["serial"]), request.query.get("ca"))
         return cert_detail_json(rec)
 
     async def revoke(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        body = await _body(request)
-        rec = await self.issuer.revoke(_serial(request.match_info["serial"]), _reason(body, "unspecified"),
+        body = await json_body(request)
+        rec = await self.issuer.revoke(serial_param(request.match_info["serial"]), reason_field(body, "unspecified"),
                                        body.get("ca") if isinstance(body.get("ca"), str) else None, by=who)
         return cert_detail_json(rec)
 
     async def unhold(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        body = await _body(request)
-        rec = await self.issuer.unhold(_serial(request.match_info["serial"]),
+        body = await json_body(request)
+        rec = await self.issuer.unhold(serial_param(request.match_info["serial"]),
                                        body.get("ca") if isinstance(body.get("ca"), str) else None, by=who)
         return cert_detail_json(rec)
 
     async def devices(self, request: web.Request, who: Requester) -> dict[str, Any]:
         q = request.query
-        limit = _int(request, "limit", 50) or 50
+        limit = int_param(request, "limit", 50) or 50
         retired = {"true": True, "false": False}.get(q.get("retired", "").lower())
         rows = await self.issuer.ledger.list_devices(profile=q.get("profile") or None, text=q.get("q") or None,
                                                      retired=retired, after=q.get("cursor") or None, limit=limit + 1)
@@ -202,22 +146,22 @@ class AdminAPI:
                 "history": [audit_json(a) for a in history]}
 
     async def device_revoke(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        body = await _body(request)
-        done = await self.issuer.revoke_device(request.match_info["device"], _reason(body, "unspecified"), by=who)
+        body = await json_body(request)
+        done = await self.issuer.revoke_device(request.match_info["device"], reason_field(body, "unspecified"), by=who)
         return {"revoked": [serial_hex(r.serial) for r in done]}
 
     async def device_retire(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        body = await _body(request)
+        body = await json_body(request)
         done = await self.issuer.retire_device(request.match_info["device"],
-                                               _reason(body, "cessation_of_operation"), by=who)
+                                               reason_field(body, "cessation_of_operation"), by=who)
         dev = await self.issuer.get_device(request.match_info["device"])
         return {**device_json(dev), "revoked": [serial_hex(r.serial) for r in done]}
 
     async def pending(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        status = request.query.get("status", "pending")
-        if status not in ("pending", "approved", "issuing", "issued", "rejected", "all"):
-            raise json_error(400, "status must be pending, approved, issuing, issued, rejected or all")
-        rows = await self.issuer.list_pending(None if status == "all" else status)
+        status = request.query.get("status", PendingStatus.PENDING.value)
+        if status != "all" and status not in {s.value for s in PendingStatus}:
+            raise json_error(400, f"status must be {', '.join(PendingStatus)} or all")
+        rows = await self.issuer.list_pending(None if status == "all" else PendingStatus(status))
         return {"items": [pending_json(p) for p in rows], "next_cursor": None}
 
     async def _pending_decision(self, request: web.Request, ok: bool) -> dict[str, Any]:
@@ -232,12 +176,12 @@ class AdminAPI:
         return pending_json(after)
 
     async def approve(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        await _body(request)
+        await json_body(request)
         ok = await self.issuer.approve(int(request.match_info["id"]), who)
         return await self._pending_decision(request, ok)
 
     async def reject(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        body = await _body(request)
+        body = await json_body(request)
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 500:
             raise json_error(400, "reason must be a string (at most 500 characters)")
@@ -245,7 +189,7 @@ class AdminAPI:
         return await self._pending_decision(request, ok)
 
     async def challenge(self, request: web.Request, who: Requester) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         profile, ttl = body.get("profile"), body.get("ttl", 3600)
         if not isinstance(profile, str):
             raise json_error(400, "profile is required")
@@ -260,7 +204,7 @@ class AdminAPI:
         (JSON, or CSV with ``?format=csv`` for a provisioning station)."""
         from enroll.credentials import credential_json, credentials_csv
 
-        body = await _body(request)
+        body = await json_body(request)
         profile, uses, bind = body.get("profile"), body.get("uses", 1), body.get("bind", "serialNumber")
         if not isinstance(profile, str):
             raise json_error(400, "profile is required")
@@ -288,17 +232,17 @@ class AdminAPI:
 
         unused = request.query.get("unused", "") in ("1", "true")
         rows = await self.issuer.list_credentials(request.query.get("profile") or None, unused=unused)
-        limit = _int(request, "limit", 500) or 500
+        limit = int_param(request, "limit", 500) or 500
         return {"items": [credential_json(r) for r in rows[:limit]], "next_cursor": None}
 
     async def credential_revoke(self, request: web.Request, who: Requester) -> dict[str, Any]:
         from enroll.credentials import credential_json
 
-        await _body(request)
+        await json_body(request)
         return credential_json(await self.issuer.revoke_credential(request.match_info["id"], by=who))
 
     async def publish_crl(self, request: web.Request, who: Requester) -> dict[str, Any]:
-        await _body(request)
+        await json_body(request)
         crl = await self.issuer.publish_crl(request.match_info["ca"], by=who)
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
         return {"ca": request.match_info["ca"], "crl_number": number,
@@ -308,78 +252,19 @@ class AdminAPI:
 
     async def audit(self, request: web.Request, who: Requester) -> dict[str, Any]:
         q = request.query
-        limit = _int(request, "limit", 100) or 100
-        serials = [_serial(q["serial"])] if q.get("serial") else None
+        limit = int_param(request, "limit", 100) or 100
+        serials = [serial_param(q["serial"])] if q.get("serial") else None
         device = q.get("device") or None
         if device is not None:
             device = (await self.issuer.get_device(device)).device
             serials = [c.serial for c in await self.issuer.device_certificates(device)]
         rows = await self.issuer.ledger.audit_records(
-            limit + 1, serials=serials, device=device, since=_when(request, "since"), until=_when(request, "until"),
-            event=q.get("event") or None, before_id=_int(request, "cursor", None, 1, 2**62))
+            limit + 1, serials=serials, device=device, since=time_param(request, "since"),
+            until=time_param(request, "until"),
+            event=q.get("event") or None, before_id=int_param(request, "cursor", None, 1, 2**62))
         more = len(rows) > limit
         rows = rows[:limit]
         return {"items": [audit_json(a) for a in rows], "next_cursor": str(rows[-1].id) if more else None}
-
-
-CHART_DAYS = 30
-CHART_WEEKS = 13  # 91 days ahead
-
-
-def _buckets(column: Any, edges: list[float]) -> list[Any]:
-    """One ``count`` per [edges[i], edges[i+1]) of ``column``, computed by the database (portable
-    SQL: SUM of CASE, as SQLite and PostgreSQL differ on date and floor functions)."""
-    import sqlalchemy as sa
-
-    return [sa.func.sum(sa.case((sa.and_(column >= lo, column < hi), 1), else_=0)) for lo, hi in zip(edges, edges[1:])]
-
-
-async def chart_data(issuer: Issuer, now: float) -> dict[str, Any]:
-    """Aggregates for the admin page's charts, counted in the ledger."""
-    import sqlalchemy as sa
-
-    from ca.ledger import audit_log, certificates
-    from ca.ratelimit import reason_class
-
-    c, a = certificates.c, audit_log.c
-    today = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    days = [today - dt.timedelta(days=CHART_DAYS - 1 - i) for i in range(CHART_DAYS)]
-    day_edges = [d.timestamp() for d in days] + [(today + dt.timedelta(days=1)).timestamp()]
-    ledger = issuer.ledger
-    # The ledger has no aggregate queries of its own yet: read through its read path.
-    rows: list[Any] = await ledger._read(sa.select(c.profile, *_buckets(c.issued_at, day_edges))  # noqa: SLF001
-                                         .where(c.status == "issued", c.issued_at >= day_edges[0])
-                                         .group_by(c.profile))
-    per_day = {r[0]: [int(v or 0) for v in r[1:]] for r in rows}
-    for name in issuer.profiles:
-        per_day.setdefault(name, [0] * CHART_DAYS)
-    week_edges = [now + i * 7 * 86400 for i in range(CHART_WEEKS + 1)]
-    valid = sa.and_(c.status == "issued", c.revoked_at.is_(None), c.retired_at.is_(None),
-                    c.not_after >= now, c.not_after < week_edges[-1])
-    row = (await ledger._read(sa.select(*_buckets(c.not_after, week_edges)).where(valid)))[0]  # noqa: SLF001
-    expiring = [int(row[i] or 0) for i in range(CHART_WEEKS)]
-    since = now - CHART_DAYS * 86400
-    refusals: dict[str, int] = {}
-    counted: list[Any] = await ledger._read(  # noqa: SLF001
-        sa.select(a.reason, sa.func.count()).where(a.ok.is_(False), a.at >= since,
-                                                   a.event != "refusals-suppressed").group_by(a.reason))
-    for r in counted:
-        cls = reason_class(r[0] or "")
-        refusals[cls] = refusals.get(cls, 0) + int(r[1])
-    summaries: list[Any] = await ledger._read(  # noqa: SLF001
-        sa.select(a.detail).where(a.event == "refusals-suppressed", a.at >= since))
-    for r in summaries:
-        for key, n in (json.loads(r[0] or "{}").get("suppressed") or {}).items():
-            cls = key.rsplit(" ", 1)[-1]
-            refusals[cls] = refusals.get(cls, 0) + int(n)
-    return {
-        "days": [d.date().isoformat() for d in days],
-        "issued_per_day": dict(sorted(per_day.items())),
-        "weeks": [iso(t) for t in week_edges[:-1]],
-        "expiring_per_week": expiring,
-        "refusals": [{"reason": k, "count": v} for k, v in sorted(refusals.items(), key=lambda kv: (-kv[1], kv[0]))],
-        "since": iso(since),
-    }
 
 
 #: (method, path below API, handler name, mutating)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ca.api import REASONS
+from ca.records import CertState, PendingStatus
 from enroll.admin_views import API
 
 
@@ -136,9 +137,10 @@ def openapi() -> dict[str, Any]:
         "/openapi.json": {"get": op("This document", ok({"type": "object"}), op_id="openapi")},
     }
     cert_props = {"serial": _STR, "ca": _STR, "profile": _STR, "device": _NSTR, "subject": _NSTR,
-                  "state": {"type": "string", "enum": ["valid", "on_hold", "revoked", "expired", "retired"]},
+                  "state": {"type": "string", "enum": [s.value for s in CertState]},
                   "not_before": _TS, "not_after": _TS, "issued_at": _TS, "revoked_at": _TS,
                   "revocation_reason": _NSTR, "retired": {"type": "boolean"}, "channel": _STR, "requester": _STR,
+                  "auth_method": _NSTR, "requester_evidence": _NSTR,
                   "renews": _NSTR}
     device_props = {"device": _STR, "profile": _STR, "subject": _STR, "sans": {"type": "array", "items": _STR},
                     "first_seen": _TS, "last_issued_at": _TS, "certificates": {"type": "integer"},
@@ -160,7 +162,8 @@ def openapi() -> dict[str, Any]:
             "history": {"type": "array", "items": _ref("AuditRecord")}}},
         "Revoked": {"type": "object", "properties": {"revoked": {"type": "array", "items": _STR}}},
         "Pending": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "profile": _STR, "status": _STR, "channel": _STR, "requester": _STR,
+            "id": {"type": "integer"}, "profile": _STR, "channel": _STR, "requester": _STR,
+            "status": {"type": "string", "enum": [s.value for s in PendingStatus]}, "auth_method": _NSTR,
             "subject": _NSTR, "sans": {"type": "array", "items": _STR}, "csr_sha256": _STR,
             "transaction_id": _NSTR, "created_at": _TS, "decided_at": _TS, "decided_by": _NSTR, "reason": _NSTR,
             "serial": _NSTR}},
@@ -187,7 +190,7 @@ def openapi() -> dict[str, Any]:
             "since": _TS}},
         "Overview": {"type": "object", "properties": {
             "profiles": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                "valid": {"type": "integer"}, "revoked": {"type": "integer"},
+                **{st.value: {"type": "integer"} for st in CertState},
                 "expiring_7d": {"type": "integer"}, "expiring_30d": {"type": "integer"}}}},
             "pending": {"type": "integer"}, "recent": {"type": "array", "items": _ref("Certificate")},
             "expiring": {"type": "array", "items": _ref("Certificate")}, "admin": _STR}},

@@ -40,7 +40,8 @@ def cert_json(r: CertRecord, now: float | None = None) -> dict[str, Any]:
         "subject": r.subject, "state": cert_state(r, now), "not_before": iso(r.not_before),
         "not_after": iso(r.not_after), "issued_at": iso(r.issued_at), "revoked_at": iso(r.revoked_at),
         "revocation_reason": r.revocation_reason, "retired": r.retired, "channel": r.channel,
-        "requester": r.requester, "renews": serial_hex(r.renews_serial) if r.renews_serial is not None else None,
+        "requester": r.requester.principal, "auth_method": r.requester.method,
+        "requester_evidence": r.requester.evidence, "renews": serial_hex(r.renews_serial) if r.renews_serial is not None else None,
     }
 
 
@@ -78,7 +79,8 @@ def pending_json(p: PendingRecord) -> dict[str, Any]:
         sans = sans_of(x509.load_der_x509_csr(p.csr_der).extensions)
     except Exception:  # noqa: BLE001 - shown for information only; the CSR was checked at request time
         pass
-    return {"id": p.id, "profile": p.profile, "status": p.status, "channel": p.channel, "requester": p.requester,
+    return {"id": p.id, "profile": p.profile, "status": p.status, "channel": p.channel,
+            "requester": p.requester.principal, "auth_method": p.requester.method,
             "subject": p.subject, "sans": sans, "csr_sha256": p.csr_sha256, "transaction_id": p.transaction_id,
             "created_at": iso(p.created_at), "decided_at": iso(p.decided_at), "decided_by": p.decided_by,
             "reason": p.reason, "serial": serial_hex(p.serial) if p.serial is not None else None}

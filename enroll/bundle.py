@@ -77,6 +77,7 @@ async def export(issuer: Issuer, since: float, ca_name: str | None = None) -> by
         c.issuer == name, c.status == "issued", sa.or_(c.issued_at >= since, c.revoked_at >= since)).order_by(c.id)
     rows = await issuer.ledger.run_read(lambda conn: conn.execute(query).fetchall())
     certs = [{"serial": r.serial, "profile": r.profile, "channel": r.channel, "requester": r.requester,
+              "auth_method": r.auth_method,
               "issued_at": r.issued_at, "revoked_at": r.revoked_at, "revocation_reason": r.revocation_reason,
               "der": _b64(bytes(r.der))} for r in rows]
     crl = await issuer.crl_for_ca(name)

@@ -4,6 +4,7 @@ through the same :class:`ca.issuer.Issuer` methods and ledger queries as the adm
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -48,6 +49,26 @@ def certs_list(ctx: click.Context, profile: str | None, state: str | None, devic
     run_with_issuer(ctx, go)
 
 
+@certs.command("summary")
+@click.pass_context
+def certs_summary(ctx: click.Context) -> None:
+    """Issued certificates per profile in each state, and the valid ones expiring within 7 and 30
+    days: the counts of the admin API's overview (GET /admin/api/v1/overview)."""
+
+    async def go(issuer: Issuer) -> None:
+        now = time.time()
+        counts = await issuer.ledger.counts_by_profile(now, [now + 7 * 86400, now + 30 * 86400])
+        states = list(CertState)
+        click.echo(f"{'PROFILE':<16} " + " ".join(f"{s.value.upper():>8}" for s in states)
+                   + f" {'EXP 7D':>8} {'EXP 30D':>8}")
+        for name in sorted(set(issuer.profiles) | set(counts)):
+            c = counts.get(name, {})
+            click.echo(f"{name:<16} " + " ".join(f"{c.get(s.value, 0):>8}" for s in states)
+                       + f" {c.get('expiring_0', 0):>8} {c.get('expiring_1', 0):>8}")
+
+    run_with_issuer(ctx, go)
+
+
 @certs.command("expiring")
 @click.option("--within", default="30d", show_default=True, help="Window: 30d, 2w, 12h, 90m.")
 @click.option("--profile", default=None, help="Only this profile.")
@@ -83,7 +104,7 @@ def certs_show(ctx: click.Context, serial: str) -> None:
     async def go(issuer: Issuer) -> None:
         r, cert = await _one(issuer, n)
         for k, v in [("serial", serial_hex(r.serial)), ("subject", r.subject), ("issuer CA", r.issuer),
-                     ("profile", r.profile), ("protocol", r.channel), ("requester", r.requester),
+                     ("profile", r.profile), ("protocol", r.channel), ("requester", r.requester.describe()),
                      ("not before", when(r.not_before)), ("not after", when(r.not_after)),
                      ("issued", when(r.issued_at)), ("revoked", when(r.revoked_at)),
                      ("revocation reason", r.revocation_reason or "-"), ("retired", when(r.retired_at)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ca.issuer import Issuer
+from ca.records import PendingStatus
 from enroll.cli_common import operator, parse_when, run_with_issuer, serial_arg, when
 
 
@@ -21,11 +22,11 @@ def pending_list(ctx: click.Context, show_all: bool) -> None:
     """List pending requests."""
 
     async def go(issuer: Issuer) -> None:
-        rows = await issuer.list_pending(None if show_all else "pending")
+        rows = await issuer.list_pending(None if show_all else PendingStatus.PENDING)
         click.echo(f"{'ID':>5} {'STATUS':<9} {'PROFILE':<12} {'VIA':<5} {'CREATED':<16} {'REQUESTER':<30} SUBJECT")
         for r in rows:
             click.echo(f"{r.id:>5} {r.status:<9} {r.profile:<12} {r.channel:<5} {when(r.created_at):<16} "
-                       f"{r.requester:<30} {r.subject}")
+                       f"{r.requester.describe():<30} {r.subject}")
 
     run_with_issuer(ctx, go)
 

@@ -41,8 +41,6 @@ def test_expiry_boundary() -> None:
     assert record(not_after=NOW - 1).state(NOW) is CertState.EXPIRED
 
 
-@pytest.mark.xfail(strict=True, reason="CertRecord.state counts not_after <= now as expired; RFC 5280 "
-                                       "§4.1.2.5 makes notAfter itself part of the validity period")
 def test_the_not_after_second_itself_is_still_valid() -> None:
     """RFC 5280 §4.1.2.5: "from notBefore through notAfter, inclusive"."""
     assert record(not_after=NOW).state(NOW) is CertState.VALID

@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from enroll.app import build_issuer
+from ca.api import AuthMethod
 from enroll.config import Config
 from enroll.offline import csr_files, issue_batch
 from enroll.setup import InitResult
-from tests.conftest import make_csr
+from tests.support import make_csr
 
 
 def _factory_csr(i: int, key: object = None, *, cn: str | None = None, serial: str | None = None,
@@ -81,7 +82,7 @@ async def test_batch_of_1000_with_10_bad_issues_990_and_reports_10(config: Confi
         assert len(list(out.glob("*.crt"))) == 990
         issued = await issuer.ledger.list_certificates(profile="factory", limit=2000)
         assert {r.channel for r in issued} == {"offline"}
-        assert {r.requester for r in issued} == {"operator:cli:test"}
+        assert {(r.requester.method, r.requester.principal) for r in issued} == {(AuthMethod.OPERATOR, "cli:test")}
         assert len({r.serial for r in issued}) == 990
         refusals = [a for a in await issuer.ledger.audit_records(5000, event="issue") if not a.ok]
         assert len(refusals) == 10 and {a.channel for a in refusals} == {"offline"}

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca.api import CertificateTemplate
+from ca.api import AuthMethod, CertificateTemplate
 from ca.backends import BackendPending
 from ca.errors import CAError, ConfigError, RejectReason
 from ca.issuer import Issuer
@@ -34,8 +34,8 @@ from enroll.config import load_config
 from enroll.pki import DevPKI, Pair, make_cert, make_dev_pki, pem
 from enroll.setup import InitResult, init_directory
 from est.client import EstClient
-from tests.conftest import free_port, make_csr
-from tests.enroll.inproc import InProc, serve_inproc
+from tests.harness import InProc, serve_inproc
+from tests.support import free_port, make_csr
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,9 @@ async def test_ra_forwards_the_device_csr_unchanged_over_mtls_with_cmc_ra(ra_pai
     assert await ra_pair.up.issuer.ledger.count_certificates("issued") == up_before + 1
     # The upstream received the device's CSR byte for byte, from the RA's TLS client certificate.
     assert rec.csr_sha256 == hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest()
-    assert rec.auth_method == "tls-client-cert" and "enroll front RA" in rec.requester
+    assert rec.requester.method is AuthMethod.TLS_CLIENT_CERT and "enroll front RA" in rec.requester.principal
+    # The evidence is the RA's own certificate, as the upstream saw it on the TLS session.
+    assert rec.requester.evidence is not None and len(rec.requester.evidence) == 64
 
 
 async def test_ra_follows_202_and_reports_pending_then_gets_the_approved_certificate(ra_pair: RAPair) -> None:
@@ -150,7 +152,7 @@ async def test_ra_follows_202_and_reports_pending_then_gets_the_approved_certifi
     with pytest.raises(BackendPending) as exc:
         await backend.sign(template)
     assert exc.value.reason is RejectReason.UNAVAILABLE and exc.value.retry_after >= 1
-    waiting = await ra_pair.up.issuer.list_pending("pending")
+    waiting = await ra_pair.up.issuer.list_pending()
     assert len(waiting) == 1 and waiting[0].subject == "CN=manual-device-1"
     assert await ra_pair.up.issuer.ledger.count_certificates("issued") == 1  # only the imported RA
     assert await ra_pair.up.issuer.approve(waiting[0].id, "operator")

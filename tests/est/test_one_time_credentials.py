@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from ca.api import AuthMethod
+from ca.records import StoredRequester
 from ca.errors import ConfigError
 from ca.issuer import Issuer
 from enroll import est_mount
@@ -21,8 +23,8 @@ from enroll.app import build_issuer
 from enroll.config import Config
 from est.errors import EstError
 from est.service import Credentials, EstService, TlsInfo
-from tests.conftest import make_csr, missing_peer
 from tests.est.test_est_service import P, settings
+from tests.support import make_csr, missing_peer
 
 TLS = TlsInfo(version="TLSv1.3", remote="127.0.0.1")
 
@@ -61,8 +63,7 @@ async def test_one_time_credential_enrolls_exactly_once(est: EstService, issuer:
     assert row.uses_left == 0 and row.last_used_at is not None
     assert await issuer.list_credentials("factory", unused=True) == []
     issued = await issuer.ledger.list_certificates(profile="factory")
-    assert [r.auth_method for r in issued] == ["one-time-credential"]
-    assert issued[0].requester == f"one-time-credential:{cred.id}"
+    assert issued[0].requester == StoredRequester(AuthMethod.ONE_TIME_CREDENTIAL, cred.id, None)
 
 
 async def test_one_time_credential_only_for_its_device(est: EstService, issuer: Issuer) -> None:
