@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asn1crypto import cms, core, parser
+from asn1crypto import cms, core
 from cryptography import x509
+
+from conformance import ber
 
 ID_CCT_PKI_DATA = "1.3.6.1.5.5.7.12.2"
 ID_CCT_PKI_RESPONSE = "1.3.6.1.5.5.7.12.3"
@@ -23,31 +25,17 @@ class CmcMessageError(Exception):
     """The answer is not a Full PKI Response."""
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return bytes([tag]) + length + content
-
-
 def _seq(*parts: bytes) -> bytes:
-    return _tlv(0x30, b"".join(parts))
+    return ber.tlv(0x30, b"".join(parts))
 
 
 def _int(value: int) -> bytes:
     return bytes(core.Integer(value).dump())
 
 
-def _oid(dotted: str) -> bytes:
-    return bytes(core.ObjectIdentifier(dotted).dump())
-
-
 def _control(bpid: int, oid: str, value_der: bytes) -> bytes:
     # TaggedAttribute ::= SEQUENCE { bodyPartID, attrType, attrValues SET OF } (RFC 5272 §3.2.1.1)
-    return _seq(_int(bpid), _oid(oid), _tlv(0x31, value_der))
+    return _seq(_int(bpid), ber.oid(oid), ber.tlv(0x31, value_der))
 
 
 def full_pki_request(csr_der: bytes, transaction_id: int, sender_nonce: bytes) -> bytes:
@@ -55,9 +43,9 @@ def full_pki_request(csr_der: bytes, transaction_id: int, sender_nonce: bytes) -
     senderNonce (3) and one TaggedRequest tcr [0] IMPLICIT { bodyPartID 1, the CSR }."""
     controls = _seq(_control(2, ID_CMC_TRANSACTION_ID, _int(transaction_id)),
                     _control(3, ID_CMC_SENDER_NONCE, bytes(core.OctetString(sender_nonce).dump())))
-    tcr = _tlv(0xA0, _int(1) + csr_der)
+    tcr = ber.tlv(0xA0, _int(1) + csr_der)
     pki = _seq(controls, _seq(tcr), _seq(), _seq())
-    return _seq(_oid(ID_CCT_PKI_DATA), _tlv(0xA0, pki))
+    return _seq(ber.oid(ID_CCT_PKI_DATA), ber.tlv(0xA0, pki))
 
 
 @dataclass(frozen=True)
@@ -73,19 +61,6 @@ class CmcAnswer:
         return STATUS_NAMES.get(self.status, str(self.status))
 
 
-def _children(der: bytes) -> list[bytes]:
-    """The TLVs inside a constructed value."""
-    _, _, _, _, contents, _ = parser.parse(der)
-    out = []
-    pos = 0
-    while pos < len(contents):
-        _, _, _, header, inner, trailer = parser.parse(contents[pos:])
-        size = len(header) + len(inner) + len(trailer)
-        out.append(contents[pos:pos + size])
-        pos += size
-    return out
-
-
 def read_full_pki_response(der: bytes) -> CmcAnswer:
     """Status, failInfo, echoed controls and certificates of a ContentInfo(SignedData(PKIResponse))."""
     try:
@@ -97,15 +72,15 @@ def read_full_pki_response(der: bytes) -> CmcAnswer:
         if encap["content_type"].dotted != ID_CCT_PKI_RESPONSE:
             raise CmcMessageError(f"eContentType {encap['content_type'].dotted}, not id-cct-PKIResponse")
         response = bytes(encap["content"].native)
-        control_seq = _children(response)[0]
+        control_seq = ber.children(response)[0]
         status = fail = tid = None
         nonce = None
-        for ctl in _children(control_seq):
-            _bpid, oid_der, values = _children(ctl)
+        for ctl in ber.children(control_seq):
+            _bpid, oid_der, values = ber.children(ctl)
             oid = core.ObjectIdentifier.load(oid_der).dotted
-            value = _children(values)[0]
+            value = ber.children(values)[0]
             if oid == ID_CMC_STATUS_INFO_V2:
-                fields = _children(value)
+                fields = ber.children(value)
                 status = int(core.Integer.load(fields[0]).native)
                 for extra in fields[2:]:
                     if extra[0] == 0x02:  # OtherStatusInfo failInfo CMCFailInfo (INTEGER)

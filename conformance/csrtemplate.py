@@ -3,6 +3,8 @@ judged with the suite's own DER walker (independent of the server code)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from asn1crypto import core, parser
 
 TEMPLATE = "1.2.840.113549.1.9.16.2.61"  # id-aa-certificationRequestInfoTemplate
@@ -42,6 +44,19 @@ def _expect(ident: int, want: int, what: str) -> None:
         raise Malformed(f"{what}: tag 0x{ident:02x}, expected 0x{want:02x}")
 
 
+def _members(contents: bytes, tag: int, what: str, member: str) -> Iterator[list[tuple[int, bytes, bytes]]]:
+    """The fields of every SEQUENCE ``member`` of every ``what`` (tag ``tag``, SIZE (1..MAX)) in
+    ``contents``: an RDN's SingleAttributeTemplates, an ExtensionReqTemplate's ExtensionTemplates."""
+    for ident, collection, _ in _items(contents):
+        _expect(ident, tag, what)
+        members = _items(collection)
+        if not members:
+            raise Malformed(f"an empty {what} (SIZE (1..MAX))")
+        for ident, inner, _ in members:
+            _expect(ident, _SEQ, member)
+            yield _items(inner)
+
+
 def templates(csrattrs_der: bytes) -> list[bytes]:
     """The values of every certificationRequestInfoTemplate attribute in a CsrAttrs."""
     ident, contents, size = _tlv(csrattrs_der)
@@ -77,18 +92,11 @@ def check_template(der: bytes) -> str:
     rest = parts[1:]
     rdns = 0
     if rest and rest[0][0] == _SEQ:  # subject NameTemplate (RDNSequenceTemplate)
-        for ident, rdn, _ in _items(rest[0][1]):
-            _expect(ident, _SET, "RelativeDistinguishedNameTemplate")
-            singles = _items(rdn)
-            if not singles:
-                raise Malformed("an empty RelativeDistinguishedNameTemplate (SIZE (1..MAX))")
-            for ident, single, _ in singles:
-                _expect(ident, _SEQ, "SingleAttributeTemplate")
-                fields = _items(single)
-                if not fields or fields[0][0] != _OID or len(fields) > 2:
-                    raise Malformed("SingleAttributeTemplate is not SEQUENCE { type, value OPTIONAL }")
-                _oid(fields[0][2])
-                rdns += 1
+        for fields in _members(rest[0][1], _SET, "RelativeDistinguishedNameTemplate", "SingleAttributeTemplate"):
+            if not fields or fields[0][0] != _OID or len(fields) > 2:
+                raise Malformed("SingleAttributeTemplate is not SEQUENCE { type, value OPTIONAL }")
+            _oid(fields[0][2])
+            rdns += 1
         rest = rest[1:]
     key = "no key algorithm"
     if rest and rest[0][0] == 0xA0:  # [0] SubjectPublicKeyInfoTemplate
@@ -115,18 +123,11 @@ def check_template(der: bytes) -> str:
             raise Malformed(f"attribute {kind} appears twice")
         kinds.add(kind)
         if kind == EXTENSION_REQ_TEMPLATE:
-            for ident, value, _ in _items(fields[1][1]):
-                _expect(ident, _SEQ, "ExtensionReqTemplate")
-                exts = _items(value)
-                if not exts:
-                    raise Malformed("an empty ExtensionReqTemplate (SIZE (1..MAX))")
-                for ident, ext, _ in exts:
-                    _expect(ident, _SEQ, "ExtensionTemplate")
-                    f = _items(ext)
-                    if not f or f[0][0] != _OID or [t for t, _, _ in f[1:]] not in ([], [_BOOL], [_OCTETS],
-                                                                                  [_BOOL, _OCTETS]):
-                        raise Malformed("ExtensionTemplate is not { extnID, critical DEFAULT FALSE, "
-                                        "extnValue OPTIONAL }")
+            for f in _members(fields[1][1], _SEQ, "ExtensionReqTemplate", "ExtensionTemplate"):
+                if not f or f[0][0] != _OID or [t for t, _, _ in f[1:]] not in ([], [_BOOL], [_OCTETS],
+                                                                              [_BOOL, _OCTETS]):
+                    raise Malformed("ExtensionTemplate is not { extnID, critical DEFAULT FALSE, "
+                                    "extnValue OPTIONAL }")
     if {EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE} <= kinds:
         raise Malformed("both extensionRequest and extensionReqTemplate (RFC 9908 §3.4: at most one)")
     return f"{rdns} subject attribute(s), {key}, {len(kinds)} attribute(s)"

@@ -23,6 +23,7 @@ from conformance.est_common import (
     strict_b64,
 )
 from conformance.model import Fail, Level, Skip, Suite
+from conformance.transport import Exchange
 
 group = Suite("est")
 
@@ -119,22 +120,23 @@ async def cacerts_framing(ctx: EstContext) -> str:
 
 
 # ================================================================== paths and labels
-@group.check("est.path.unknown-label", "An unknown label gets 404", R, "3.2.2", Level.SHOULD,
-             "/.well-known/est/<unknown label>/cacerts is not found")
-async def unknown_label(ctx: EstContext) -> str:
-    ex = await ctx.get("cacerts", label=f"no-such-label-{ctx.run_id}")
+def _require_not_found(ex: Exchange) -> str:
+    """RFC 7030 §3.2.2: what the server does not offer is not found."""
     if ex.status != 404:
         raise Fail(f"answered {ex.error or ex.status}", ex.lines())
     return "404"
+
+
+@group.check("est.path.unknown-label", "An unknown label gets 404", R, "3.2.2", Level.SHOULD,
+             "/.well-known/est/<unknown label>/cacerts is not found")
+async def unknown_label(ctx: EstContext) -> str:
+    return _require_not_found(await ctx.get("cacerts", label=f"no-such-label-{ctx.run_id}"))
 
 
 @group.check("est.path.unknown-operation", "An unknown operation gets 404", R, "3.2.2", Level.SHOULD,
              "only the registered operation path segments exist")
 async def unknown_op(ctx: EstContext) -> str:
-    ex = await ctx.get(f"nosuchop{ctx.run_id}")
-    if ex.status != 404:
-        raise Fail(f"answered {ex.error or ex.status}", ex.lines())
-    return "404"
+    return _require_not_found(await ctx.get(f"nosuchop{ctx.run_id}"))
 
 
 @group.check("est.label.cacerts", "The given label serves /cacerts", R, "3.2.2", Level.MUST,

@@ -32,23 +32,25 @@ def text_report(target: str, protocol: str, results: list[Result], *, verbose: b
     lines.append(f"{'verdict':<7} {'check':<{w}} {'requirement':<26} detail")
     for r in results:
         lines.append(f"{r.verdict.value:<7} {r.id:<{w}} {r.requirement.cite():<26} {r.detail}")
-    fails = [r for r in results if r.verdict is Verdict.FAIL]
-    if fails:
-        lines += ["", "Failures:"]
-        for r in fails:
-            lines.append(f"- {r.id}: {r.title} ({r.requirement.cite()}: {r.requirement.text})")
-            lines.append(f"    {r.detail}")
-            for e in (r.evidence if verbose else r.evidence[:12]):
-                lines.append(f"    | {e}")
-    warns = [r for r in results if r.verdict is Verdict.INTEROP]
-    if warns:
-        lines += ["", "Interop warnings (allowed by the RFCs; no single choice suits every client):"]
-        for r in warns:
-            lines.append(f"- {r.id}: {r.title} ({r.requirement.cite()})")
-            lines.append(f"    {r.detail}")
-            for e in (r.evidence if verbose else r.evidence[:6]):
-                lines.append(f"    | {e}")
+    lines += _details(results, Verdict.FAIL, "Failures:", 12, verbose)
+    lines += _details(results, Verdict.INTEROP,
+                      "Interop warnings (allowed by the RFCs; no single choice suits every client):", 6, verbose)
     return "\n".join(lines)
+
+
+def _details(results: list[Result], verdict: Verdict, heading: str, evidence: int, verbose: bool) -> list[str]:
+    """The section of the text report for one verdict: each check with its detail and evidence
+    (the first ``evidence`` lines unless ``verbose``); a failure also quotes its requirement."""
+    picked = [r for r in results if r.verdict is verdict]
+    if not picked:
+        return []
+    out = ["", heading]
+    for r in picked:
+        why = f"{r.requirement.cite()}: {r.requirement.text}" if verdict is Verdict.FAIL else r.requirement.cite()
+        out.append(f"- {r.id}: {r.title} ({why})")
+        out.append(f"    {r.detail}")
+        out += [f"    | {e}" for e in (r.evidence if verbose else r.evidence[:evidence])]
+    return out
 
 
 def json_report(target: str, protocol: str, results: list[Result], plan: list[str]) -> dict[str, Any]:

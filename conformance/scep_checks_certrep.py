@@ -38,9 +38,7 @@ async def certrep_ct(ctx: ScepContext) -> str:
 @group.check("scep.certrep.signature", "CertRep is signed and its messageDigest matches", R, "3.2", Level.MUST,
              "the CertRep SignedData signature verifies and messageDigest covers the content as sent")
 async def certrep_sig(ctx: ScepContext) -> str:
-    t = await ctx.main()
-    rep = t.rep
-    assert rep is not None
+    t, rep = await ctx.main_reply()
     if not rep.signature_ok:
         raise Fail(rep.signature_problem, t.evidence())
     if rep.message_digest_ok is False:
@@ -53,9 +51,7 @@ async def certrep_sig(ctx: ScepContext) -> str:
 @group.check("scep.certrep.attribute-types", "SCEP attributes have the RFC's ASN.1 types", R, "3.2.1", Level.MUST,
              "messageType, pkiStatus, transactionID are PrintableString; nonces are 16-byte OCTET STRINGs")
 async def certrep_attr_types(ctx: ScepContext) -> str:
-    t = await ctx.main()
-    rep = t.rep
-    assert rep is not None
+    t, rep = await ctx.main_reply()
     want = {sm.OID_MESSAGE_TYPE: 0x13, sm.OID_PKI_STATUS: 0x13, sm.OID_TRANSACTION_ID: 0x13,
             sm.OID_SENDER_NONCE: 0x04, sm.OID_RECIPIENT_NONCE: 0x04}
     problems = []
@@ -79,8 +75,7 @@ async def certrep_attr_types(ctx: ScepContext) -> str:
 @group.check("scep.certrep.message-type", "CertRep messageType is 3", R, "3.3.2", Level.MUST,
              "the reply's messageType is CertRep (3)")
 async def certrep_type(ctx: ScepContext) -> str:
-    rep = (await ctx.main()).rep
-    assert rep is not None
+    _, rep = await ctx.main_reply()
     if rep.attr_text(sm.OID_MESSAGE_TYPE) != "3":
         raise Fail(f"messageType {rep.attr_text(sm.OID_MESSAGE_TYPE)!r}", rep.attribute_lines())
     return "3"

@@ -199,6 +199,12 @@ class ScepContext(BaseContext):
         t: Txn = await self.need("enroll", self._main)
         return t
 
+    async def main_reply(self) -> tuple[Txn, sm.CertRep]:
+        """The reference enrollment and its CertRep (RFC 8894 §3.3.2), for checks that judge the reply."""
+        t = await self.main()
+        assert t.rep is not None  # require_success in _main
+        return t, t.rep
+
     async def _main(self) -> Txn:
         t = await self.enroll("main")
         require_success(t, "the reference PKCSReq")

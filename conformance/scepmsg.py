@@ -2,6 +2,10 @@
 and cryptography primitives, independent of the server's and client's code so that a bug shared
 by our own client and server cannot hide.
 
+One cohesive thing: both ends of one pkiMessage exchange as the suite sees them, the request it
+builds (signed attributes, envelope, SignedData) and the CertRep it reads back (signature,
+attributes, envelope, certs-only content), with the one algorithm table both need.
+
 Nothing here does I/O: bytes in, objects out.
 """
 
@@ -20,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, padding as sympad, serializat
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
+
+from conformance import ber
 
 # RFC 8894 §3.2.1: the SCEP signed attributes (id-VeriSign pki attributes).
 OID_MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
@@ -61,36 +67,8 @@ def _hash(name: str) -> hashes.HashAlgorithm:
     return DIGESTS[name][1]()
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return bytes([tag]) + length + content
-
-
-def _header(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag byte, content start, content length or -1 for indefinite) of the TLV at ``pos``."""
-    tag = data[pos]
-    pos += 1
-    if tag & 0x1F == 0x1F:
-        while data[pos] & 0x80:
-            pos += 1
-        pos += 1
-    first = data[pos]
-    pos += 1
-    if first == 0x80:
-        return tag, pos, -1
-    if first & 0x80:
-        n = first & 0x7F
-        return tag, pos + n, int.from_bytes(data[pos:pos + n], "big")
-    return tag, pos, first
-
-
 def _ber_octets_at(data: bytes, pos: int) -> tuple[bytes, int]:
-    tag, start, length = _header(data, pos)
+    tag, start, length = ber.header(data, pos)
     if not tag & 0x20:
         return data[start:start + length], start + length
     out = b""
@@ -104,54 +82,24 @@ def _ber_octets_at(data: bytes, pos: int) -> tuple[bytes, int]:
         out += chunk
 
 
-def _end(data: bytes, pos: int) -> int:
-    """Offset just past the TLV at ``pos`` (definite or indefinite length)."""
-    tag, start, length = _header(data, pos)
-    if length >= 0:
-        return start + length
-    p = start
-    while data[p:p + 2] != b"\x00\x00":
-        p = _end(data, p)
-    return p + 2
-
-
-def children(tlv: bytes) -> list[bytes]:
-    """The encoded child TLVs of a constructed TLV (BER tolerant)."""
-    tag, start, length = _header(tlv, 0)
-    out = []
-    p = start
-    stop = start + length if length >= 0 else len(tlv)
-    while p < stop:
-        if length < 0 and tlv[p:p + 2] == b"\x00\x00":
-            break
-        e = _end(tlv, p)
-        out.append(tlv[p:e])
-        p = e
-    return out
-
-
 def ber_octets(tlv: bytes) -> bytes:
     """The value of an OCTET STRING TLV in DER or BER (constructed, indefinite-length) form."""
     return _ber_octets_at(tlv, 0)[0]
 
 
-def _oid_der(dotted: str) -> bytes:
-    return bytes(core.ObjectIdentifier(dotted).dump())
-
-
 def raw_attribute(oid: str, value_der: bytes) -> cms.CMSAttribute:
     """An Attribute with one value given as exact DER (SCEP types are unknown to asn1crypto)."""
-    return cms.CMSAttribute.load(_tlv(0x30, _oid_der(oid) + _tlv(0x31, value_der)))
+    return cms.CMSAttribute.load(ber.tlv(0x30, ber.oid(oid) + ber.tlv(0x31, value_der)))
 
 
 def printable(text: str) -> bytes:
     """A PrintableString TLV (RFC 8894 §3.2.1: messageType, pkiStatus, failInfo, transactionID)."""
-    return _tlv(0x13, text.encode("ascii"))
+    return ber.tlv(0x13, text.encode("ascii"))
 
 
 def octets(data: bytes) -> bytes:
     """An OCTET STRING TLV (senderNonce, recipientNonce)."""
-    return _tlv(0x04, data)
+    return ber.tlv(0x04, data)
 
 
 # ------------------------------------------------------------------ identities and CSRs
@@ -314,7 +262,7 @@ def issuer_and_serial_der(issuer: x509.Name, serial: int) -> bytes:
 
 def issuer_and_subject_der(issuer: x509.Name, subject: x509.Name) -> bytes:
     """IssuerAndSubject (CertPoll messageData, RFC 8894 §3.3.3)."""
-    return _tlv(0x30, issuer.public_bytes() + subject.public_bytes())
+    return ber.tlv(0x30, issuer.public_bytes() + subject.public_bytes())
 
 
 def transaction_id_for(key: Any) -> str:
@@ -545,8 +493,8 @@ def decrypt_envelope(der: bytes, me: Identity) -> Decrypted:
                                "(not encrypted to the request signer)") from None
         # Read EncryptedContentInfo generically: asn1crypto refuses the constructed (BER)
         # encryptedContent that some servers send, and the suite must report it, not crash.
-        ed_children = children(_tlv(0x30, ed.contents))
-        eci = children(ed_children[2])
+        ed_children = ber.children(ber.tlv(0x30, ed.contents))
+        eci = ber.children(ed_children[2])
         calg = cms.EncryptionAlgorithm.load(eci[1])
         cname = CIPHER_BY_ASN1.get(calg["algorithm"].native, calg["algorithm"].dotted)
         if len(eci) < 3:

@@ -17,7 +17,8 @@ from ca.keys import PrivateKey, open_key, probe
 from enroll.config import Config
 from enroll.config_toml import key_ref, load_certs
 from scep.http import mount_routes, post_webhook
-from scep.service import RA, ScepService
+from scep.ra import RA
+from scep.service import ScepService
 from scep.settings import ScepGlobal, ScepProfile, parse_global, scep_profiles
 
 

@@ -1,5 +1,9 @@
 """The CMS layer of SCEP: verify, decrypt, encrypt, sign (RFC 8894 §3.1, RFC 5652).
 
+One cohesive thing: RFC 5652 as SCEP uses it, SignedData and EnvelopedData parsed, verified,
+decrypted and built, sharing one algorithm table and one failure shape (MessageCheckError, no
+oracle).
+
 Bytes in, objects out. asn1crypto parses and builds the structures; cryptography does every
 primitive (signature, RSA key transport, block cipher), including 3DES and single DES from
 ``cryptography.hazmat.decrepit`` when a caller's allow-list permits them.

@@ -22,9 +22,10 @@ import aiohttp
 from aiohttp import web
 
 from scep.cms import MAX_MESSAGE_BYTES
+from scep.answers import Reply
 from scep.errors import ScepDecodeError
 from scep.quirks import decode_get_message, raw_query_param
-from scep.service import Reply, ScepService, UnknownProfile
+from scep.service import ScepService, UnknownProfile
 
 log = logging.getLogger("enroll.scep")
 

@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -29,9 +28,17 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.api import AuthMethod, Channel, Claims, EnrollRequest, Issued, Pending, Rejected, Requester
 from ca.errors import CAError, NotFoundError, RejectReason
-from ca.keys import PrivateKey
 from ca.issuer import Issuer
 from scep import cms
+from scep.answers import (
+    CT_CA_CERT,
+    CT_CA_RA_CERT,
+    CT_NEXT_CA_CERT,
+    CT_PKI_MESSAGE,
+    Reply,
+    fail_info_for,
+    public_text,
+)
 from scep.asn1 import Capability, FailInfo, MessageType, PkiStatus
 from scep.errors import (
     BadCertIdError,
@@ -48,14 +55,10 @@ from scep.message import (
     challenge_password,
     decode_csr,
 )
+from scep.ra import RA
 from scep.settings import ScepGlobal, ScepProfile
 
 log = logging.getLogger("enroll.scep")
-
-CT_CA_CERT = "application/x-x509-ca-cert"
-CT_CA_RA_CERT = "application/x-x509-ca-ra-cert"
-CT_NEXT_CA_CERT = "application/x-x509-next-ca-cert"
-CT_PKI_MESSAGE = "application/x-pki-message"
 
 #: Message types that may reach a handler; everything else (UpdateReq 18!) is badRequest.
 ALLOWED_TYPES = frozenset(
@@ -65,70 +68,8 @@ ALLOWED_TYPES = frozenset(
 #: ``[profiles.NAME.scep] auth`` methods the core verifies (the webhook is a Claims voucher).
 _SCEP_AUTH = {"challenge": AuthMethod.CHALLENGE, "one-time": AuthMethod.ONE_TIME_CHALLENGE}
 
-_FAIL_INFO = {
-    RejectReason.BAD_ALG: FailInfo.BAD_ALG,
-    RejectReason.BAD_MESSAGE_CHECK: FailInfo.BAD_MESSAGE_CHECK,
-    RejectReason.BAD_CERT_ID: FailInfo.BAD_CERT_ID,
-}
-
-#: The failInfoText an anonymous peer may read for each core refusal (RFC 8894 §3.2.1.4.5). The
-#: core's detail (which can quote a database or backend error) goes to the log and audit only.
-PUBLIC_TEXT = {
-    RejectReason.BAD_REQUEST: "bad request",
-    RejectReason.BAD_ALG: "algorithm not allowed",
-    RejectReason.BAD_MESSAGE_CHECK: "message check failed",
-    RejectReason.BAD_CERT_ID: "no matching certificate",
-    RejectReason.NOT_AUTHORIZED: "not authorized",
-    RejectReason.UNAUTHENTICATED: "not authorized",
-    RejectReason.POLICY: "request not allowed by the profile",
-    RejectReason.REJECTED: "request rejected",
-    RejectReason.UNAVAILABLE: "service unavailable; retry later",
-    RejectReason.THROTTLED: "too many failed attempts; retry later",
-}
-
-
-def public_text(reason: RejectReason) -> str:
-    """The fixed failInfoText for a core refusal: never the core's internal detail."""
-    return PUBLIC_TEXT.get(reason, "bad request")
-
-
-#: The RA's private key: a ca.keys Signer (CertReps) and Decrypter (request keys), file or PKCS#11.
-RAKey = PrivateKey
-
-
-@dataclass(frozen=True)
-class RA:
-    """The registration authority answering for a CA (RFC 8894 §2.1.2).
-
-    ``cert``/``key`` sign CertReps (and decrypt requests addressed to ``cert``).
-    ``is_ca``: the CA's own certificate and key act as RA (GetCACert is then a single DER).
-    ``extra``: certificates published after the RA certificate(s) (e.g. its chain).
-    ``enc_cert``/``enc_key``: the Microsoft NDES layout's second RA certificate, for key
-    encipherment only; a request whose RecipientInfo names it is decrypted with ``enc_key``.
-    """
-
-    cert: x509.Certificate
-    key: RAKey
-    is_ca: bool = False
-    extra: tuple[x509.Certificate, ...] = ()
-    enc_cert: x509.Certificate | None = None
-    enc_key: RAKey | None = None
-
-    def published(self) -> list[x509.Certificate]:
-        """The RA certificates GetCACert lists before the CA chain: signer, encryption RA, extra."""
-        return [self.cert, *([self.enc_cert] if self.enc_cert is not None else []), *self.extra]
-
-
 #: POSTs the JSON body to ``url`` and returns True only on an explicit allow (scep/http.py).
 Webhook = Callable[[str, Mapping[str, Any], float, str | None], Awaitable[bool]]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP-neutral answer: body bytes and the exact content type."""
-
-    body: bytes
-    content_type: str
 
 
 class UnknownProfile(Exception):
@@ -235,7 +176,7 @@ class ScepService:
             await self._audit_failure(profile, msg, remote, exc.fail_info, exc.detail)
             rep = self._failure(msg, exc.fail_info, exc.public_text)
         except CAError as exc:
-            fail_info = _FAIL_INFO.get(exc.reason, FailInfo.BAD_REQUEST)
+            fail_info = fail_info_for(exc.reason)
             await self._audit_failure(profile, msg, remote, fail_info, exc.detail)
             rep = self._failure(msg, fail_info, public_text(exc.reason))
         except Exception:  # noqa: BLE001  (a parsed message always gets a CertRep)
@@ -394,7 +335,7 @@ class ScepService:
         if isinstance(outcome, Pending):
             return CertRep(status=PkiStatus.PENDING, transaction_id=msg.transaction_id,
                            recipient_nonce=msg.sender_nonce)
-        fail_info = _FAIL_INFO.get(outcome.reason, FailInfo.BAD_REQUEST)
+        fail_info = fail_info_for(outcome.reason)
         return self._failure(msg, fail_info, public_text(outcome.reason))
 
     @staticmethod
@@ -476,8 +417,6 @@ def _principal(cert: x509.Certificate | None) -> str:
 
 
 __all__ = [
-    "RA",
-    "Reply",
     "ScepDecodeError",
     "ScepService",
     "UnknownProfile",
