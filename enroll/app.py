@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hmac
 import importlib
@@ -12,14 +10,12 @@ import json
 import logging
 import os
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from cryptography.hazmat.primitives import serialization
 
 from ca import ocsp
 from ca.api import CABackend, CAChain
@@ -35,7 +31,7 @@ from ca.ledger import Ledger
 from ca.local import LocalCA
 from cryptography import x509
 
-from enroll.body import BodyError, read_body
+from enroll import pki_http
 from enroll.config import Config
 from enroll.config_cas import CAConfig
 from enroll.config_toml import load_certs
@@ -343,89 +339,6 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
-def _http_date(ts: float) -> str:
-    from email.utils import formatdate
-
-    return formatdate(ts, usegmt=True)
-
-
-async def _crl(request: web.Request) -> web.Response:
-    """The CRL named in issued certificates' CRL Distribution Points (RFC 5280 §4.2.1.13).
-
-    Served from the ledger's copy (re-signed on revocation and at half its lifetime), with HTTP
-    caching until nextUpdate so caches and relying parties do not refetch needlessly.
-    """
-    issuer = request.app[ISSUER]
-    name = request.match_info["ca"]
-    if name not in issuer.cas:
-        raise web.HTTPNotFound(text=f"no CA named {name!r}\n")
-    try:
-        crl = await issuer.crl_for_ca(name)
-    except CAError as exc:
-        raise web.HTTPServiceUnavailable(text=exc.detail + "\n") from None
-    headers = {"Content-Type": "application/pkix-crl",
-               "Last-Modified": _http_date(crl.last_update_utc.timestamp())}
-    if crl.next_update_utc is not None:
-        # Half the remaining lifetime: a cache never holds a CRL past the point we re-sign it.
-        age = max(0, int((crl.next_update_utc.timestamp() - time.time()) / 2))
-        headers["Cache-Control"] = f"public, max-age={min(age, 3600)}, no-transform"
-        headers["Expires"] = _http_date(crl.next_update_utc.timestamp())
-    return web.Response(body=crl.public_bytes(serialization.Encoding.DER), headers=headers)
-
-
-async def _ca_cert(request: web.Request) -> web.Response:
-    """The CA certificate, DER, for AIA caIssuers (RFC 5280 §4.2.2.1)."""
-    issuer = request.app[ISSUER]
-    name = request.match_info["ca"]
-    if name not in issuer.cas:
-        raise web.HTTPNotFound(text=f"no CA named {name!r}\n")
-    chain = await issuer.cas[name].backend.ca_chain()
-    return web.Response(body=chain.issuer.public_bytes(serialization.Encoding.DER),
-                        headers={"Content-Type": "application/pkix-cert", "Cache-Control": "public, max-age=86400"})
-
-
-OCSP_REQUEST = "application/ocsp-request"
-OCSP_RESPONSE = "application/ocsp-response"
-
-
-def decode_ocsp_get(raw_path_tail: str) -> bytes | None:
-    """The DER request of an OCSP GET (RFC 6960 Appendix A.1: base64 of the DER, URL-encoded).
-
-    Percent-decoding keeps '+' (it is base64, not a form); the URL-safe alphabet, missing
-    padding and whitespace are tolerated, as clients differ there.
-    """
-    text = urllib.parse.unquote(raw_path_tail)
-    text = "".join(text.split()).replace("-", "+").replace("_", "/")
-    text += "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-async def _ocsp(request: web.Request) -> web.Response:
-    """The OCSP responder (RFC 6960 Appendix A: GET with the request in the path, or POST)."""
-    issuer = request.app[ISSUER]
-    metrics = request.app[METRICS]
-    if request.method == "POST":
-        try:
-            der: bytes | None = await read_body(request, ocsp.MAX_REQUEST_BYTES)
-        except BodyError as exc:
-            metrics.ocsp.labels("malformed").inc()
-            return await exc.respond(request)
-    else:
-        tail = request.raw_path.split("?", 1)[0][len("/ocsp/"):]
-        der = decode_ocsp_get(tail) if len(tail) <= 2 * ocsp.MAX_REQUEST_BYTES else None
-    answer, outcome = await issuer.ocsp(der if der is not None else b"")
-    metrics.ocsp.labels(outcome).inc()
-    headers = {"Content-Type": OCSP_RESPONSE}
-    if request.method == "GET" and outcome in ("good", "revoked", "unknown"):
-        headers["Cache-Control"] = "max-age=60, public, no-transform, must-revalidate"
-    else:
-        headers["Cache-Control"] = "no-store"
-    return web.Response(body=answer, headers=headers)
-
-
 async def _refresh_crls(issuer: Issuer, every: float = 60.0) -> None:
     """Keep every CA's CRL fresh even when nobody fetches it (re-signed at half its lifetime)."""
     while True:
@@ -467,11 +380,7 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
     app.cleanup_ctx.append(ledger_ctx)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/crl/{ca}.crl", _crl)
-    app.router.add_get("/ca/{ca}.crt", _ca_cert)
-    app.router.add_post("/ocsp", _ocsp)
-    app.router.add_post("/ocsp/", _ocsp)
-    app.router.add_get("/ocsp/{request:.+}", _ocsp)
+    pki_http.Publication(issuer, metrics).mount(app)
     for mod in protocol_mounts():
         mod.mount(app, config, issuer)
     from enroll import admin_api
