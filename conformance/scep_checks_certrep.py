@@ -155,22 +155,18 @@ async def certrep_recipient(ctx: ScepContext) -> str:
 @group.check("scep.certrep.cipher-mirrors", "SUCCESS envelope uses the request's cipher", R, "3.5.2", Level.INTEROP,
              "encrypt with the client's algorithm, never a fixed DES (OpenSSL 3 clients cannot read DES)")
 async def certrep_cipher(ctx: ScepContext) -> str:
-    t = await ctx.main()
-    if t.decrypted is None:
-        raise Skip("no envelope")
-    if t.decrypted.cipher != t.built.cipher:
-        raise Fail(f"request used {t.built.cipher}, reply envelope uses {t.decrypted.cipher}",
-                   [f"contentEncryptionAlgorithm: {t.decrypted.cipher}"])
-    return str(t.decrypted.cipher)
+    t, decrypted = await ctx.main_envelope()
+    if decrypted.cipher != t.built.cipher:
+        raise Fail(f"request used {t.built.cipher}, reply envelope uses {decrypted.cipher}",
+                   [f"contentEncryptionAlgorithm: {decrypted.cipher}"])
+    return str(decrypted.cipher)
 
 
 @group.check("scep.certrep.der-envelope", "Envelope encryptedContent is primitive (DER)", R, "3.2.2", Level.INTEROP,
              "asn1crypto-based clients (PyScep) reject a constructed BER encryptedContent")
 async def certrep_der(ctx: ScepContext) -> str:
-    t = await ctx.main()
-    if t.decrypted is None:
-        raise Skip("no envelope")
-    if t.decrypted.constructed_content:
+    t, decrypted = await ctx.main_envelope()
+    if decrypted.constructed_content:
         raise Fail("encryptedContent is a constructed OCTET STRING",
                    asn1parse(t.rep.econtent if t.rep and t.rep.econtent else b"", 40)[-12:])
     return "primitive"

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from conformance import scepmsg as sm
 from conformance.asn1dump import asn1parse
-from conformance.model import Fail
+from conformance.model import Fail, Skip
 from conformance.runner import BaseContext
 from conformance.transport import Exchange, Http
 
@@ -204,6 +204,14 @@ class ScepContext(BaseContext):
         t = await self.main()
         assert t.rep is not None  # require_success in _main
         return t, t.rep
+
+    async def main_envelope(self) -> tuple[Txn, sm.Decrypted]:
+        """The reference enrollment and its decrypted pkcsPKIEnvelope (RFC 8894 §3.3.2.1); a skip
+        when the SUCCESS carried none (scep.certrep.encrypted-to-signer judges that)."""
+        t = await self.main()
+        if t.decrypted is None:
+            raise Skip("no envelope")
+        return t, t.decrypted
 
     async def _main(self) -> Txn:
         t = await self.enroll("main")
