@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ca.records import CertState
+
 
 class Metrics:
     """One registry per app, so several apps (tests) never collide."""
@@ -27,7 +29,8 @@ class Metrics:
 
         self.ocsp = Counter("enroll_ocsp_responses", "OCSP answers by outcome (good, revoked, unknown, "
                             "malformed, unauthorized, internal)", ["outcome"], registry=self.registry)
-        self.certificates = Gauge("enroll_certificates", "Issued certificates per profile by state (valid, revoked)",
+        self.certificates = Gauge("enroll_certificates", "Issued certificates per profile by state "
+                                  "(ca.records.CertState: valid, on_hold, revoked, expired, retired)",
                                   ["profile", "state"], registry=self.registry)
         self.expiring = Gauge("enroll_certificates_expiring", "Valid certificates per profile whose notAfter is "
                               "within the window (7d, 30d)", ["profile", "within"], registry=self.registry)
@@ -39,8 +42,8 @@ class Metrics:
         self.expiring.clear()
         for profile in sorted(set(profiles) | set(counts)):
             c = counts.get(profile, {})
-            self.certificates.labels(profile, "valid").set(c.get("valid", 0))
-            self.certificates.labels(profile, "revoked").set(c.get("revoked", 0))
+            for state in CertState:
+                self.certificates.labels(profile, state.value).set(c.get(state.value, 0))
             self.expiring.labels(profile, "7d").set(c.get("expiring_0", 0))
             self.expiring.labels(profile, "30d").set(c.get("expiring_1", 0))
 

@@ -138,7 +138,7 @@ async def test_charts_in_chromium_draw_the_api_numbers(chart_browser: Browser,
 
 async def test_chart_queries_run_on_sqlite_and_postgresql(issuer: Any) -> None:
     from ca.api import Issued
-    from enroll.admin_api import chart_data
+    from enroll.admin_charts import chart_data
     from tests.conftest import request
 
     outcome = await issuer.issue(request(make_csr("chart-1")[0]))
