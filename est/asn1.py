@@ -1,8 +1,12 @@
 """ASN.1 types of EST: CSR attributes (RFC 7030 §4.5.2 as fixed by RFC 8951 §4, RFC 9908
 templates) and the server-generated key package (RFC 7030 §4.4.2, RFC 5958 §4).
 
-asn1crypto stays behind the typed functions of this module and ``est/wire.py``: callers see
-dataclasses, OID strings and bytes. Nothing here imports aiohttp or asyncio (docs/ARCHITECTURE.md, "Layers").
+asn1crypto stays behind the typed functions of this module and the other codecs (``est/wire.py``,
+``est/serverkeygen_cms.py``, ``est/cmc.py``): callers see dataclasses, OID strings and bytes.
+Nothing here imports aiohttp or asyncio (docs/ARCHITECTURE.md, "Layers").
+
+One cohesive thing: the ASN.1 types EST adds to PKCS#10 and CMS (CsrAttrs, CSR templates, the
+key package, ChangeSubjectName) with their typed writers and readers.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from est import asn1, wire
-from est.client import EnrollmentPending, EstClient, build_csr
+from est import asn1, serverkeygen_cms
+from est.client import CsrInput, EnrollmentPending, EnrollResult, EstClient, build_csr
 from est.errors import EstError
 
 T = TypeVar("T")
@@ -50,6 +50,20 @@ def _write(path: Path | None, data: bytes, *, private: bool = False) -> None:
             fh.write(data)
     else:
         path.write_bytes(data)
+
+
+def _write_issued(cert: x509.Certificate, chain: tuple[x509.Certificate, ...], out: Path | None,
+                  chain_out: Path | None) -> None:
+    """The issued certificate to ``--out`` and every returned certificate to ``--chain-out`` (PEM)."""
+    _write(out, _pem_certs([cert]))
+    if chain_out:
+        _write(chain_out, _pem_certs(chain))
+
+
+async def _post_csr(opts: dict[str, Any], pop: bool, factory: CsrInput, *, renewal: bool = False) -> EnrollResult:
+    """POST the CSR to /simpleenroll, or /simplereenroll for a ``renewal`` (RFC 7030 §4.2)."""
+    async with _client(opts, pop=pop) as c:
+        return await (c.reenroll(factory) if renewal else c.enroll(factory))
 
 
 def _load_or_create_key(path: Path, key_type: str) -> CertificateIssuerPrivateKeyTypes:
@@ -247,21 +261,10 @@ def enroll_cmd(key_path: Path | None, key_type: str, subject: str | None, san: t
         if csr_path is not None or key_path is None:
             raise click.UsageError("--from-csrattrs needs --key and no --csr")
         result = _run(_enroll_from_template(key_path, _subject(subject), _sans(san), pop, opts))
-        _write(out, _pem_certs([result.certificate]))
-        if chain_out:
-            _write(chain_out, _pem_certs(result.certificates))
-        return
-    key = _load_or_create_key(key_path, key_type) if key_path else None
-    factory = _csr_factory(key, _subject(subject), _sans(san), csr_path)
-
-    async def go() -> Any:
-        async with _client(opts, pop=pop) as c:
-            return await c.enroll(factory)
-
-    result = _run(go())
-    _write(out, _pem_certs([result.certificate]))
-    if chain_out:
-        _write(chain_out, _pem_certs(result.certificates))
+    else:
+        key = _load_or_create_key(key_path, key_type) if key_path else None
+        result = _run(_post_csr(opts, pop, _csr_factory(key, _subject(subject), _sans(san), csr_path)))
+    _write_issued(result.certificate, result.certificates, out, chain_out)
 
 
 @est.command("reenroll")
@@ -294,16 +297,8 @@ def reenroll_cmd(key_path: Path | None, key_type: str, subject: str | None, san:
         key: CertificateIssuerPrivateKeyTypes | None = _load_or_create_key(key_path, key_type)
     else:
         key = _load_or_create_key(Path(opts["client_key"]), key_type)
-    factory = _csr_factory(key, name, sans, csr_path)
-
-    async def go() -> Any:
-        async with _client(opts, pop=pop) as c:
-            return await c.reenroll(factory)
-
-    result = _run(go())
-    _write(out, _pem_certs([result.certificate]))
-    if chain_out:
-        _write(chain_out, _pem_certs(result.certificates))
+    result = _run(_post_csr(opts, pop, _csr_factory(key, name, sans, csr_path), renewal=True))
+    _write_issued(result.certificate, result.certificates, out, chain_out)
 
 
 @est.command("serverkeygen")
@@ -330,13 +325,13 @@ def serverkeygen_cmd(subject: str, san: tuple[str, ...], key_out: Path, out: Pat
     if kek_id or kek_hex:
         if not (kek_id and kek_hex):
             raise click.UsageError("--kek-id and --kek-hex go together")
-        kek = wire.KekRecipient(bytes.fromhex(kek_id), bytes.fromhex(kek_hex))
+        kek = serverkeygen_cms.KekRecipient(bytes.fromhex(kek_id), bytes.fromhex(kek_hex))
         extra.append((asn1.Oid.DECRYPT_KEY_IDENTIFIER, kek.key_id))
     if encrypt_to_client_key:
         if not opts.get("client_cert") or not opts.get("client_key"):
             raise click.UsageError("--encrypt-to-client-key needs --client-cert/--client-key")
         cc = x509.load_pem_x509_certificate(Path(opts["client_cert"]).read_bytes())
-        extra.append((asn1.Oid.ASYMMETRIC_DECRYPT_KEY_IDENTIFIER, wire.subject_key_identifier(cc)))
+        extra.append((asn1.Oid.ASYMMETRIC_DECRYPT_KEY_IDENTIFIER, serverkeygen_cms.subject_key_identifier(cc)))
         decrypt_key = serialization.load_pem_private_key(
             Path(opts["client_key"]).read_bytes(), password=None
         )
@@ -375,9 +370,7 @@ def fullcmc_cmd(key_path: Path | None, key_type: str, subject: str | None, san: 
     result = _run(go())
     cert = EstClient._matching(result.certificates, (key.public_key() if key is not None
                                                      else factory.public_key()))
-    _write(out, _pem_certs([cert]))
-    if chain_out:
-        _write(chain_out, _pem_certs(result.certificates))
+    _write_issued(cert, result.certificates, out, chain_out)
 
 
 async def _enroll_from_template(key_path: Path, subject: x509.Name | None, sans: list[x509.GeneralName],

@@ -8,10 +8,14 @@
   TLS session that carries it. tls-unique exists on TLS 1.2 only (RFC 9266 §1), and the stdlib
   cannot export keying material for tls-exporter (python/cpython#82133), so PoP linking pins
   the session to TLS 1.2 -- unless ``pop_binding="tls-exporter"``: then each PoP-linked POST
-  goes on its own TLS 1.3 connection made with pyOpenSSL, whose RFC 9266 exporter the CSR
-  carries.
+  goes on its own TLS 1.3 connection made with pyOpenSSL (est/client_tls13.py), whose RFC 9266
+  exporter the CSR carries.
 - 202 + Retry-After (RFC 7030 §4.2.3) is polled by re-POSTing the same CSR, bounded by
   ``max_polls`` and ``max_wait``.
+
+One cohesive thing: the client side of every EST operation on one aiohttp session, with the
+session-bound PoP linking and 202 polling that make one CSR POST; the TLS 1.3 exporter POST is
+est/client_tls13.py.
 """
 
 from __future__ import annotations
@@ -29,20 +33,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
 )
 from cryptography.x509.oid import AttributeOID
-from OpenSSL import SSL, crypto
 
-from est import asn1, cmc, wire
+from est import asn1, client_tls13, cmc, serverkeygen_cms, wire
 from est.errors import EstError, ProtocolError
 
-#: RFC 9266 §2: the tls-exporter label (zero-length context, 32 bytes).
-EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 POP_BINDINGS = ("tls-unique", "tls-exporter")
 
 #: A CSR, or a function building one from the PoP challenge (None when PoP is off).
@@ -117,12 +117,7 @@ def build_csr(
         builder = builder.add_attribute(
             x509.ObjectIdentifier(oid), value, _tag=x509.name._ASN1Type.OctetString
         )
-    algorithm: hashes.SHA256 | hashes.SHA384 | None = hashes.SHA256()
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        algorithm = None
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        algorithm = hashes.SHA384()
-    return builder.sign(key, algorithm)
+    return builder.sign(key, wire.csr_signature_hash(key))
 
 
 def _retry_after_seconds(value: str | None, default: int) -> int:
@@ -316,7 +311,7 @@ class EstClient:
         self,
         csr: CsrInput,
         *,
-        kek: wire.KekRecipient | None = None,
+        kek: serverkeygen_cms.KekRecipient | None = None,
         decrypt_key: PrivateKeyTypes | None = None,
     ) -> ServerKeygenResult:
         """POST /serverkeygen (RFC 7030 §4.4). With ``kek`` (DecryptKeyIdentifier) or
@@ -328,7 +323,7 @@ class EstClient:
             raise ProtocolError(f"serverkeygen answered {ctype!r}, not multipart/mixed")
         result = wire.parse_serverkeygen_response(ctype, body)
         if result.encrypted:
-            opened = wire.open_server_generated_key(
+            opened = serverkeygen_cms.open_server_generated_key(
                 result.key_der, kek=kek, private_key=decrypt_key
             )
             key = opened.private_key
@@ -484,179 +479,11 @@ class EstClient:
     async def _post_tls13(
         self, op: str, csr: Callable[[bytes | None], x509.CertificateSigningRequest]
     ) -> tuple[int, dict[str, str], bytes, x509.CertificateSigningRequest]:
-        """One POST on a fresh TLS 1.3 connection (pyOpenSSL) whose RFC 9266 tls-exporter the
-        CSR carries as challengePassword (RFC 7030 §3.5). Returns (status, headers with
-        lower-case names, body, CSR sent)."""
-        parts = urlsplit(self.url(op))
-        host = parts.hostname or ""
-        name = self.server_hostname or host
-        async with asyncio.timeout(self.timeout.total):
-            reader, writer = await asyncio.open_connection(host, parts.port or 443)
-            try:
-                tls = _OpenSSLStream(self._openssl_context(), name, reader, writer)
-                await tls.handshake()
-                binding = tls.conn.export_keying_material(EXPORTER_LABEL, 32, b"")
-                current = csr(base64.b64encode(binding))
-                body = wire.encode_base64(current.public_bytes(serialization.Encoding.DER))
-                head = {"Host": parts.netloc, "Content-Type": wire.CT_PKCS10,
-                        "Content-Transfer-Encoding": "base64", "Content-Length": str(len(body)),
-                        "Connection": "close", "User-Agent": "enroll-est-client"}
-                if self.username is not None:
-                    head["Authorization"] = aiohttp.encode_basic_auth(self.username, self.password or "")
-                await tls.send(f"POST {parts.path} HTTP/1.1\r\n".encode()
-                               + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode("latin-1")
-                               + b"\r\n" + body)
-                raw = await tls.read_to_eof(1 << 20)
-            finally:
-                writer.close()
-        status, headers, payload = _parse_http_response(raw)
-        return status, headers, payload, current
-
-    def _openssl_context(self) -> SSL.Context:
-        """TLS 1.3 only; the server verified against the explicit trust anchor (RFC 7030
-        §3.6.1) by OpenSSL, its name by :func:`_verify_server_name`."""
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-        pem = self.trust_anchor if isinstance(self.trust_anchor, bytes) else Path(self.trust_anchor).read_bytes()
-        store = ctx.get_cert_store()
-        assert store is not None
-        for anchor in x509.load_pem_x509_certificates(pem):
-            store.add_cert(crypto.X509.from_cryptography(anchor))
-        ctx.set_verify(SSL.VERIFY_PEER)
-        if self.client_cert is not None:
-            ctx.use_certificate_chain_file(str(self.client_cert))
-            ctx.use_privatekey_file(str(self.client_key or self.client_cert))
-        return ctx
-
-
-class _OpenSSLStream:
-    """A TLS 1.3 client connection: pyOpenSSL over memory BIOs on an asyncio TCP stream (the
-    caller bounds it in time)."""
-
-    def __init__(self, ctx: SSL.Context, server_name: str, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
-        self.conn = SSL.Connection(ctx, None)
-        self.conn.set_connect_state()
-        self.server_name = server_name
-        if not _is_ip(server_name):
-            self.conn.set_tlsext_host_name(server_name.encode("idna"))
-        self.reader = reader
-        self.writer = writer
-
-    async def _flush(self) -> None:
-        while True:
-            try:
-                out = self.conn.bio_read(65536)
-            except SSL.WantReadError:
-                break
-            self.writer.write(out)
-        await self.writer.drain()
-
-    async def _fill(self) -> bool:
-        data = await self.reader.read(65536)
-        if data:
-            self.conn.bio_write(data)
-        return bool(data)
-
-    async def handshake(self) -> None:
-        """Handshake, then check the server's name (OpenSSL has verified its chain)."""
-        for _ in range(100):
-            try:
-                self.conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                await self._flush()
-                if not await self._fill():
-                    raise ProtocolError("the server closed the connection during the TLS 1.3 handshake") from None
-            except SSL.Error as exc:
-                raise ProtocolError(f"TLS 1.3 handshake failed: {exc}") from None
-        else:
-            raise ProtocolError("TLS 1.3 handshake did not complete")
-        await self._flush()
-        chain = self.conn.get_peer_cert_chain(as_cryptography=True) or []
-        if not chain:
-            raise ProtocolError("the server sent no certificate")
-        _verify_server_name(chain[0], self.server_name)
-
-    async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = self.conn.send(view[:16384].tobytes())
-            view = view[n:]
-        await self._flush()
-
-    async def read_to_eof(self, limit: int) -> bytes:
-        """Application data until close_notify or TCP EOF, at most ``limit`` bytes."""
-        buf = bytearray()
-        while len(buf) <= limit:
-            try:
-                buf += self.conn.recv(65536)
-                continue
-            except SSL.WantReadError:
-                pass
-            except (SSL.ZeroReturnError, SSL.SysCallError):
-                break
-            except SSL.Error as exc:
-                raise ProtocolError(f"TLS error while reading the answer: {exc}") from None
-            await self._flush()  # e.g. a KeyUpdate answer
-            if not await self._fill():
-                break
-        if len(buf) > limit:
-            raise ProtocolError(f"answer larger than {limit} bytes")
-        return bytes(buf)
-
-
-def _is_ip(name: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _verify_server_name(cert: x509.Certificate, name: str) -> None:
-    """The server certificate names ``name`` in subjectAltName (RFC 9110 §4.3.4, RFC 6125 §6):
-    an IP address exactly, a DNS name exactly or by a left-most ``*`` label."""
-    import ipaddress
-
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise ProtocolError("the server certificate has no subjectAltName") from None
-    if _is_ip(name):
-        if ipaddress.ip_address(name) in san.get_values_for_type(x509.IPAddress):
-            return
-    else:
-        want = name.lower().rstrip(".")
-        for dns in san.get_values_for_type(x509.DNSName):
-            dns = dns.lower().rstrip(".")
-            if dns == want:
-                return
-            if dns.startswith("*.") and "." in want and want.split(".", 1)[1] == dns[2:]:
-                return
-    raise ProtocolError(f"the server certificate does not name {name!r}")
-
-
-def _parse_http_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers (lower-case names) and body of an HTTP/1.1 answer read to EOF."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise ProtocolError(f"not an HTTP answer: {raw[:80]!r}")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.strip()}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        out = bytearray()
-        while body:
-            size_line, _, body = body.partition(b"\r\n")
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                break
-            out += body[:size]
-            body = body[size + 2:]
-        body = bytes(out)
-    elif "content-length" in headers and headers["content-length"].isdigit():
-        body = body[: int(headers["content-length"])]
-    return int(parts[1]), headers, body
+        """One PoP-linked POST on a fresh TLS 1.3 connection (est/client_tls13.py) whose RFC 9266
+        tls-exporter the CSR carries as challengePassword (RFC 7030 §3.5)."""
+        headers = {"User-Agent": "enroll-est-client"}
+        if self.username is not None:
+            headers["Authorization"] = aiohttp.encode_basic_auth(self.username, self.password or "")
+        context = client_tls13.openssl_context(self.trust_anchor, self.client_cert, self.client_key)
+        return await client_tls13.post_csr(self.url(op), csr, context=context, server_name=self.server_hostname,
+                                           timeout=self.timeout.total, headers=headers)

@@ -5,6 +5,9 @@ Bytes in, objects out, no I/O: :func:`parse_request` reads a ``ContentInfo`` tha
 facts the EST service needs; :func:`build_response` writes the ``PKIResponse`` in an unsigned
 SignedData (RFC 5272 §3.3, §4.1: the issued certificates travel in its ``certificates``). The
 response is not signed: the TLS server authentication of RFC 7030 §3.3 authenticates it.
+
+One cohesive thing: the Full PKI Request/Response codec, its RFC 5272 ASN.1 types, the parse
+gate with its CMC failure codes, and the response writer and reader, both ends of one exchange.
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from ca.errors import RejectReason
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric import padding as apadding
+from est.signerinfo import HASHES, UnsupportedSignerKey, embedded_signer, verify_signer_info
 
 #: RFC 5272 §3.2 / §3.3 content types.
 ID_CCT_PKI_DATA = "1.3.6.1.5.5.7.12.2"
@@ -413,11 +415,6 @@ def _body_part(value: int, seen: set[int]) -> int:
     return value
 
 
-_HASHES: dict[str, hashes.HashAlgorithm] = {
-    "sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512(),
-}
-
-
 def _verify(sd: cms.SignedData, content: bytes, csr_der: bytes) -> x509.Certificate | None:
     """RFC 5272 §3.2.1 / RFC 5652 §5.6: one SignerInfo, signed attributes with the content type
     and message digest, signed by a certificate in the SignedData or by the request's own key
@@ -427,7 +424,7 @@ def _verify(sd: cms.SignedData, content: bytes, csr_der: bytes) -> x509.Certific
         raise CmcError("the SignedData must carry exactly one SignerInfo", fail_info=FailInfo.BAD_MESSAGE_CHECK)
     si = infos[0]
     digest_name = si["digest_algorithm"]["algorithm"].native
-    if digest_name not in _HASHES:
+    if digest_name not in HASHES:
         raise CmcError(f"digest {digest_name} is not accepted", fail_info=FailInfo.BAD_ALG)
     attrs = si["signed_attrs"]
     if not attrs or isinstance(attrs, core.Void):
@@ -445,36 +442,17 @@ def _verify(sd: cms.SignedData, content: bytes, csr_der: bytes) -> x509.Certific
     if digest is None or digest != hashlib.new(digest_name, content).digest():
         raise CmcError("the messageDigest does not match the PKIData", fail_info=FailInfo.BAD_MESSAGE_CHECK)
     signer: x509.Certificate | None = None
-    sid = si["sid"]
-    if sid.name == "issuer_and_serial_number":
-        ias = sid.chosen
-        for choice in sd["certificates"] or []:
-            if choice.name == "certificate" and choice.chosen.issuer == ias["issuer"] \
-                    and choice.chosen.serial_number == ias["serial_number"].native:
-                signer = x509.load_der_x509_certificate(bytes(choice.chosen.dump()))
+    if si["sid"].name == "issuer_and_serial_number":
+        signer = embedded_signer(sd, si["sid"])
         if signer is None:
             raise CmcError("the signer certificate is not in the SignedData", fail_info=FailInfo.BAD_MESSAGE_CHECK)
         key: Any = signer.public_key()
     else:
         key = x509.load_der_x509_csr(csr_der).public_key()
-    data = b"\x31" + bytes(attrs.dump())[1:]  # RFC 5652 §5.4: signed as SET OF
-    signature = bytes(si["signature"].native)
-    algo = si["signature_algorithm"].signature_algo
     try:
-        if isinstance(key, rsa.RSAPublicKey):
-            if algo == "rsassa_pss":
-                params = si["signature_algorithm"]["parameters"]
-                pss_hash = _HASHES[params["hash_algorithm"]["algorithm"].native]
-                key.verify(signature, data, apadding.PSS(apadding.MGF1(pss_hash), params["salt_length"].native),
-                           pss_hash)
-            else:
-                key.verify(signature, data, apadding.PKCS1v15(), _HASHES[digest_name])
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, data, ec.ECDSA(_HASHES[digest_name]))
-        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            key.verify(signature, data)
-        else:
-            raise CmcError("unsupported signer key", fail_info=FailInfo.BAD_ALG)
+        verify_signer_info(key, si, digest_name)
+    except UnsupportedSignerKey:
+        raise CmcError("unsupported signer key", fail_info=FailInfo.BAD_ALG) from None
     except (InvalidSignature, KeyError, ValueError, TypeError):
         raise CmcError("the SignedData signature does not verify", fail_info=FailInfo.BAD_MESSAGE_CHECK) from None
     return signer

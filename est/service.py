@@ -1,5 +1,7 @@
-"""EST rules (RFC 7030 §3-4, RFC 8951): labels to profiles, authentication, PoP linking,
-re-enrollment checks, pending answers and server-side key generation.
+"""EST rules (RFC 7030 §3-4, RFC 8951): labels to profiles, authentication, re-enrollment
+checks, pending answers, and the order of the steps of every operation. The steps with a module
+of their own: PoP linking (est/pop.py), what /csrattrs advertises (est/csrattrs.py), the key
+mechanics of /serverkeygen (est/serverkeygen.py).
 
 Input is already-extracted request facts (:class:`TlsInfo`, :class:`Credentials`, body bytes);
 output is an :class:`EstResponse` or an :class:`~est.errors.EstError`. No aiohttp here: only
@@ -8,19 +10,14 @@ output is an :class:`EstResponse` or an :class:`~est.errors.EstError`. No aiohtt
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hmac
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-)
+from cryptography.hazmat.primitives import serialization
 
 from ca.api import (
     AuthMethod,
@@ -35,8 +32,10 @@ from ca.api import (
     Requester,
 )
 from ca.errors import CAError, RejectReason
-from est import asn1, quirks, wire
-from est.settings import _AUTH, _PASSWORD_METHODS, CMC_RA, EstSettings, LabelRule
+from est import asn1, quirks, serverkeygen, wire
+from est.csrattrs import csrattrs_items
+from est.pop import check_pop
+from est.settings import _AUTH, _PASSWORD_METHODS, EstSettings, LabelRule
 from est.errors import (
     BadRequest,
     EstError,
@@ -110,11 +109,6 @@ def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> E
                        (text.rstrip("\n") + "\n").encode())
 
 
-def _spki(key: Any) -> bytes:
-    return bytes(key.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
 def cmc_answer(status: int, der: bytes, headers: Mapping[str, str]) -> EstResponse:
     """A Full PKI Response (RFC 7030 §4.3.2): base64 ``application/pkcs7-mime;
     smime-type=CMC-response``, also for refusals (4xx/5xx with the CMC failure as body)."""
@@ -122,12 +116,12 @@ def cmc_answer(status: int, der: bytes, headers: Mapping[str, str]) -> EstRespon
                                 **headers}, wire.encode_base64(der, line_length=64))
 
 
-def has_cmc_ra(cert: x509.Certificate) -> bool:
-    """True for an EST RA certificate (id-kp-cmcRA, RFC 7030 §3.7 / RFC 6402 §2.10)."""
-    try:
-        return CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except (x509.ExtensionNotFound, ValueError):
-        return False
+def _issued_certs(outcome: Issued, rule: LabelRule) -> list[x509.Certificate]:
+    """The issued certificate, then its chain when the label says ``include_chain``."""
+    certs = [outcome.certificate]
+    if rule.include_chain:
+        certs += [c for c in outcome.chain if c != outcome.certificate]
+    return certs
 
 
 def _san_bytes(exts: x509.Extensions) -> bytes | None:
@@ -183,54 +177,10 @@ class EstService:
         return EstResponse(200, {"Content-Type": wire.CT_CACERTS, "Content-Transfer-Encoding": "base64"},
                            self._encode(wire.encode_certs_only(certs), user_agent))
 
-    def csrattrs_items(self, rule: LabelRule) -> list[asn1.AttrOrOid]:
-        """What /csrattrs advertises for a profile (RFC 7030 §4.5.2, RFC 8951 §4, RFC 9908)."""
-        if rule.csrattrs == "none":
-            return []
-        if isinstance(rule.csrattrs, tuple):
-            return [asn1.AttrOrOid(oid) for oid in rule.csrattrs]
-        profile = self.issuer.profile(rule.profile)
-        items: list[asn1.AttrOrOid] = []
-        if rule.pop == "tls-unique":
-            items.append(asn1.AttrOrOid(asn1.Oid.CHALLENGE_PASSWORD))
-        key_type = profile.key_types[0] if profile.key_types else None
-        alg_oid = params = None
-        sig_oid = None
-        key_attr = None
-        curves = {"ec-p256": ("1.2.840.10045.3.1.7", "1.2.840.10045.4.3.2"),
-                  "ec-p384": ("1.3.132.0.34", "1.2.840.10045.4.3.3"),
-                  "ec-p521": ("1.3.132.0.35", "1.2.840.10045.4.3.4")}
-        if key_type in curves:
-            curve, sig_oid = curves[key_type]
-            key_attr = asn1.key_type_ec(curve)
-            alg_oid, params = asn1.Oid.EC_PUBLIC_KEY, asn1.oid_value(curve)
-        elif key_type and key_type.startswith("rsa-"):
-            key_attr = asn1.key_type_rsa(int(key_type[4:]))
-            sig_oid = "1.2.840.113549.1.1.11"
-            alg_oid = asn1.Oid.RSA_ENCRYPTION
-        elif key_type == "ed25519":
-            alg_oid = asn1.Oid.ED25519
-            key_attr = asn1.AttrOrOid(asn1.Oid.ED25519)
-        if rule.csr_template:
-            from ca.names import SUBJECT_ATTRIBUTES
-
-            subject = [asn1.TemplateRdn(SUBJECT_ATTRIBUTES[n].dotted_string)
-                       for n in profile.subject_require if n in SUBJECT_ATTRIBUTES]
-            subject += [asn1.TemplateRdn(SUBJECT_ATTRIBUTES[n].dotted_string, v)
-                        for n, v in profile.subject_force if n in SUBJECT_ATTRIBUTES]
-            exts = [asn1.TemplateExtension("2.5.29.17")] if profile.san_allow else []
-            items.append(asn1.certification_request_template(
-                subject=subject, key_algorithm=alg_oid, key_parameters=params, extensions=exts))
-            return items
-        if key_attr is not None:
-            items.append(key_attr)
-        if sig_oid is not None:
-            items.append(asn1.AttrOrOid(sig_oid))
-        return items
-
     async def csrattrs(self, label: str, user_agent: str | None = None) -> EstResponse:
         """/csrattrs (RFC 7030 §4.5): 204 when there is nothing to ask for."""
-        items = self.csrattrs_items(self.rule(label))
+        rule = self.rule(label)
+        items = csrattrs_items(rule, lambda name: self.issuer.profile(name))  # looked up only for "auto"
         if not items:
             return EstResponse(204, {}, b"")
         return EstResponse(200, {"Content-Type": wire.CT_CSRATTRS, "Content-Transfer-Encoding": "base64"},
@@ -268,7 +218,7 @@ class EstService:
                                    fail_info=cmc.FailInfo.BAD_IDENTITY, body_part=req.body_part_id)
             cert_required = all("client-cert" in e for e in rule.auth)
             try:
-                self.check_pop(rule, csr, tls, tls.peer_certificate if cert_required else None)
+                check_pop(rule.pop, csr, tls, tls.peer_certificate if cert_required else None)
             except EstError as err:
                 raise cmc.CmcError(err.detail, fail_info=cmc.FailInfo.POP_FAILED, body_part=req.body_part_id) from None
         except cmc.CmcError as err:
@@ -284,9 +234,7 @@ class EstService:
             outcome = Rejected(exc.reason, exc.detail, getattr(exc, "retry_after", None))
         tx, nonce = req.transaction_id, req.sender_nonce
         if isinstance(outcome, Issued):
-            certs = [outcome.certificate]
-            if rule.include_chain:
-                certs += [c for c in outcome.chain if c != outcome.certificate]
+            certs = _issued_certs(outcome, rule)
             return cmc_answer(200, cmc.build_response(cmc.Status.SUCCESS, req.body_part_id, certificates=certs,
                                                       transaction_id=tx, recipient_nonce=nonce), {})
         if isinstance(outcome, Pending):
@@ -338,37 +286,6 @@ class EstService:
         """The typed policy the core applies to this label's client certificates."""
         return CertificatePolicy(rule.client_trust, rule.client_profiles or (rule.profile,), rule.bind_identity)
 
-    # --- PoP linking (RFC 7030 §3.5) -----------------------------------------------------
-    def check_pop(self, rule: LabelRule, csr: x509.CertificateSigningRequest, tls: TlsInfo,
-                  authenticating: x509.Certificate | None) -> None:
-        """challengePassword must equal base64 of the connection's channel binding: tls-unique
-        on TLS 1.2 (RFC 5929 §3), tls-exporter on TLS 1.3 (RFC 9266 §2); skipped for an EST RA (id-kp-cmcRA),
-        which re-signs CSRs it relays (RFC 7030 §3.7), when its certificate is what must
-        authenticate the request (``authenticating``: the core refuses it otherwise)."""
-        if rule.pop == "off":
-            return
-        if authenticating is not None and has_cmc_ra(authenticating):
-            return
-        if tls.via_proxy:
-            raise BadRequest("this label requires PoP linking (RFC 7030 §3.5), which cannot be checked through a "
-                             "TLS-terminating proxy: the client's TLS session ends at the proxy; use TLS passthrough")
-        if tls.version == "TLSv1.3" and tls.tls_exporter is not None:
-            binding, kind = tls.tls_exporter, "tls-exporter"
-        elif tls.version == "TLSv1.2" and tls.tls_unique is not None:
-            binding, kind = tls.tls_unique, "tls-unique"
-        else:
-            raise BadRequest(
-                f"this label requires PoP linking (RFC 7030 §3.5) but the connection is {tls.version}: "
-                "tls-unique exists only up to TLS 1.2 and this server's TLS stack cannot export "
-                "RFC 9266 tls-exporter keying material; reconnect with TLS 1.2")
-        sent = asn1.challenge_password(csr)
-        expected = base64.b64encode(binding)
-        if sent is None:
-            raise BadRequest(f"PoP linking required: the CSR lacks challengePassword = base64({kind})")
-        if not hmac.compare_digest(sent.strip(), expected):
-            raise BadRequest("PoP linking failed: challengePassword does not match this TLS session's "
-                             f"{kind} (the CSR must be built on the connection that sends it)")
-
     # --- request media type (RFC 7030 §4.2.1, §4.4.1) ----------------------------------------
     async def check_content_type(self, label: str, op: str, content_type: str | None,
                                  remote: str | None = None) -> None:
@@ -391,11 +308,8 @@ class EstService:
 
     def _outcome(self, outcome: Any, rule: LabelRule, user_agent: str | None = None) -> EstResponse:
         if isinstance(outcome, Issued):
-            certs = [outcome.certificate]
-            if rule.include_chain:
-                certs += [c for c in outcome.chain if c != outcome.certificate]
             return EstResponse(200, {"Content-Type": wire.CT_CERTS_ONLY, "Content-Transfer-Encoding": "base64"},
-                               self._encode(wire.encode_certs_only(certs), user_agent))
+                               self._encode(wire.encode_certs_only(_issued_certs(outcome, rule)), user_agent))
         if isinstance(outcome, Pending):
             return _text(202, f"request {outcome.request_id} is pending approval; "
                               f"re-send the same CSR after {outcome.retry_after} seconds",
@@ -415,8 +329,6 @@ class EstService:
 
     async def _refuse(self, event: str, rule: LabelRule, err: EstError, requester: Requester | None,
                       csr: x509.CertificateSigningRequest | None, remote: str | None = None) -> None:
-        import hashlib
-
         sha = hashlib.sha256(csr.public_bytes(serialization.Encoding.DER)).hexdigest() if csr else None
         await self.issuer.audit(event, ok=False, channel=Channel.EST, profile=rule.profile,
                                 requester=requester, reason=f"{err.status}: {err.detail}", csr_sha256=sha,
@@ -432,7 +344,7 @@ class EstService:
             self.precheck(rule, tls, creds)
             csr = self._csr(body, verify=False)  # the core verifies the signature, once
             cert_required = all("client-cert" in e for e in rule.auth)
-            self.check_pop(rule, csr, tls, tls.peer_certificate if cert_required else None)
+            check_pop(rule.pop, csr, tls, tls.peer_certificate if cert_required else None)
         except EstError as err:
             await self._refuse("est-enroll", rule, err, None, csr, tls.remote)
             raise
@@ -455,7 +367,7 @@ class EstService:
                                 "(RFC 7030 §4.2.2)")
             csr = self._csr(body, verify=False)
             self.check_names(rule, csr, cert)
-            self.check_pop(rule, csr, tls, cert)
+            check_pop(rule.pop, csr, tls, cert)
         except EstError as err:
             requester = Requester(AuthMethod.NONE, cert.subject.rfc4514_string(), cert, tls.remote) if cert else None
             await self._refuse("est-reenroll", rule, err, requester, csr, tls.remote)
@@ -507,11 +419,8 @@ class EstService:
                 raise NotImplementedOperation("/serverkeygen is not enabled for this label")
             requester = await self.authenticate(rule, tls, creds)
             csr = self._csr(body)
-            self.check_pop(rule, csr, tls, requester.certificate)
-            recipient = self._recipient(rule, csr, tls)
-            if recipient is not None and (self.settings.signer_key is None or self.settings.signer_cert is None):
-                raise NotImplementedOperation("encrypted server-generated keys need "
-                                              "[est] serverkeygen_signer_cert/_key (or the TLS key)")
+            check_pop(rule.pop, csr, tls, requester.certificate)
+            recipient = serverkeygen.recipient(rule, self.settings, csr, tls)
         except EstError as err:
             await self._refuse("est-serverkeygen", rule, err, requester, csr)
             raise
@@ -524,72 +433,15 @@ class EstService:
         key = generate_key(profile)
         try:
             outcome = await self.issuer.issue(
-                IssueRequest(_rebuild_csr(csr, key), rule.profile, requester, Channel.EST))
+                IssueRequest(serverkeygen.rebuild_csr(csr, key), rule.profile, requester, Channel.EST))
             if not isinstance(outcome, Issued):
                 if isinstance(outcome, Pending):
                     # The key is dropped here; a later poll would get a different key. Profiles
                     # with manual approval are refused at config time for this reason.
                     raise Forbidden("serverkeygen cannot wait for approval")
                 return self._outcome(outcome, rule, user_agent)
-            if _spki(outcome.certificate.public_key()) != _spki(key.public_key()):
-                raise EstError("issued certificate does not carry the generated key", status=500)
-            pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
-            if recipient is not None:
-                assert self.settings.signer_key is not None and self.settings.signer_cert is not None
-                key_part = wire.build_server_generated_key(
-                    pkcs8, signer_key=self.settings.signer_key, signer_cert=self.settings.signer_cert,
-                    recipient=recipient)
-            else:
-                key_part = pkcs8
-            certs = [outcome.certificate]
-            if rule.include_chain:
-                certs += [c for c in outcome.chain if c != outcome.certificate]
-            ctype, payload = wire.build_serverkeygen_response(
-                key_part, wire.encode_certs_only(certs), encrypted=recipient is not None,
-                framing=client.framing)
+            ctype, payload = serverkeygen.answer(key, _issued_certs(outcome, rule), recipient, self.settings,
+                                                 client.framing)
             return EstResponse(200, {"Content-Type": ctype}, payload)
         finally:
             del key  # the server keeps no copy (RFC 7030 §4.4.2)
-
-    def _recipient(self, rule: LabelRule, csr: x509.CertificateSigningRequest,
-                   tls: TlsInfo) -> wire.KekRecipient | wire.KeyTransRecipient | None:
-        """Whom to encrypt the generated key to, from the CSR's DecryptKeyIdentifier or
-        AsymmetricDecryptKeyIdentifier (RFC 7030 §4.4.1.1-2)."""
-        sym, asym = asn1.decrypt_key_identifiers(csr)
-        if sym is not None:
-            kek = rule.keks.get(sym)
-            if kek is None:
-                raise BadRequest("DecryptKeyIdentifier names no KEK known for this label")
-            return wire.KekRecipient(sym, kek)
-        if asym is not None:
-            candidates = list(rule.recipients)
-            if tls.peer_certificate is not None:
-                candidates.insert(0, tls.peer_certificate)
-            for cert in candidates:
-                if wire.subject_key_identifier(cert) == asym:
-                    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-                        raise BadRequest("AsymmetricDecryptKeyIdentifier names a non-RSA key; only RSA "
-                                         "key transport is supported for server-generated keys")
-                    return wire.KeyTransRecipient(cert, asym)
-            raise BadRequest("AsymmetricDecryptKeyIdentifier matches neither the TLS client certificate "
-                             "nor a configured recipient")
-        return None
-
-
-def _rebuild_csr(csr: x509.CertificateSigningRequest,
-                 key: CertificateIssuerPrivateKeyTypes) -> x509.CertificateSigningRequest:
-    """The client's request re-signed with the generated key: same subject and requested
-    extensions (the profile still filters them), so the core's PoP check holds."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(csr.subject)
-    try:
-        for ext in csr.extensions:
-            builder = builder.add_extension(ext.value, ext.critical)
-    except ValueError:
-        raise BadRequest("the CSR's extension request does not parse") from None
-    algorithm: hashes.SHA256 | hashes.SHA384 | None = hashes.SHA256()
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        algorithm = None
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        algorithm = hashes.SHA384()
-    return builder.sign(key, algorithm)

@@ -7,6 +7,7 @@ Parsed here, in the protocol package; the core receives typed policy only
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,17 @@ AUTH_METHODS = ("basic", "client-cert", "one-time")
 _AUTH = {"basic": AuthMethod.BASIC, "client-cert": AuthMethod.TLS_CLIENT_CERT,
          "one-time": AuthMethod.ONE_TIME_CREDENTIAL}
 _PASSWORD_METHODS = frozenset({"basic", "one-time"})  # methods carried as HTTP Basic
-POP_MODES = ("off", "tls-unique")
+
+
+class PopMode(enum.Enum):
+    """``pop`` of ``[profiles.NAME.est]``: whether a CSR must carry the connection's channel
+    binding as its challengePassword (RFC 7030 §3.5); the values are the config spellings."""
+
+    OFF = "off"
+    #: tls-unique on TLS 1.2 (RFC 5929 §3); tls-exporter on TLS 1.3 (RFC 9266 §2).
+    TLS_UNIQUE = "tls-unique"
+
+
 CMC_RA = x509.ObjectIdentifier(asn1.Oid.KP_CMC_RA)
 DEFAULT_MAX_BODY = 64 * 1024
 
@@ -59,7 +70,7 @@ class LabelRule:
     client_trust: tuple[str, ...]
     client_profiles: tuple[str, ...] = ()  # profiles whose certificates authenticate (default: own)
     bind_identity: BindIdentity = BindIdentity.NONE
-    pop: str = "off"
+    pop: PopMode = PopMode.OFF
     reenroll: bool = True
     serverkeygen: bool = True
     csrattrs: str | tuple[str, ...] = "auto"
@@ -161,13 +172,13 @@ def parse_rule(
     except ValueError:
         raise ConfigError(f"{key}.bind_identity",
                           f"must be one of {', '.join(b.value for b in BindIdentity)}") from None
-    pop = table.get("pop", "off")
-    if pop is True:
-        pop = "tls-unique"
-    if pop is False:
-        pop = "off"
-    if pop not in POP_MODES:
-        raise ConfigError(f"{key}.pop", f"must be one of {', '.join(POP_MODES)}")
+    raw_pop = table.get("pop", PopMode.OFF.value)
+    if isinstance(raw_pop, bool):  # pop = true / false
+        raw_pop = (PopMode.TLS_UNIQUE if raw_pop else PopMode.OFF).value
+    try:
+        pop = PopMode(raw_pop)
+    except ValueError:
+        raise ConfigError(f"{key}.pop", f"must be one of {', '.join(m.value for m in PopMode)}") from None
     serverkeygen = _bool(table, "serverkeygen", key, True)
     if serverkeygen and profile.approval == "manual":
         if "serverkeygen" in table:

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import AttributeOID, ExtensionOID
 
 from est import asn1
 from est.errors import BadRequest
+from est.wire import csr_signature_hash
 
 _CURVES: dict[str, ec.EllipticCurve] = {
     "1.2.840.10045.3.1.7": ec.SECP256R1(),
@@ -118,12 +118,7 @@ def fill(template: asn1.ParsedTemplate, key: CertificateIssuerPrivateKeyTypes, *
         raise TemplateError("the template does not ask for a subjectAltName")
     if challenge is not None:
         builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge)
-    algorithm: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = hashes.SHA256()
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        algorithm = None
-    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        algorithm = hashes.SHA384() if key.curve.key_size == 384 else hashes.SHA512()
-    return builder.sign(key, algorithm)
+    return builder.sign(key, csr_signature_hash(key))
 
 
 def _oid_from_der(der: bytes) -> str:

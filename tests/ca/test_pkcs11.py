@@ -247,15 +247,15 @@ def test_token_key_signs_the_server_generated_key_package(softhsm: SoftHSM, dev_
     verifies with the embedded certificate of the token key (RFC 5652 §5.6)."""
     from cryptography.hazmat.primitives import serialization
 
-    from est import wire
+    from est import serverkeygen_cms
 
     uri, cert = token_ca(softhsm, dev_pki, key_type)
     signer = p11.load_key(uri, softhsm.settings, "est.serverkeygen_signer_key")
     p8 = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    kek = wire.KekRecipient(b"kek-1", os.urandom(32))
-    der = wire.build_server_generated_key(p8, signer_key=signer, signer_cert=cert, recipient=kek)
-    opened = wire.open_server_generated_key(der, kek=kek)
+    kek = serverkeygen_cms.KekRecipient(b"kek-1", os.urandom(32))
+    der = serverkeygen_cms.build_server_generated_key(p8, signer_key=signer, signer_cert=cert, recipient=kek)
+    opened = serverkeygen_cms.open_server_generated_key(der, kek=kek)
     assert opened.pkcs8_der == p8 and opened.signer == cert
 
 

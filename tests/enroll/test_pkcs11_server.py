@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from enroll.bench.server import free_port
 from enroll.config import load_config
-from est import asn1, wire
+from est import asn1, serverkeygen_cms, wire
 from est.client import EstClient, build_csr
 from tests.conftest import enroll_serve, make_csr, require_tool
 from tests.est.conftest import EXTRA_PROFILES as EST_PROFILES
@@ -275,7 +275,7 @@ async def test_serverkeygen_key_package_is_signed_by_the_token_key(token_server:
             ctype, body = resp.headers["Content-Type"], await resp.read()
     result = wire.parse_serverkeygen_response(ctype, body)
     assert result.encrypted
-    opened = wire.open_server_generated_key(result.key_der, kek=wire.KekRecipient(KEK_ID, KEK))
+    opened = serverkeygen_cms.open_server_generated_key(result.key_der, kek=serverkeygen_cms.KekRecipient(KEK_ID, KEK))
     assert opened.signer == token_server.cert("ocsp")
     assert opened.signer.public_key() == token_server.hsm.public_key(token_server.token, "ocsp")
     (cert,) = [c for c in result.certificates if c.subject.rfc4514_string() == "CN=hsm-skg"]

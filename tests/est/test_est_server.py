@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from est import asn1, wire
+from est import asn1, serverkeygen_cms, wire
 from est.client import EstClient, build_csr
 from est.errors import EstError
 from tests.conftest import make_csr
@@ -441,7 +441,7 @@ async def test_serverkeygen_encrypted_to_kek(est_server: EstServer) -> None:
     csr_key = ec.generate_private_key(ec.SECP256R1())
     csr = build_csr(csr_key, name("skg-kek"), extra_attributes=[(asn1.Oid.DECRYPT_KEY_IDENTIFIER, KEK_ID)])
     async with est_server.basic("skg") as c:
-        result = await c.serverkeygen(csr, kek=wire.KekRecipient(KEK_ID, KEK))
+        result = await c.serverkeygen(csr, kek=serverkeygen_cms.KekRecipient(KEK_ID, KEK))
     assert result.encrypted and result.certificate.subject == name("skg-kek")
 
 

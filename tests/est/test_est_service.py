@@ -14,7 +14,7 @@ from ca.errors import ConfigError
 from enroll.pki import DevPKI
 from est import wire
 from est.service import EstService
-from est.settings import parse_settings
+from est.settings import PopMode, parse_settings
 
 
 @dataclass
@@ -47,6 +47,18 @@ def test_invalid_profile_tables_fail_closed(table: dict[str, Any], key: str) -> 
     with pytest.raises(ConfigError) as err:
         settings(P("p", table))
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("value,mode", [
+    ("off", PopMode.OFF), ("tls-unique", PopMode.TLS_UNIQUE), (True, PopMode.TLS_UNIQUE), (False, PopMode.OFF),
+    (None, PopMode.OFF),
+])
+def test_pop_config_values_name_the_pop_linking_modes(value: Any, mode: PopMode) -> None:
+    """``pop`` (RFC 7030 §3.5) keeps its config spellings; absent means off."""
+    table: dict[str, Any] = {"labels": ["a"], "auth": ["basic"]}
+    if value is not None:
+        table["pop"] = value
+    assert settings(P("p", table)).rules["a"].pop is mode
 
 
 def test_serverkeygen_with_manual_approval_is_a_config_error() -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from est import asn1, wire
+from est import asn1, serverkeygen_cms, wire
 from est.errors import BadRequest, ProtocolError
 from tests.conftest import require_tool
 
@@ -323,12 +323,12 @@ def test_server_generated_key_kek_round_trip_and_openssl() -> None:
     p8, _ = _generated()
     signer_key = ec.generate_private_key(ec.SECP256R1())
     signer = selfsigned(signer_key, "est-server")
-    kek = wire.KekRecipient(b"device-kek-1", os.urandom(32))
-    der = wire.build_server_generated_key(p8, signer_key=signer_key, signer_cert=signer, recipient=kek)
-    opened = wire.open_server_generated_key(der, kek=kek)
+    kek = serverkeygen_cms.KekRecipient(b"device-kek-1", os.urandom(32))
+    der = serverkeygen_cms.build_server_generated_key(p8, signer_key=signer_key, signer_cert=signer, recipient=kek)
+    opened = serverkeygen_cms.open_server_generated_key(der, kek=kek)
     assert opened.pkcs8_der == p8 and opened.signer == signer
     with pytest.raises(ProtocolError):
-        wire.open_server_generated_key(der, kek=wire.KekRecipient(b"device-kek-1", os.urandom(32)))
+        serverkeygen_cms.open_server_generated_key(der, kek=serverkeygen_cms.KekRecipient(b"device-kek-1", os.urandom(32)))
     openssl = require_tool("openssl")  # the cross-check with an independent CMS reader
     sd = subprocess.run(
         [openssl, "cms", "-decrypt", "-inform", "DER", "-secretkey", kek.kek.hex(),
@@ -345,9 +345,9 @@ def test_server_generated_key_rsa_recipient_round_trip(tmp_path: Path) -> None:
     p8, _ = _generated()
     rk = rsa.generate_private_key(65537, 2048)
     rc = selfsigned(rk, "device")
-    recipient = wire.KeyTransRecipient(rc, wire.subject_key_identifier(rc))
-    der = wire.build_server_generated_key(p8, signer_key=rk, signer_cert=rc, recipient=recipient)
-    assert wire.open_server_generated_key(der, private_key=rk).pkcs8_der == p8
+    recipient = serverkeygen_cms.KeyTransRecipient(rc, serverkeygen_cms.subject_key_identifier(rc))
+    der = serverkeygen_cms.build_server_generated_key(p8, signer_key=rk, signer_cert=rc, recipient=recipient)
+    assert serverkeygen_cms.open_server_generated_key(der, private_key=rk).pkcs8_der == p8
     openssl = require_tool("openssl")  # the cross-check with an independent CMS reader
     keyfile = tmp_path / "rk.pem"
     keyfile.write_bytes(rk.private_bytes(serialization.Encoding.PEM,
@@ -363,9 +363,9 @@ def test_server_generated_key_refuses_ec_key_transport() -> None:
     p8, gen = _generated()
     ec_cert = selfsigned(gen, "ec-device")
     with pytest.raises(BadRequest):
-        wire.build_server_generated_key(
+        serverkeygen_cms.build_server_generated_key(
             p8, signer_key=gen, signer_cert=ec_cert,
-            recipient=wire.KeyTransRecipient(ec_cert, b"x"),
+            recipient=serverkeygen_cms.KeyTransRecipient(ec_cert, b"x"),
         )
 
 
@@ -391,10 +391,10 @@ def test_server_generated_ec_key_with_leading_zero_survives_byte_exact() -> None
     p8 = gen.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                            serialization.NoEncryption())
     signer_key = ec.generate_private_key(ec.SECP256R1())
-    kek = wire.KekRecipient(b"k", os.urandom(16))
-    der = wire.build_server_generated_key(p8, signer_key=signer_key,
+    kek = serverkeygen_cms.KekRecipient(b"k", os.urandom(16))
+    der = serverkeygen_cms.build_server_generated_key(p8, signer_key=signer_key,
                                           signer_cert=selfsigned(signer_key, "s"), recipient=kek)
-    assert wire.open_server_generated_key(der, kek=kek).pkcs8_der == p8
+    assert serverkeygen_cms.open_server_generated_key(der, kek=kek).pkcs8_der == p8
 
 
 # --- byte-exact against the previous builders (issue 13: CMS by concatenation) ------------------
@@ -474,18 +474,18 @@ def test_server_generated_key_is_byte_identical_to_asn1crypto(
     from cryptography.hazmat.primitives.asymmetric import padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    monkeypatch.setattr(wire, "_now", lambda: _FIXED_NOW)
+    monkeypatch.setattr(serverkeygen_cms, "_now", lambda: _FIXED_NOW)
     p8, _ = _generated()
     signer_key = rsa.generate_private_key(65537, 2048)
     signer = selfsigned(signer_key, "est-server")
     device_key = rsa.generate_private_key(65537, 2048)
-    recipient: wire.KekRecipient | wire.KeyTransRecipient
+    recipient: serverkeygen_cms.KekRecipient | serverkeygen_cms.KeyTransRecipient
     if kek_len is None:
         device = selfsigned(device_key, "device")
-        recipient = wire.KeyTransRecipient(device, wire.subject_key_identifier(device))
+        recipient = serverkeygen_cms.KeyTransRecipient(device, serverkeygen_cms.subject_key_identifier(device))
     else:
-        recipient = wire.KekRecipient(b"kid-" + bytes([kek_len]), os.urandom(kek_len))
-    der = wire.build_server_generated_key(p8, signer_key=signer_key, signer_cert=signer, recipient=recipient)
+        recipient = serverkeygen_cms.KekRecipient(b"kid-" + bytes([kek_len]), os.urandom(kek_len))
+    der = serverkeygen_cms.build_server_generated_key(p8, signer_key=signer_key, signer_cert=signer, recipient=recipient)
 
     env = cms.ContentInfo.load(der)["content"]
     got_ri = env["recipient_infos"][0]
@@ -493,7 +493,7 @@ def test_server_generated_key_is_byte_identical_to_asn1crypto(
     eci = env["encrypted_content_info"]
     iv = bytes(eci["content_encryption_algorithm"]["parameters"].native)
     ciphertext = bytes(eci["encrypted_content"].native)
-    if isinstance(recipient, wire.KekRecipient):
+    if isinstance(recipient, serverkeygen_cms.KekRecipient):
         cek = keywrap.aes_key_unwrap(recipient.kek, encrypted_key)
         ri = cms.RecipientInfo(name="kekri", value=cms.KEKRecipientInfo({
             "version": "v4", "kekid": {"key_identifier": recipient.key_id},
