@@ -4,19 +4,21 @@ A body must fit a cap (413, RFC 9110 §15.5.14, refused on the declared length b
 buffered) and arrive within a deadline once the request head is in (408, RFC 9110 §15.5.9): a
 client that sends a head and then trickles (or withholds) its body would otherwise hold a
 connection and a handler for as long as it likes, and a few hundred of them fill a worker's
-connection cap for every protocol. The EST and SCEP handlers apply the same rule with the same
-deadline (``est.http.read_body``, ``scep.http.BODY_TIMEOUT``); they cannot import this module
-(docs/ARCHITECTURE.md, "Layers": protocols never import ``enroll``).
+connection cap for every protocol. The bytes are read by EST's reader (``est.http.read_body``,
+which the protocols cannot import from here: docs/ARCHITECTURE.md, "Layers", protocols never
+import ``enroll``); this module turns its refusals into :class:`BodyError`. SCEP applies the same
+deadline (``scep.http.BODY_TIMEOUT``).
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-#: Seconds a client has to send its whole body once the head is in.
-BODY_TIMEOUT = 30.0
+from est import http as est_http
+from est.errors import EstError
+
+#: Seconds a client has to send its whole body once the head is in (EST's deadline).
+BODY_TIMEOUT = est_http.BODY_TIMEOUT
 
 
 class BodyError(Exception):
@@ -44,20 +46,9 @@ class BodyError(Exception):
 
 async def read_body(request: web.Request, cap: int, timeout: float | None = None) -> bytes:
     """At most ``cap`` bytes, all received within ``timeout`` seconds (default
-    :data:`BODY_TIMEOUT`); otherwise :class:`BodyError` 413 or 408."""
-    if request.content_length is not None and request.content_length > cap:
-        raise BodyError(413, f"request body larger than {cap} bytes")
-    timeout = BODY_TIMEOUT if timeout is None else timeout
-    chunks = bytearray()
+    :data:`BODY_TIMEOUT`); otherwise :class:`BodyError` 413 (RFC 9110 §15.5.14) or 408
+    (RFC 9110 §15.5.9)."""
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                chunk = await request.content.read(min(65536, cap + 1 - len(chunks)))
-                if not chunk:
-                    break
-                chunks += chunk
-                if len(chunks) > cap:
-                    raise BodyError(413, f"request body larger than {cap} bytes")
-    except TimeoutError:
-        raise BodyError(408, f"request body not received within {timeout:g} seconds") from None
-    return bytes(chunks)
+        return await est_http.read_body(request, cap, BODY_TIMEOUT if timeout is None else timeout)
+    except EstError as exc:
+        raise BodyError(exc.status, exc.detail) from None

@@ -15,9 +15,10 @@ the issuer) and this backend also refuses one whose SANs differ from the profile
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,9 @@ from ca.errors import CAError, ConfigError, RejectReason
 from ca.keys import load_file_key
 from est.client import EnrollmentPending, EstClient
 from est.errors import EstError
+from est.settings import CMC_RA
 
 log = logging.getLogger("enroll.backend")
-
-#: id-kp-cmcRA (RFC 6402 §2.10): the EKU of an EST RA certificate (RFC 7030 §3.7).
-CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 
 KEYS = frozenset({"url", "label", "ra_cert", "ra_key", "trust_anchor", "timeout_seconds",
                   "max_wait_seconds", "max_polls", "retry_after"})
@@ -68,19 +67,12 @@ def _sans(cert_or_exts: x509.Extensions | tuple[tuple[x509.ExtensionType, bool],
 class UpstreamEstCA:
     """Forwards CSRs to an upstream EST server as its RA (RFC 7030 §2.5, §3.7)."""
 
-    def __init__(self, name: str, chain: CAChain, *, url: str, label: str | None, ra_cert: Path, ra_key: Path,
-                 trust_anchor: Path, timeout: float = 30.0, max_wait: float = 60.0, max_polls: int = 3,
-                 retry_after: int = 60) -> None:
+    def __init__(self, name: str, chain: CAChain, *, client: Callable[[], EstClient], retry_after: int = 60) -> None:
+        """``client`` makes an :class:`est.client.EstClient` for the upstream that presents the RA
+        certificate (RFC 7030 §3.3.2) and follows 202s within the configured budget."""
         self.name = name
         self._chain = chain
-        self.url = url
-        self.label = label
-        self.ra_cert = ra_cert
-        self.ra_key = ra_key
-        self.trust_anchor = trust_anchor
-        self.timeout = timeout
-        self.max_wait = max_wait
-        self.max_polls = max_polls
+        self._client = client
         self.retry_after = retry_after
 
     def issues_own_serial(self) -> bool:
@@ -92,18 +84,12 @@ class UpstreamEstCA:
         out of band, not taken from the upstream's /cacerts at run time)."""
         return self._chain
 
-    def client(self) -> EstClient:
-        """An EST client for the upstream presenting the RA certificate (RFC 7030 §3.3.2)."""
-        return EstClient(self.url, trust_anchor=self.trust_anchor, label=self.label, client_cert=self.ra_cert,
-                         client_key=self.ra_key, timeout=self.timeout, max_polls=self.max_polls,
-                         max_wait=self.max_wait, min_poll_interval=1.0, max_poll_interval=self.max_wait)
-
     async def sign(self, template: CertificateTemplate) -> x509.Certificate:
         """POST the device's CSR, unchanged, to the upstream's /simpleenroll (RFC 7030 §4.2.1)."""
         if template.csr is None:
             raise CAError("the EST upstream backend needs the request's CSR", reason=RejectReason.UNAVAILABLE)
         try:
-            async with self.client() as est:
+            async with self._client() as est:
                 result = await est.enroll(template.csr)
         except EnrollmentPending as exc:
             raise BackendPending(f"upstream CA {self.name!r} has not decided yet",
@@ -165,10 +151,11 @@ def _factory(spec: BackendSpec) -> UpstreamEstCA:
         raise ConfigError(f"{p}.ra_key", "the key does not match ra_cert")
     if not Path(o["trust_anchor"]).is_file():
         raise ConfigError(f"{p}.trust_anchor", f"{o['trust_anchor']} does not exist")
-    return UpstreamEstCA(spec.name, spec.chain, url=o["url"], label=o["label"], ra_cert=ra_cert_path,
-                         ra_key=o["ra_key"], trust_anchor=o["trust_anchor"], timeout=float(o["timeout_seconds"]),
-                         max_wait=float(o["max_wait_seconds"]), max_polls=int(o["max_polls"]),
-                         retry_after=int(o["retry_after"]))
+    client = functools.partial(
+        EstClient, o["url"], trust_anchor=o["trust_anchor"], label=o["label"], client_cert=ra_cert_path,
+        client_key=o["ra_key"], timeout=float(o["timeout_seconds"]), max_polls=int(o["max_polls"]),
+        max_wait=float(o["max_wait_seconds"]), min_poll_interval=1.0, max_poll_interval=float(o["max_wait_seconds"]))
+    return UpstreamEstCA(spec.name, spec.chain, client=client, retry_after=int(o["retry_after"]))
 
 
 def register_kind() -> None:
