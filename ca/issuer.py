@@ -79,7 +79,7 @@ from ca.authentication import (
 )
 from ca.issuer_base import Actor as Actor
 from ca.issuer_base import IssuingCA as IssuingCA
-from ca.issuer_base import actor, describe, log, requester_columns, utc_now, valid_now
+from ca.issuer_base import describe, log, requester_columns, utc_now, valid_now
 from ca.issuer_base import sha256_hex as sha256_hex
 from ca.issuer_base import spki_sha256 as spki_sha256
 from ca.lifecycle import Lifecycle
@@ -259,30 +259,6 @@ class Issuer(Authentication, Lifecycle):
                              reason=f"{exc.reason.value}: {exc.detail}", detail={"transaction_id": transaction_id})
             return Rejected(exc.reason, exc.detail)
 
-    async def certificate_for(self, ca_name: str, serial: int, signer: x509.Certificate) -> x509.Certificate:
-        """An issued certificate for a requester entitled to it (SCEP GetCert, RFC 8894 §3.3.4,
-        which leaves the rule to the CA): the signer is the certificate itself, or holds its
-        key, or is a certificate of ours valid now, not revoked or retired, for the same device
-        (the same subject when the ledger has no device). Anything else, unknown or not
-        entitled, is one :class:`NotFoundError` (no oracle)."""
-        signer_ca = await self._ca_for_certificate(signer)
-        keys = [(ca_name, serial)] + ([(signer_ca.name, signer.serial_number)] if signer_ca is not None else [])
-        found = await self.ledger.find_by_serials(keys)
-        record, signer_rec = found[0], (found[1] if len(found) > 1 else None)
-        if record is None or record.status is not RowStatus.ISSUED or record.der is None:
-            raise NotFoundError(f"no certificate {serial_hex(serial)} of CA {ca_name}", reason=RejectReason.BAD_CERT_ID)
-        cert = x509.load_der_x509_certificate(record.der)
-        signer_der = signer.public_bytes(serialization.Encoding.DER)
-        entitled = signer_der == record.der or spki_sha256(signer.public_key()) == record.spki_sha256
-        if not entitled and signer_rec is not None and signer_rec.der == signer_der and signer_rec.status is RowStatus.ISSUED \
-                and not signer_rec.revoked and not signer_rec.retired and valid_now(signer):
-            entitled = (signer_rec.device == record.device if record.device is not None and signer_rec.device
-                        is not None else record.subject is not None and signer_rec.subject == record.subject)
-        if not entitled:
-            raise NotFoundError(f"signer {signer.subject.rfc4514_string()} may not read certificate "
-                                f"{serial_hex(serial)}", reason=RejectReason.BAD_CERT_ID)
-        return cert
-
     async def _refused(self, req: EnrollRequest, requester: Requester, exc: CAError, csr_sha: str,
                        failed_keys: Sequence[tuple[str, str]]) -> None:
         """A refusal's one write: the throttle's failure keys and the audit row (sampled when the
@@ -449,42 +425,6 @@ class Issuer(Authentication, Lifecycle):
             return Issued(x509.load_der_x509_certificate(prior[0].der), chain.chain, prior[0].serial, replayed=True)
         self._log(log_values)
         return Issued(cert, chain.chain, cert.serial_number)
-
-    async def adopt(self, cert: x509.Certificate, profile_name: str, *, by: Actor = None,
-                    channel: Channel = Channel.ADMIN) -> CertRecord:
-        """Record a certificate one of our CAs signed outside the ledger (``enroll certs import``:
-        the development PKI's example client, certificates from before the ledger existed), so
-        that it authenticates, appears on CRLs and OCSP, and can be revoked like any other.
-
-        Refused when no CA of ours signed it or its serial is already recorded. With ``channel``
-        :attr:`Channel.IMPORT` it records one from another instance's verified bundle (``enroll import``).
-        """
-        profile = self.profile(profile_name)
-        ca = await self._ca_for_certificate(cert)
-        if ca is None:
-            raise CAError("the certificate was not signed by any CA of this server")
-        der = cert.public_bytes(serialization.Encoding.DER)
-        spki = spki_sha256(cert.public_key())
-        who = actor(by) or Requester(AuthMethod.OPERATOR, "")
-        row_id = await self.ledger.reserve_serial(
-            issuer=ca.name, serial=cert.serial_number, profile=profile.name, channel=channel.value,
-            **dict(requester_columns(who), auth_method=AuthMethod.OPERATOR.value), csr_sha256=sha256_hex(der),
-            spki_sha256=spki, transaction_id=None, renews_serial=None)
-        if row_id is None:
-            raise CAError(f"serial {serial_hex(cert.serial_number)} of CA {ca.name!r} is already recorded")
-        sans = sans_of(cert.extensions)
-        device = device_key(profile.name, cert.subject, sans)
-        audit = dict(event="adopt" if channel is Channel.ADMIN else "import", ok=True, channel=channel.value, profile=profile.name,
-                     requester=describe(who), reason="recorded", csr_sha256=None, serial=cert.serial_number,
-                     detail={"device": device, "sha256": sha256_hex(der)})
-        await self.ledger.store_issued(
-            row_id, der=der, subject=cert.subject.rfc4514_string(), not_before=cert.not_valid_before_utc.timestamp(),
-            not_after=cert.not_valid_after_utc.timestamp(), audit=audit, device=device, device_profile=profile.name,
-            sans=sans)
-        self._log(audit)
-        record = await self.ledger.find_by_serial(ca.name, cert.serial_number)
-        assert record is not None
-        return record
 
     async def release_serials(self) -> int:
         """Give back the serials this process reserved and did not use (graceful stop)."""
