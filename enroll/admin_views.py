@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.ledger import AuditRecord, CertRecord, DeviceRecord, PendingRecord, serial_hex
+from ca.records import StoredRequester
 from ca.names import sans_of
 from ca.profile import key_type_of
 
@@ -33,6 +34,11 @@ def cert_state(r: CertRecord, now: float | None = None) -> str:
     return r.state(now).value
 
 
+def _method(who: StoredRequester) -> str | None:
+    """How the requester authenticated, as JSON (None: a method this version does not know)."""
+    return who.method.value if who.method is not None else None
+
+
 def cert_json(r: CertRecord, now: float | None = None) -> dict[str, Any]:
     """The list view of a certificate."""
     return {
@@ -40,8 +46,9 @@ def cert_json(r: CertRecord, now: float | None = None) -> dict[str, Any]:
         "subject": r.subject, "state": cert_state(r, now), "not_before": iso(r.not_before),
         "not_after": iso(r.not_after), "issued_at": iso(r.issued_at), "revoked_at": iso(r.revoked_at),
         "revocation_reason": r.revocation_reason, "retired": r.retired, "channel": r.channel,
-        "requester": r.requester.principal, "auth_method": r.requester.method,
-        "requester_evidence": r.requester.evidence, "renews": serial_hex(r.renews_serial) if r.renews_serial is not None else None,
+        "requester": r.requester.principal, "auth_method": _method(r.requester),
+        "requester_evidence": r.requester.evidence,
+        "renews": serial_hex(r.renews_serial) if r.renews_serial is not None else None,
     }
 
 
@@ -80,7 +87,7 @@ def pending_json(p: PendingRecord) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - shown for information only; the CSR was checked at request time
         pass
     return {"id": p.id, "profile": p.profile, "status": p.status, "channel": p.channel,
-            "requester": p.requester.principal, "auth_method": p.requester.method,
+            "requester": p.requester.principal, "auth_method": _method(p.requester),
             "subject": p.subject, "sans": sans, "csr_sha256": p.csr_sha256, "transaction_id": p.transaction_id,
             "created_at": iso(p.created_at), "decided_at": iso(p.decided_at), "decided_by": p.decided_by,
             "reason": p.reason, "serial": serial_hex(p.serial) if p.serial is not None else None}
