@@ -1,6 +1,7 @@
 """Thin aiohttp handlers for EST (RFC 7030 §3.2): routing, method and size checks, extraction of
 TLS facts and Basic credentials, and rendering of :class:`EstResponse` / :class:`EstError`.
-Every rule lives in ``est/service.py``."""
+Every rule lives in ``est/service.py`` and the modules it calls (est/pop.py, est/csrattrs.py,
+est/serverkeygen.py)."""
 
 from __future__ import annotations
 
