@@ -286,7 +286,8 @@ async def test_expiring_lists_soonest_first_and_skips_revoked(issuer: Issuer) ->
     assert [r.serial for r in rows] == [soon.serial]
     assert later.serial not in [r.serial for r in await issuer.expiring(3000 * 86400, profile="gateway")]
     counts = await issuer.ledger.counts_by_profile(time.time(), [time.time() + 7 * 86400, time.time() + 30 * 86400])
-    assert counts["gateway"] == {"valid": 1, "revoked": 1, "expiring_0": 1, "expiring_1": 1}
+    assert counts["gateway"] == {"valid": 1, "on_hold": 0, "revoked": 1, "expired": 0, "retired": 0,
+                                 "expiring_0": 1, "expiring_1": 1}
     assert counts["sensor"]["expiring_1"] == 0
 
 
