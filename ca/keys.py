@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
 )
 
-from ca import tbs
+from ca import pemfile, tbs
 from ca.errors import ConfigError
 
 
@@ -149,14 +149,7 @@ def probe(key: Signer, key_name: str, *, decrypt: bool = False) -> None:
 
 def write_private_key(path: Path, key: CertificateIssuerPrivateKeyTypes, passphrase: bytes | None = None) -> None:
     """Write a PEM PKCS#8 key readable by the owner only."""
-    enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    pemfile.write(path, pemfile.key_pem(key, passphrase), private=True)
 
 
 def _builder_fields(builder: x509.CertificateBuilder) -> dict[str, Any]:

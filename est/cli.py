@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from ca import pemfile
 from est import asn1, serverkeygen_cms
 from est.client import CsrInput, EnrollmentPending, EnrollResult, EstClient, build_csr
 from est.errors import EstError
@@ -36,28 +37,12 @@ def _run(coro: Awaitable[T]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
-def _pem_certs(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-def _write(path: Path | None, data: bytes, *, private: bool = False) -> None:
-    if path is None or str(path) == "-":
-        click.echo(data.decode("ascii"), nl=False)
-        return
-    if private:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    else:
-        path.write_bytes(data)
-
-
 def _write_issued(cert: x509.Certificate, chain: tuple[x509.Certificate, ...], out: Path | None,
                   chain_out: Path | None) -> None:
     """The issued certificate to ``--out`` and every returned certificate to ``--chain-out`` (PEM)."""
-    _write(out, _pem_certs([cert]))
+    pemfile.write(out, pemfile.pem([cert]))
     if chain_out:
-        _write(chain_out, _pem_certs(chain))
+        pemfile.write(chain_out, pemfile.pem(chain))
 
 
 async def _post_csr(opts: dict[str, Any], pop: bool, factory: CsrInput, *, renewal: bool = False) -> EnrollResult:
@@ -84,8 +69,7 @@ def _load_or_create_key(path: Path, key_type: str) -> CertificateIssuerPrivateKe
         new = ed25519.Ed25519PrivateKey.generate()
     else:
         new = ec.generate_private_key(ec.SECP256R1())
-    _write(path, new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()), private=True)
+    pemfile.write(path, pemfile.key_pem(new), private=True)
     return new
 
 
@@ -171,7 +155,7 @@ def cacerts_cmd(out: Path | None, **opts: Any) -> None:
         async with _client(opts) as c:
             return await c.cacerts()
 
-    _write(out, _pem_certs(_run(go())))
+    pemfile.write(out, pemfile.pem(_run(go())))
 
 
 @est.command("csrattrs")
@@ -344,10 +328,8 @@ def serverkeygen_cmd(subject: str, san: tuple[str, ...], key_out: Path, out: Pat
             return await c.serverkeygen(csr, kek=kek, decrypt_key=decrypt_key)
 
     result = _run(go())
-    _write(key_out, result.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()), private=True)
-    _write(out, _pem_certs([result.certificate]))
+    pemfile.write(key_out, pemfile.key_pem(result.private_key), private=True)
+    pemfile.write(out, pemfile.pem([result.certificate]))
 
 
 @est.command("fullcmc")
@@ -387,8 +369,7 @@ async def _enroll_from_template(key_path: Path, subject: x509.Name | None, sans:
             template.check_key(tmpl, key)
         else:
             key = template.key_for(tmpl)
-            _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), private=True)
+            pemfile.write(key_path, pemfile.key_pem(key), private=True)
         # Checked once before anything is sent, then rebuilt per TLS session when PoP-linked.
         template.fill(tmpl, key, subject=subject, sans=sans)
         return await c.enroll(lambda challenge: template.fill(tmpl, key, subject=subject, sans=sans,

@@ -8,7 +8,6 @@ Certificates are written as PEM; new private keys with mode 0600.
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ca import pemfile
 from scep.asn1 import MessageType, PkiStatus
 from scep.client import ScepClient, ScepClientError, ScepResult, simple_csr
 from scep.errors import ScepError
@@ -40,22 +40,6 @@ def _client(url: str, ca_file: Path | None, legacy: bool) -> ScepClient:
     return ScepClient(url, ssl_context=ctx, allow_legacy=legacy)
 
 
-def _pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
-def _write(path: Path | None, data: bytes, *, private: bool = False) -> None:
-    if path is None or str(path) == "-":
-        click.echo(data.decode("ascii"), nl=False)
-        return
-    if private:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    else:
-        path.write_bytes(data)
-
-
 def _rsa_key(path: Path, bits: int) -> rsa.RSAPrivateKey:
     """Load the RSA key at ``path`` or create it (SCEP key transport needs RSA, RFC 8894 §2.1)."""
     if path.exists():
@@ -64,17 +48,16 @@ def _rsa_key(path: Path, bits: int) -> rsa.RSAPrivateKey:
             raise click.ClickException(f"{path}: SCEP needs an RSA key")
         return key
     key = rsa.generate_private_key(65537, bits)
-    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()), private=True)
+    pemfile.write(path, pemfile.key_pem(key), private=True)
     return key
 
 
 def _finish(result: ScepResult, out: Path | None) -> None:
     if result.status is PkiStatus.SUCCESS:
         if result.crls:
-            _write(out, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in result.crls))
+            pemfile.write(out, pemfile.pem(result.crls))
         else:
-            _write(out, _pem(result.certificates))
+            pemfile.write(out, pemfile.pem(result.certificates))
         return
     if result.status is PkiStatus.PENDING:
         raise click.ClickException(f"PENDING (transactionID {result.transaction_id}): poll again later")
@@ -117,7 +100,7 @@ def caps_cmd(url: str, ca_file: Path | None, legacy: bool) -> None:
 @click.argument("url")
 def cacert_cmd(url: str, ca_file: Path | None, legacy: bool, out: Path | None) -> None:
     """GetCACert: RA and CA certificates, in the server's order."""
-    _write(out, _pem(_run(_client(url, ca_file, legacy).get_ca_cert())))
+    pemfile.write(out, pemfile.pem(_run(_client(url, ca_file, legacy).get_ca_cert())))
 
 
 @scep.command("enroll")
