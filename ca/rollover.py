@@ -133,6 +133,13 @@ class NextCA:
         return tuple(c for c in (self.old_with_new, self.new_with_old) if c is not None)
 
 
+def _validity(old: x509.Certificate, days: int | None, now: dt.datetime | None) -> tuple[dt.datetime, dt.timedelta]:
+    """Where the next CA's validity starts (five minutes back, for clock skew) and how long it
+    lasts: ``days``, or as long as ``old`` did."""
+    start = (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(minutes=5)
+    return start, dt.timedelta(days=days) if days else old.not_valid_after_utc - old.not_valid_before_utc
+
+
 def next_root(old: x509.Certificate, old_signer: Signer, *, key_type: str | None = None, days: int | None = None,
               cn: str | None = None, now: dt.datetime | None = None) -> NextCA:
     """The next root and both link certificates (RFC 4210 §4.4). The new root lives as long as
@@ -141,9 +148,7 @@ def next_root(old: x509.Certificate, old_signer: Signer, *, key_type: str | None
         raise CAError("the current CA certificate is not self-signed: roll it over as an issuing CA")
     if old_signer.public_key() != old.public_key():
         raise CAError("the key does not match the current CA certificate")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    start = now - dt.timedelta(minutes=5)
-    life = dt.timedelta(days=days) if days else old.not_valid_after_utc - old.not_valid_before_utc
+    start, life = _validity(old, days, now)
     key = new_key(key_type or key_type_of(old.public_key()))
     signer = FileKey(key)
     subject = with_cn(old.subject, cn)
@@ -170,9 +175,7 @@ def next_issuing(old: x509.Certificate, parent: x509.Certificate, parent_signer:
         raise CAError("the parent certificate is not the issuer of the current CA certificate")
     if parent_signer.public_key() != parent.public_key():
         raise CAError("the parent key does not match the parent certificate")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    start = now - dt.timedelta(minutes=5)
-    life = dt.timedelta(days=days) if days else old.not_valid_after_utc - old.not_valid_before_utc
+    start, life = _validity(old, days, now)
     end = min(start + life, parent.not_valid_after_utc)
     key = new_key(key_type or key_type_of(old.public_key()))
     cert = ca_certificate(subject=with_cn(old.subject, cn), public_key=key.public_key(), issuer=parent.subject,
