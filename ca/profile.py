@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -90,8 +88,6 @@ class Profile:
     backdate_seconds: int = 300
     crl_distribution_point: bool = True  # RFC 5280 §4.2.1.13, from [cas.NAME] crl_url
     authority_info_access: bool = True  # RFC 5280 §4.2.2.1: OCSP and caIssuers URLs
-    est: Mapping[str, Any] = field(default_factory=dict)
-    scep: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def manual(self) -> bool:

@@ -163,7 +163,7 @@ def _static_challenges(config: Config) -> dict[str, str]:
         from scep.settings import scep_profiles
     except ModuleNotFoundError:
         return {}
-    return {name: p.challenge_hash for name, p in scep_profiles(config.profiles).items() if p.challenge_hash}
+    return {name: p.challenge_hash for name, p in scep_profiles(config.profile_scep).items() if p.challenge_hash}
 
 
 def validate(config: Config) -> None:
@@ -188,7 +188,7 @@ def config_warnings(config: Config) -> list[str]:
     except ModuleNotFoundError:
         return out
     settings = parse_global(config.scep)
-    profiles = scep_profiles(config.profiles)
+    profiles = scep_profiles(config.profile_scep)
     if profiles and not settings.ra_cert:
         for ca in sorted({config.profiles[p].ca for p in profiles}):
             users = ", ".join(sorted(p for p in profiles if config.profiles[p].ca == ca))

@@ -5,8 +5,8 @@ Paths inside the file are relative to the file's own directory. This module hold
 and ``[log]``; ``enroll/config_cas.py`` parses ``[cas]`` and ``[pkcs11]``,
 ``enroll/config_admin.py`` ``[admin]``, and ``enroll/config_toml.py`` holds the typed getters
 they share. Protocol-specific tables (``[est]``, ``[scep]``, ``[profiles.NAME.est]``,
-``[profiles.NAME.scep]``) are kept raw here and validated by ``enroll.est_mount`` /
-``enroll.scep_mount``.
+``[profiles.NAME.scep]``) are kept raw here, apart from the protocol-neutral :class:`ca.profile.Profile`,
+and validated by ``est.settings`` / ``scep.settings`` through ``enroll.est_mount`` / ``enroll.scep_mount``.
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ class Config:
     profiles: Mapping[str, Profile]
     est: Mapping[str, Any] = field(default_factory=dict)
     scep: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[profiles.NAME.est]`` / ``[profiles.NAME.scep]`` by profile name (only where present), raw
+    profile_est: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    profile_scep: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_level: str = "info"
     admin: AdminConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
@@ -153,8 +156,6 @@ def _profile(name: str, t: Mapping[str, Any], cas: Mapping[str, CAConfig]) -> Pr
         allow_legacy_digests=get(t, "allow_legacy_digests", bool, path, False),
         crl_distribution_point=get(t, "crl_distribution_point", bool, path, True),
         authority_info_access=get(t, "authority_info_access", bool, path, True),
-        est=table(t, "est", path + "."),
-        scep=table(t, "scep", path + "."),
     )
     validate_profile(p)
     return p
@@ -280,8 +281,11 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         if n not in trust:
             raise ConfigError("tls.client_trust", f"no trust store named {n!r}")
 
-    profiles = {name: _profile(name, pt if isinstance(pt, dict) else {}, cas)
-                for name, pt in table(raw, "profiles", "", required=True).items()}
+    profile_tables = {name: pt if isinstance(pt, dict) else {}
+                      for name, pt in table(raw, "profiles", "", required=True).items()}
+    profiles = {name: _profile(name, pt, cas) for name, pt in profile_tables.items()}
+    protocol = {kind: {name: t for name, pt in profile_tables.items() if (t := table(pt, kind, f"profiles.{name}."))}
+                for kind in ("est", "scep")}
     if not profiles:
         raise ConfigError("profiles", "define at least one profile")
     # CA rollover: once a successor is activated, the profiles of the old CA issue from it
@@ -297,5 +301,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     pkcs11 = parse_pkcs11(raw, base, cas)
     return Config(path=path, base_dir=base, server=server, tls=tls, ledger_url=ledger_url, cas=cas, users=users,
                   trust=trust, profiles=profiles, est=table(raw, "est", ""), scep=table(raw, "scep", ""),
-                  log_level=level, admin=parse_admin(raw, base, tls.client_trust, trust, profiles, cas), raw=raw,
+                  profile_est=protocol["est"], profile_scep=protocol["scep"], log_level=level,
+                  admin=parse_admin(raw, base, tls.client_trust, trust, protocol["est"], cas), raw=raw,
                   trust_crl=trust_crl, pkcs11=pkcs11)

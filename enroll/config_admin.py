@@ -14,7 +14,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ca.errors import ConfigError
-from ca.profile import Profile
 from enroll.config_cas import CAConfig
 from enroll.config_toml import check_keys, get, load_certs, load_crl, resolve, secret_hashes, str_list, table
 
@@ -32,9 +31,10 @@ class AdminConfig:
 
 
 def parse_admin(raw: Mapping[str, Any], base: Path, tls_client_trust: tuple[str, ...],
-                trust: Mapping[str, tuple[Path, ...]], profiles: Mapping[str, Profile],
+                trust: Mapping[str, tuple[Path, ...]], profile_est: Mapping[str, Mapping[str, Any]],
                 cas: Mapping[str, CAConfig]) -> AdminConfig | None:
-    """``[admin]``: absent means no admin API and no admin page (fail closed)."""
+    """``[admin]``: absent means no admin API and no admin page (fail closed). ``profile_est``:
+    the ``[profiles.NAME.est]`` tables, whose ``client_trust`` stores admins may not share."""
     if "admin" not in raw:
         return None
     a = table(raw, "admin", "")
@@ -46,13 +46,13 @@ def parse_admin(raw: Mapping[str, Any], base: Path, tls_client_trust: tuple[str,
             raise ConfigError("admin.client_trust", f"no trust store named {n!r}")
         if n not in in_handshake:
             raise ConfigError("admin.client_trust", f"trust store {n!r} must also be listed in tls.client_trust")
-        for prof in profiles.values():
-            if n in (prof.est.get("client_trust") or ()):
+        for pname, est in profile_est.items():
+            if n in (est.get("client_trust") or ()):
                 raise ConfigError("admin.client_trust", f"trust store {n!r} also authenticates devices "
-                                  f"(profiles.{prof.name}.est.client_trust); admins need a separate store")
+                                  f"(profiles.{pname}.est.client_trust); admins need a separate store")
     tokens = secret_hashes(table(a, "tokens", "admin."), "admin.tokens", "hash",
                            "`enroll admin token` or `enroll hash-secret`")
-    _check_admin_anchors_separate(raw, base, client_trust, trust, profiles, cas)
+    _check_admin_anchors_separate(raw, base, client_trust, trust, profile_est, cas)
     fingerprints = set()
     for fp in str_list(a, "allowed_fingerprints", "admin"):
         norm = fp.replace(":", "").strip().lower()
@@ -78,7 +78,8 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def _check_admin_anchors_separate(raw: Mapping[str, Any], base: Path, client_trust: tuple[str, ...],
-                                  trust: Mapping[str, tuple[Path, ...]], profiles: Mapping[str, Profile],
+                                  trust: Mapping[str, tuple[Path, ...]],
+                                  profile_est: Mapping[str, Mapping[str, Any]],
                                   cas: Mapping[str, CAConfig]) -> None:
     """No certificate that anchors admin client authentication may also be a CA we issue from or
     an anchor that authenticates devices (EST client_trust, SCEP's RA), compared by certificate
@@ -90,12 +91,12 @@ def _check_admin_anchors_separate(raw: Mapping[str, Any], base: Path, client_tru
         for path, key in [(c.cert, f"cas.{name}.cert"), *((p, f"cas.{name}.chain") for p in c.chain)]:
             for cert in load_certs(path, key):
                 device.setdefault(fingerprint(cert), f"[cas.{name}] ({path.name})")
-    for prof in profiles.values():
-        for store in prof.est.get("client_trust") or ():
+    for pname, est in profile_est.items():
+        for store in est.get("client_trust") or ():
             for path in trust.get(store, ()):
                 for cert in load_certs(path, f"trust.{store}.certs"):
                     device.setdefault(fingerprint(cert), f"trust store {store!r} "
-                                      f"(profiles.{prof.name}.est.client_trust)")
+                                      f"(profiles.{pname}.est.client_trust)")
     scep = raw.get("scep")
     ra_cert = scep.get("ra_cert") if isinstance(scep, dict) else None
     if isinstance(ra_cert, str):

@@ -21,6 +21,7 @@ def settings(config: Any) -> EstSettings:
     return parse_settings(
         config.est,
         config.profiles,
+        config.profile_est,
         trust_names=tuple(config.trust),
         resolve=config.resolve,
         server_max_body=config.server.max_body_bytes,

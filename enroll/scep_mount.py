@@ -96,7 +96,7 @@ def _load_ras(config: Config, settings: ScepGlobal, profiles: dict[str, ScepProf
 
 def _settings(config: Config) -> tuple[ScepGlobal, dict[str, ScepProfile]]:
     settings = parse_global(config.scep)
-    profiles = scep_profiles(config.profiles)
+    profiles = scep_profiles(config.profile_scep)
     if settings.default_profile is not None and settings.default_profile not in profiles:
         raise ConfigError("scep.default_profile",
                           f"{settings.default_profile!r} is not a profile with a [profiles.NAME.scep] table")

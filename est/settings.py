@@ -100,7 +100,6 @@ class ProfileLike(Protocol):
     subject_require: tuple[str, ...]
     subject_force: tuple[tuple[str, str], ...]
     san_allow: tuple[str, ...]
-    est: Mapping[str, Any]
 
 
 def _strs(value: Any, key: str) -> tuple[str, ...]:
@@ -127,6 +126,7 @@ def _load_pem_certs(path: Path, key: str) -> list[x509.Certificate]:
 
 def parse_rule(
     profile: ProfileLike,
+    table: Mapping[str, Any],
     *,
     trust_names: Sequence[str],
     resolve: Any = Path,
@@ -134,7 +134,6 @@ def parse_rule(
 ) -> LabelRule:
     """Validate one ``[profiles.NAME.est]`` table (fail closed: ``auth`` is required)."""
     key = f"profiles.{profile.name}.est"
-    table = profile.est
     unknown = set(table) - _PROFILE_KEYS
     if unknown:
         raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key")
@@ -239,6 +238,7 @@ def parse_rule(
 def parse_settings(
     est: Mapping[str, Any],
     profiles: Mapping[str, ProfileLike],
+    tables: Mapping[str, Mapping[str, Any]],
     *,
     trust_names: Sequence[str],
     resolve: Any = Path,
@@ -247,17 +247,19 @@ def parse_settings(
     tls_key: Path | None = None,
     pkcs11: Any = None,
 ) -> EstSettings:
-    """Validate ``[est]`` and the per-profile tables into :class:`EstSettings` (``pkcs11``: the
-    ``[pkcs11]`` settings, for a serverkeygen signer named by a pkcs11: URI)."""
+    """Validate ``[est]`` and the per-profile tables (``tables``: ``[profiles.NAME.est]`` by profile
+    name) into :class:`EstSettings` (``pkcs11``: the ``[pkcs11]`` settings, for a serverkeygen
+    signer named by a pkcs11: URI)."""
     unknown = set(est) - _EST_KEYS
     if unknown:
         raise ConfigError(f"est.{sorted(unknown)[0]}", "unknown key")
     rules: dict[str, LabelRule] = {}
     by_profile: dict[str, LabelRule] = {}
     for name, profile in profiles.items():
-        if not profile.est:
+        if not tables.get(name):
             continue
-        rule = parse_rule(profile, trust_names=trust_names, resolve=resolve, profile_names=tuple(profiles))
+        rule = parse_rule(profile, tables[name], trust_names=trust_names, resolve=resolve,
+                          profile_names=tuple(profiles))
         by_profile[name] = rule
         for label in rule.labels:
             if label in rules:
@@ -306,7 +308,7 @@ def parse_settings(
             raise ConfigError(key_name, "the serverkeygen signer key does not match its certificate")
     for name in by_profile:
         # KEKs are secret keys like any other: mode 0600 (parse_rule has read them already).
-        for kid, kek_path in (profiles[name].est.get("serverkeygen_keks") or {}).items():
+        for kid, kek_path in (tables[name].get("serverkeygen_keks") or {}).items():
             check_key_file_mode(Path(resolve(kek_path)), f"profiles.{name}.est.serverkeygen_keks.{kid}")
     return EstSettings(rules=rules, realm=realm, line_length=line_length, max_body_bytes=max_body,
                        signer_cert=signer_cert, signer_key=signer_key)

@@ -225,11 +225,7 @@ def parse_profile(name: str, table: Mapping[str, Any]) -> ScepProfile:
     )
 
 
-def scep_profiles(profiles: Mapping[str, Any]) -> dict[str, ScepProfile]:
-    """The SCEP settings of every profile that has a ``scep`` table (others are not served)."""
-    out: dict[str, ScepProfile] = {}
-    for name, profile in profiles.items():
-        table = getattr(profile, "scep", None)
-        if table:
-            out[name] = parse_profile(name, table)
-    return out
+def scep_profiles(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, ScepProfile]:
+    """The SCEP settings of every profile that has a ``[profiles.NAME.scep]`` table (``tables``,
+    by profile name); other profiles are not served."""
+    return {name: parse_profile(name, table) for name, table in tables.items() if table}

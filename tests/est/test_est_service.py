@@ -29,7 +29,8 @@ class P:
 
 
 def settings(*profiles: P, est: dict[str, Any] | None = None) -> Any:
-    return parse_settings(est or {}, {p.name: p for p in profiles}, trust_names=("enroll",))
+    return parse_settings(est or {}, {p.name: p for p in profiles}, {p.name: p.est for p in profiles},
+                          trust_names=("enroll",))
 
 
 @pytest.mark.parametrize("table,key", [

@@ -62,7 +62,7 @@ def test_tls_key_signing_serverkeygen_is_checked_too(embedded: InitResult) -> No
 def test_serve_refuses_to_start_with_a_group_readable_kek(embedded: InitResult) -> None:
     prepare(embedded)
     os.chmod(embedded.config_path.parent / "kek-1.hex", 0o640)
-    assert load_config(embedded.config_path).profiles["skg"].est  # the profile is there
+    assert load_config(embedded.config_path).profile_est["skg"]  # the profile is there
     proc = subprocess.run([sys.executable, "-m", "enroll", "-c", str(embedded.config_path), "serve"],
                           capture_output=True, text=True, timeout=60, cwd=embedded.config_path.parent)
     out = proc.stdout + proc.stderr
