@@ -35,7 +35,7 @@ from ca.errors import CAError, RejectReason
 from est import asn1, quirks, serverkeygen, wire
 from est.csrattrs import csrattrs_items
 from est.pop import check_pop
-from est.settings import _AUTH, _PASSWORD_METHODS, EstSettings, LabelRule
+from est.settings import PASSWORD_METHODS, EstSettings, LabelRule
 from est.errors import (
     BadRequest,
     EstError,
@@ -216,7 +216,7 @@ class EstService:
             if req.signer is not None and req.signer != tls.peer_certificate:
                 raise cmc.CmcError("the PKIData is signed by a certificate other than the TLS client certificate",
                                    fail_info=cmc.FailInfo.BAD_IDENTITY, body_part=req.body_part_id)
-            cert_required = all("client-cert" in e for e in rule.auth)
+            cert_required = all(AuthMethod.TLS_CLIENT_CERT in e for e in rule.auth)
             try:
                 check_pop(rule.pop, csr, tls, tls.peer_certificate if cert_required else None)
             except EstError as err:
@@ -266,7 +266,7 @@ class EstService:
         is parsed and without touching the ledger (RFC 7030 §3.2.3, §3.3.2)."""
         if (creds is not None and not creds.malformed) or tls.peer_certificate is not None:
             return
-        if any(e & _PASSWORD_METHODS for e in rule.auth):
+        if any(e & PASSWORD_METHODS for e in rule.auth):
             raise Unauthorized("HTTP Basic authentication required", realm=self.settings.realm)
         raise Forbidden("a TLS client certificate is required for this label (RFC 7030 §3.3.2)")
 
@@ -274,7 +274,7 @@ class EstService:
         """What this request offers, for the core to verify against the label's methods."""
         usable = creds is not None and not creds.malformed
         return Claims(
-            accept=tuple(frozenset(_AUTH[m] for m in entry) for entry in rule.auth),
+            accept=rule.auth,
             user=creds.user if usable and creds is not None else None,
             password=creds.password if usable and creds is not None else None,
             certificate=tls.peer_certificate if rule.client_trust else None,
@@ -343,7 +343,7 @@ class EstService:
         try:
             self.precheck(rule, tls, creds)
             csr = self._csr(body, verify=False)  # the core verifies the signature, once
-            cert_required = all("client-cert" in e for e in rule.auth)
+            cert_required = all(AuthMethod.TLS_CLIENT_CERT in e for e in rule.auth)
             check_pop(rule.pop, csr, tls, tls.peer_certificate if cert_required else None)
         except EstError as err:
             await self._refuse("est-enroll", rule, err, None, csr, tls.remote)

@@ -32,10 +32,10 @@ METHODS: Mapping[str, str] = {
 }
 #: ``one-time``: a per-device credential (``enroll credentials new``) sent as HTTP Basic
 #: (RFC 7030 §3.2.3), bound to the profile and to the device the CSR names, spent by the issuance.
-AUTH_METHODS = ("basic", "client-cert", "one-time")
-_AUTH = {"basic": AuthMethod.BASIC, "client-cert": AuthMethod.TLS_CLIENT_CERT,
-         "one-time": AuthMethod.ONE_TIME_CREDENTIAL}
-_PASSWORD_METHODS = frozenset({"basic", "one-time"})  # methods carried as HTTP Basic
+AUTH_METHODS = {"basic": AuthMethod.BASIC, "client-cert": AuthMethod.TLS_CLIENT_CERT,
+                "one-time": AuthMethod.ONE_TIME_CREDENTIAL}
+#: The methods carried as HTTP Basic (RFC 7617).
+PASSWORD_METHODS = frozenset({AuthMethod.BASIC, AuthMethod.ONE_TIME_CREDENTIAL})
 
 
 class PopMode(enum.Enum):
@@ -66,7 +66,7 @@ class LabelRule:
 
     profile: str
     labels: tuple[str, ...]
-    auth: tuple[frozenset[str], ...]  # any entry satisfied; an entry needs all its methods
+    auth: tuple[frozenset[AuthMethod], ...]  # any entry satisfied; an entry needs all its methods
     client_trust: tuple[str, ...]
     client_profiles: tuple[str, ...] = ()  # profiles whose certificates authenticate (default: own)
     bind_identity: BindIdentity = BindIdentity.NONE
@@ -146,11 +146,12 @@ def parse_rule(
                                          "'basic+client-cert'")
     entries = []
     for entry in _strs(table["auth"], f"{key}.auth"):
-        methods = frozenset(m.strip() for m in entry.split("+"))
-        bad = methods - set(AUTH_METHODS)
+        names = frozenset(m.strip() for m in entry.split("+"))
+        bad = names - set(AUTH_METHODS)
         if bad:
             raise ConfigError(f"{key}.auth", f"unknown method {sorted(bad)[0]!r} (use {', '.join(AUTH_METHODS)})")
-        if len(methods & _PASSWORD_METHODS) > 1:
+        methods = frozenset(AUTH_METHODS[m] for m in names)
+        if len(methods & PASSWORD_METHODS) > 1:
             raise ConfigError(f"{key}.auth", f"{entry!r}: 'basic' and 'one-time' are both HTTP Basic; list them "
                                              "as alternatives, not combined")
         entries.append(methods)
@@ -160,7 +161,7 @@ def parse_rule(
     for name in client_trust:
         if name not in trust_names:
             raise ConfigError(f"{key}.client_trust", f"no [trust.{name}] store")
-    if any("client-cert" in e for e in entries) and not client_trust:
+    if any(AuthMethod.TLS_CLIENT_CERT in e for e in entries) and not client_trust:
         raise ConfigError(f"{key}.client_trust", "auth 'client-cert' needs at least one trust store")
     client_profiles = _strs(table.get("client_profiles", [profile.name]), f"{key}.client_profiles")
     for name in client_profiles:

@@ -66,7 +66,6 @@ ALLOWED_TYPES = frozenset(
 )
 
 #: ``[profiles.NAME.scep] auth`` methods the core verifies (the webhook is a Claims voucher).
-_SCEP_AUTH = {"challenge": AuthMethod.CHALLENGE, "one-time": AuthMethod.ONE_TIME_CHALLENGE}
 
 #: POSTs the JSON body to ``url`` and returns True only on an explicit allow (scep/http.py).
 Webhook = Callable[[str, Mapping[str, Any], float, str | None], Awaitable[bool]]
@@ -280,10 +279,10 @@ class ScepService:
         one-time) and, last, the webhook's verdict (RFC 8894 §2.2)."""
         if renewal_of is not None:
             return Claims(accept=(frozenset({AuthMethod.RENEWAL_SIGNER}),), certificate=renewal_of, remote=remote)
-        accept = tuple(frozenset({_SCEP_AUTH[a]}) for a in profile.auth if a in _SCEP_AUTH)
+        accept = tuple(frozenset({a}) for a in profile.auth if a is not AuthMethod.WEBHOOK)
         challenge = challenge_password(csr)
         voucher = None
-        if "webhook" in profile.auth and self.webhook is not None and profile.webhook_url:
+        if AuthMethod.WEBHOOK in profile.auth and self.webhook is not None and profile.webhook_url:
             url, webhook = profile.webhook_url, self.webhook
             payload = {"profile": profile.name, "transaction_id": msg.transaction_id,
                        "csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "challenge": challenge,

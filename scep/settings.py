@@ -39,11 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ca.api import AuthMethod
 from ca.authz import is_secret_hash
 from ca.errors import ConfigError
 
 DEFAULT_PATHS = ("/scep", "/cgi-bin/pkiclient.exe", "/certsrv/mscep/mscep.dll")
-AUTH_METHODS = ("challenge", "one-time", "webhook")
+AUTH_METHODS = {"challenge": AuthMethod.CHALLENGE, "one-time": AuthMethod.ONE_TIME_CHALLENGE,
+                "webhook": AuthMethod.WEBHOOK}
 
 #: Content-encryption ciphers and digests every profile accepts (RFC 8894 §3.5.2 AES, SHA-2).
 MODERN_CIPHERS = frozenset({"aes128", "aes192", "aes256"})
@@ -88,7 +90,7 @@ class ScepProfile:
     """``[profiles.NAME.scep]``: how SCEP requesters of one profile authenticate."""
 
     name: str
-    auth: tuple[str, ...] = ()
+    auth: tuple[AuthMethod, ...] = ()
     challenge_hash: str | None = None
     allow_legacy: bool = False
     allow_md5: bool = False
@@ -199,12 +201,13 @@ def parse_profile(name: str, table: Mapping[str, Any]) -> ScepProfile:
         if a not in AUTH_METHODS:
             raise ConfigError(f"{where}.auth", f"unknown method {a!r}; use {', '.join(AUTH_METHODS)}")
     challenge_hash = _opt_str(table, "challenge_hash", where)
-    if "challenge" in auth and challenge_hash is None:
+    methods = tuple(AUTH_METHODS[a] for a in auth)
+    if AuthMethod.CHALLENGE in methods and challenge_hash is None:
         raise ConfigError(f"{where}.challenge_hash", 'required when auth lists "challenge"')
     if challenge_hash is not None and not is_secret_hash(challenge_hash):
         raise ConfigError(f"{where}.challenge_hash", "must be a hash from `enroll hash-secret`, not a secret")
     webhook_url = _opt_str(table, "webhook_url", where)
-    if "webhook" in auth and webhook_url is None:
+    if AuthMethod.WEBHOOK in methods and webhook_url is None:
         raise ConfigError(f"{where}.webhook_url", 'required when auth lists "webhook"')
     if webhook_url is not None:
         _check_webhook_url(webhook_url, f"{where}.webhook_url")
@@ -213,7 +216,7 @@ def parse_profile(name: str, table: Mapping[str, Any]) -> ScepProfile:
         raise ConfigError(f"{where}.webhook_timeout", "must be a number of seconds in (0, 60]")
     return ScepProfile(
         name=name,
-        auth=tuple(auth),
+        auth=methods,
         challenge_hash=challenge_hash,
         allow_legacy=_bool(table, "allow_legacy", where, False),
         allow_md5=_bool(table, "allow_md5", where, False),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from ca.api import CAChain
+from ca.api import AuthMethod, CAChain
 from ca.errors import ConfigError
 from enroll.pki import DevPKI
 from est import wire
@@ -77,7 +77,7 @@ def test_duplicate_label_and_bad_default() -> None:
     s = settings(P("a", {"labels": ["x"], "auth": ["basic+client-cert", "basic"], "client_trust": ["enroll"]}),
                  est={"default_profile": "a"})
     assert s.rules[""] is s.rules["x"]
-    assert s.rules["x"].auth == (frozenset({"basic", "client-cert"}), frozenset({"basic"}))
+    assert s.rules["x"].auth == (frozenset({AuthMethod.BASIC, AuthMethod.TLS_CLIENT_CERT}), frozenset({AuthMethod.BASIC}))
 
 
 class FakeIssuer:

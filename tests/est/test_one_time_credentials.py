@@ -152,7 +152,7 @@ async def test_one_time_credential_enrolls_once_from_two_nodes_on_postgresql(
 
 def test_one_time_label_config() -> None:
     s = settings(P("f", {"labels": ["f"], "auth": ["one-time"]}))
-    assert s.rules["f"].auth == (frozenset({"one-time"}),)
+    assert s.rules["f"].auth == (frozenset({AuthMethod.ONE_TIME_CREDENTIAL}),)
     with pytest.raises(ConfigError) as err:
         settings(P("f", {"labels": ["f"], "auth": ["basic+one-time"]}))
     assert err.value.key == "profiles.f.est.auth"
