@@ -10,12 +10,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.harness import stop_process, wait_port
+from tests.support import free_port
 
 
 def _bindir() -> Path | None:
@@ -26,19 +28,13 @@ def _bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Cluster:
     """A running throwaway cluster; ``url(db)`` gives a DSN for a database on it."""
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="enroll-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._n = 0
@@ -56,17 +52,8 @@ class Cluster:
             self._cmd(str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
                       "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"),
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    time.sleep(0.3)
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        raise RuntimeError(f"postgres did not start: {(self.dir / 'log').read_text()}")
+        wait_port(self.port, self.proc, self.dir / "log", "postgres", timeout=30)
+        time.sleep(0.3)
 
     def new_database(self) -> str:
         """Create an empty database and return its URL."""
@@ -88,12 +75,7 @@ class Cluster:
             # runuser does not forward SIGTERM to postgres: ask the postmaster itself to stop.
             subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
                                      "-w", "-t", "20", "stop"), capture_output=True, timeout=60)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

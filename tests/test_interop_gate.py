@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import missing_peer, require_tool
+from tests.support import missing_peer, require_tool
 
 ABSENT = "enroll-no-such-tool-7f3a"
 

@@ -23,7 +23,7 @@ from ca.ledger import serial_hex
 from enroll.app import build_issuer
 from enroll.config import load_config
 from enroll.setup import InitResult
-from tests.conftest import make_csr, request, require_tool
+from tests.support import make_csr, request, require_tool
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "command-ca" / "openssl-sign.py"
 

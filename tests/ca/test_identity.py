@@ -23,7 +23,7 @@ from ca.api import CertificatePolicy
 from ca.identity import RevocationSource
 from ca.issuer import Issuer
 from enroll.pki import DevPKI
-from tests.conftest import make_csr, request
+from tests.support import make_csr, request
 
 GATEWAY = CertificatePolicy(("enroll",), ("gateway",))
 BOOTSTRAP = CertificatePolicy(("manufacturer",), (), BindIdentity.SERIAL_NUMBER)

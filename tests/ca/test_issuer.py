@@ -13,8 +13,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ca.api import AuthMethod, Issued, Pending, Rejected, Requester
 from ca.errors import RejectReason
 from ca.issuer import Issuer
-from tests.conftest import make_csr, request, resign_csr, rsa_key
 from tests.lint import pkix_errors
+from tests.support import make_csr, request, resign_csr, rsa_key
 
 
 async def issued_count(issuer: Issuer) -> int:

@@ -26,7 +26,7 @@ from ca.names import device_key_of_certificate
 from enroll.app import build_issuer
 from enroll.config import Config
 from enroll.pki import DevPKI, Pair, make_cert
-from tests.conftest import make_csr, request
+from tests.support import make_csr, request
 
 ADMIN = Requester(AuthMethod.OPERATOR, "token:test-admin")
 

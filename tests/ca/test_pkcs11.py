@@ -29,8 +29,8 @@ from ca.keys import probe
 from ca.local import LocalCA
 from enroll.pki import DevPKI
 from enroll.setup import InitResult
-from tests.softhsm import softhsm_setup
 from tests.lint import pkix_errors
+from tests.softhsm import softhsm_setup
 
 PIN = "2468"
 TOKENS = 32
@@ -260,7 +260,7 @@ def test_token_key_signs_the_server_generated_key_package(softhsm: SoftHSM, dev_
 
 
 def _token_serverkeygen_signer(embedded: InitResult, softhsm: SoftHSM, uri: str, cert: x509.Certificate) -> None:
-    from tests.est.conftest import prepare
+    from tests.support import add_est_test_profiles
 
     (embedded.certs_dir / "skg-signer.pem").write_bytes(cert.public_bytes(Encoding.PEM))
     text = embedded.config_path.read_text()
@@ -269,7 +269,7 @@ def _token_serverkeygen_signer(embedded: InitResult, softhsm: SoftHSM, uri: str,
                                    f'serverkeygen_signer_key = "{uri}"\n')
     text += f'\n[pkcs11]\nmodule = "{softhsm.settings.module}"\npin_env = "ENROLL_TEST_PIN"\n'
     embedded.config_path.write_text(text)
-    prepare(embedded)  # the skg profile (serverkeygen with a KEK): the signer is needed and loaded
+    add_est_test_profiles(embedded)  # the skg profile (serverkeygen with a KEK): the signer is needed and loaded
 
 
 def test_config_check_loads_a_token_serverkeygen_signer(softhsm: SoftHSM, dev_pki: DevPKI,

@@ -22,9 +22,9 @@ from ca.names import check_subject_value, requested_sans, requested_subject
 from ca.profile import Profile, validate_profile
 from enroll.config import Config, load_config
 from enroll.setup import InitResult
-from tests.conftest import make_csr, request
 from tests.enroll.test_config import rewrite
 from tests.hardening.asn1gen import tlv
+from tests.support import make_csr, request
 
 #: A profile with no patterns, no opt-outs: only the rules every profile has.
 PLAIN = Profile(name="plain", ca="issuing", subject_allow=("CN", "O", "OU", "emailAddress"),

@@ -24,8 +24,8 @@ from enroll.setup import InitResult
 from est.wire import decode_certs_only
 from scep import cms
 from scep.client import ScepClient
-from tests.conftest import make_csr, request
-from tests.enroll.inproc import serve_inproc
+from tests.harness import serve_inproc
+from tests.support import make_csr, request
 
 
 def _cli(init: InitResult, *args: str) -> str:

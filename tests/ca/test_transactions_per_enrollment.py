@@ -33,7 +33,7 @@ def _name(cn: str) -> x509.Name:
 
 
 def _csr_body(cn: str, key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-    from tests.conftest import make_csr
+    from tests.support import make_csr
 
     csr, _ = make_csr(cn, key)
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))

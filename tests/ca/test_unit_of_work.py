@@ -24,7 +24,7 @@ _DER: list[bytes] = []  # one real certificate's DER: the issuer fixture lints e
 @pytest.fixture(autouse=True)
 async def _real_der(issuer: Issuer) -> None:
     from ca.api import Issued
-    from tests.conftest import make_csr, request
+    from tests.support import make_csr, request
 
     out = await issuer.issue(request(make_csr("uow")[0]))
     assert isinstance(out, Issued)

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from conformance import clauses, est_suite, scep_suite
 from conformance.cli import conformance
-from tests.conftest import ROOT, RunningServer
+from tests.harness import RunningServer
+from tests.support import ROOT
 
 KEYWORDS = {"MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT", "SHOULD", "SHOULD NOT", "RECOMMENDED",
             "NOT RECOMMENDED", "MAY", "OPTIONAL", "INTEROP", "—"}

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import ROOT, RunningServer
+from tests.harness import RunningServer
+
+from tests.support import ROOT
 
 
 def _run(*args: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:

@@ -20,24 +20,8 @@ from conformance.model import Interop
 from conformance.transport import Exchange
 from enroll.pki import DevPKI
 from enroll.setup import InitResult
-from tests.conftest import ROOT, RunningServer, start_server
-
-#: A label whose profile requires PoP linking (the same shape as tests/est/conftest.py's "pop").
-POP_PROFILE = """
-[profiles.popgw]
-ca = "issuing"
-validity_days = 30
-key_types = ["ec-p256", "rsa-2048"]
-key_usage = ["digital_signature"]
-extended_key_usage = ["client_auth"]
-[profiles.popgw.subject]
-allow = ["CN"]
-require = ["CN"]
-[profiles.popgw.est]
-labels = ["pop"]
-auth = ["basic"]
-pop = "tls-unique"
-"""
+from tests.harness import RunningServer, start_server
+from tests.support import EST_POP_PROFILE, ROOT
 
 
 def _with_pop_label(tls_min: str) -> Any:
@@ -46,20 +30,22 @@ def _with_pop_label(tls_min: str) -> Any:
         if tls_min != "1.2":
             assert 'min_version = "1.2"' in text
             text = text.replace('min_version = "1.2"', f'min_version = "{tls_min}"')
-        init.config_path.write_text(text + POP_PROFILE)
+        init.config_path.write_text(text + EST_POP_PROFILE)
     return edit
 
 
 @pytest.fixture
 def pop_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
     """`enroll serve` with a PoP-linked label "pop" (TLS 1.2 allowed)."""
-    yield from start_server(tmp_path, dev_pki, _with_pop_label("1.2"))
+    with start_server(tmp_path, dev_pki, _with_pop_label("1.2")) as srv:
+        yield srv
 
 
 @pytest.fixture
 def pop_server_tls13(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
     """The same, but the listener accepts TLS 1.3 only."""
-    yield from start_server(tmp_path, dev_pki, _with_pop_label("1.3"))
+    with start_server(tmp_path, dev_pki, _with_pop_label("1.3")) as srv:
+        yield srv
 
 
 def run_suite(srv: RunningServer, *args: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:

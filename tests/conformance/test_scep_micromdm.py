@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from tests.conftest import ROOT, missing_peer, require_tool
+from tests.support import ROOT, missing_peer, require_tool
 
 pytestmark = pytest.mark.interop
 

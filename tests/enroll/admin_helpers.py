@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,45 +19,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authz import hash_secret
-from enroll.config import Config, load_config
 from enroll.pki import DevPKI, Pair, make_cert
-from enroll.setup import InitResult, init_directory
-from tests.conftest import enroll_serve, free_port
+from enroll.setup import InitResult
+from tests.harness import RunningServer, client_ssl, start_server
 
 TOKEN = "admin-token-for-tests-0123456789abcdef"
 
 
 @dataclass
-class AdminServer:
+class AdminServer(RunningServer):
     """`enroll serve` with the admin API enabled (token ``TOKEN``, admin client CA)."""
 
-    init: InitResult
-    config: Config
-    https_port: int
-    http_port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
     admin: Pair  # an admin client certificate (trust store "admin")
     admin_ca: Pair
 
-    @property
-    def base_https(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-    @property
-    def base_http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
     def ssl_context(self, client: Pair | None = None, tmp: Path | None = None) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.init.certs_dir / "root-ca.pem"))
-        if client is not None:
-            d = tmp or self.init.certs_dir
-            cert, key = d / "client-under-test.pem", d / "client-under-test.key"
-            cert.write_bytes(client.cert.public_bytes(serialization.Encoding.PEM))
-            key.write_bytes(client.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-            ctx.load_cert_chain(str(cert), str(key))
-        return ctx
+        """Trusts the dev root; presents ``client`` (written under ``tmp``, else the certs dir)."""
+        return client_ssl(self.ca_bundle, client, tmp or self.init.certs_dir)
 
     def call(self, method: str, path: str, body: Any = None, *, token: str | None = TOKEN,
              headers: dict[str, str] | None = None, raw: bytes | None = None, https: bool = True,
@@ -87,13 +63,9 @@ class AdminServer:
         status, _, payload = self.call(method, "/admin/api/v1" + path, body, **kw)
         return status, payload
 
-    def enroll(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "enroll", "-c", str(self.init.config_path), *args],
-                              capture_output=True, text=True, check=check, timeout=120)
-
     def est_enroll(self, label: str, csr: x509.CertificateSigningRequest) -> tuple[int, bytes]:
         """POST /.well-known/est/<label>/simpleenroll with the EST user's password."""
-        auth = base64.b64encode(f"{self.init.est_user}:{self.init.est_password}".encode()).decode()
+        auth = base64.b64encode(self.userpass.encode()).decode()
         status, _, payload = self.call(
             "POST", f"/.well-known/est/{label}/simpleenroll", token=None,
             raw=base64.b64encode(csr.public_bytes(serialization.Encoding.DER)),
@@ -148,11 +120,14 @@ def admin_server(base: Path, dev_pki: DevPKI, *, admin: bool = True,
                  edit: Callable[[InitResult, str], str] | None = None) -> Iterator[AdminServer]:
     """Start `enroll serve` on free ports with [admin] (or without, for the fail-closed tests);
     ``edit`` may change the config text before the server starts."""
-    https_port, http_port = free_port(), free_port()
-    init = init_directory(base / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    if edit is not None:
-        init.config_path.write_text(edit(init, init.config_path.read_text()))
-    admin_ca, admin_pair = write_admin_config(init, dev_pki, admin=admin)
-    log = base / "serve.log"
-    with enroll_serve(init.config_path, http_port, log) as proc:
-        yield AdminServer(init, load_config(init.config_path), https_port, http_port, proc, log, admin_pair, admin_ca)
+    pairs: list[Pair] = []
+
+    def configure(init: InitResult) -> None:
+        if edit is not None:
+            init.config_path.write_text(edit(init, init.config_path.read_text()))
+        pairs.extend(write_admin_config(init, dev_pki, admin=admin))
+
+    with start_server(base, dev_pki, configure) as srv:
+        admin_ca, admin_pair = pairs
+        yield AdminServer(srv.init, srv.config, srv.https_port, srv.http_port, srv.process, srv.log_path,
+                          admin_pair, admin_ca)

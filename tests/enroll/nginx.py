@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port, require_tool
+from tests.harness import Loopback, stop_process, wait_port
+from tests.support import ROOT, free_port, require_tool
 
 PACKAGING = ROOT / "packaging" / "nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -25,18 +24,10 @@ PROXY_SOURCE = "127.0.0.2"
 
 
 @dataclass(frozen=True)
-class Nginx:
+class Nginx(Loopback):
     https_port: int
     http_port: int
     log: Path
-
-    @property
-    def base_https(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-    @property
-    def base_http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
 
 
 def render(conf: str, *, https_port: int, http_port: int, tls_nodes: Sequence[int], plain_nodes: Sequence[int],
@@ -62,19 +53,6 @@ def render(conf: str, *, https_port: int, http_port: int, tls_nodes: Sequence[in
         if f"upstream {name} " in text:
             upstream(name, ports)
     return text
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nginx did not listen on {port}: {log.read_text()}")
 
 
 @contextmanager
@@ -103,13 +81,8 @@ def nginx(work: Path, packaging_file: str, *, tls_nodes: Sequence[int], plain_no
     with open(log, "wb") as out:
         proc = subprocess.Popen([exe, "-p", str(work), "-c", str(main)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_port(https_port, proc, log)
-        _wait_port(http_port, proc, log)
+        wait_port(https_port, proc, log, "nginx")
+        wait_port(http_port, proc, log, "nginx")
         yield Nginx(https_port, http_port, work / "error.log")
     finally:
-        proc.send_signal(signal.SIGQUIT)  # graceful: finish open requests, then exit
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGQUIT)  # graceful: finish open requests, then exit

@@ -14,8 +14,8 @@ from cryptography.x509 import ocsp as xocsp
 
 from enroll.admin_api import API, ROUTES
 from enroll.pki import DevPKI
-from tests.conftest import make_csr
 from tests.enroll.admin_helpers import AdminServer, admin_server
+from tests.support import make_csr
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

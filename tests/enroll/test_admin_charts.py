@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ca.ratelimit import reason_class
 from enroll.pki import DevPKI
-from tests.conftest import make_csr
 from tests.enroll.admin_helpers import TOKEN, AdminServer, admin_server
 from tests.enroll.test_admin_page import Browser, _open_browser, _stop, chromium  # noqa: F401 - fixture
+from tests.support import make_csr
 
 DAY = 86400
 
@@ -139,7 +139,7 @@ async def test_charts_in_chromium_draw_the_api_numbers(chart_browser: Browser,
 async def test_chart_queries_run_on_sqlite_and_postgresql(issuer: Any) -> None:
     from ca.api import Issued
     from enroll.admin_charts import chart_data
-    from tests.conftest import request
+    from tests.support import request
 
     outcome = await issuer.issue(request(make_csr("chart-1")[0]))
     assert isinstance(outcome, Issued)

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from enroll.pki import DevPKI
-from tests.conftest import make_csr
 from tests.enroll.admin_helpers import AdminServer, admin_server
+from tests.support import make_csr
 from tests.enroll.test_admin_page import Browser, browser, chromium  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -24,7 +24,7 @@ from enroll.config_admin import fingerprint
 from enroll.pki import DevPKI, Pair, make_cert
 from enroll.setup import InitResult
 from tests.enroll.admin_helpers import TOKEN, write_admin_config
-from tests.enroll.inproc import InProc, serve_inproc
+from tests.harness import InProc, serve_inproc
 
 HEALTH = "/admin/api/v1/health"
 

@@ -26,8 +26,8 @@ from cryptography.x509 import ocsp as xocsp
 from cryptography.x509.oid import NameOID
 
 from enroll.pki import DevPKI
-from tests.conftest import make_csr, require_tool
 from tests.enroll.admin_helpers import TOKEN, AdminServer, admin_server
+from tests.support import make_csr, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

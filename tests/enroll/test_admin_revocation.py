@@ -24,8 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from enroll.pki import DevPKI, make_cert
 from enroll.setup import InitResult
-from tests.conftest import make_csr, require_tool
 from tests.enroll.admin_helpers import AdminServer, admin_server
+from tests.support import make_csr, require_tool
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

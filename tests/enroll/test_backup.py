@@ -25,7 +25,7 @@ from enroll.pki import DevPKI
 from est.client import EstClient, build_csr
 from scep.asn1 import PkiStatus
 from scep.client import ScepClient, simple_csr
-from tests.conftest import RunningServer, enroll_serve, start_server
+from tests.harness import RunningServer, enroll_serve, start_server
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -65,17 +65,13 @@ async def _issue(srv: RunningServer) -> list[x509.Certificate]:
 @pytest.fixture
 def backed_up(tmp_path: Path, dev_pki: DevPKI) -> tuple[RunningServer, Path, list[x509.Certificate], bytes, Path]:
     """A server that issued four certificates and revoked one, backed up while it runs."""
-    gen = start_server(tmp_path, dev_pki)
-    srv = next(gen)
-    try:
+    with start_server(tmp_path, dev_pki) as srv:
         certs = asyncio.run(_issue(srv))
         srv.enroll("revoke", f"{certs[1].serial_number:x}", "--reason", "key_compromise")
         crl = _get(f"{srv.base_http}/crl/issuing.crl")
         archive = tmp_path / "backup.tar"
         res = srv.enroll("backup", "--out", str(archive))
         assert "ledger" in res.stderr  # progress on stderr
-    finally:
-        gen.close()  # stops the server
     return srv, archive, certs, crl, Path(srv.config.ledger_url.removeprefix("sqlite:///"))
 
 
@@ -120,7 +116,7 @@ def test_restored_server_serves_same_crl_answers_ocsp_and_refuses_serial_reuse(
 
 
 def test_backup_without_keys_holds_no_private_key(tmp_path: Path, dev_pki: DevPKI) -> None:
-    for srv in start_server(tmp_path, dev_pki):
+    with start_server(tmp_path, dev_pki) as srv:
         archive = tmp_path / "nokeys.tar"
         srv.enroll("backup", "--out", str(archive), "--no-keys", "--quiet")
         assert archive.stat().st_mode & 0o077 == 0
@@ -148,7 +144,7 @@ def _rewrite(src: Path, dst: Path, edit: dict[str, bytes]) -> None:
 
 
 def test_restore_verifies_every_hash_before_writing(tmp_path: Path, dev_pki: DevPKI) -> None:
-    for srv in start_server(tmp_path, dev_pki):
+    with start_server(tmp_path, dev_pki) as srv:
         archive = tmp_path / "b.tar"
         srv.enroll("backup", "--out", str(archive), "--quiet")
     with tarfile.open(archive) as tar:

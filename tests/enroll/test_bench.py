@@ -94,7 +94,7 @@ def test_percentiles_and_proc_tree() -> None:
 @pytest.mark.slow
 @pytest.mark.interop
 def test_bench_compare_with_micromdm() -> None:
-    from tests.conftest import missing_peer, require_tool
+    from tests.support import missing_peer, require_tool
 
     require_tool("scepserver")
     if os.geteuid() != 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tests.conftest import RunningServer
+from tests.harness import RunningServer
 
 
 def enroll_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,7 @@ def test_revoke_and_crl_verify_with_openssl(running_server: RunningServer, tmp_p
     import asyncio
 
     from enroll.app import build_issuer
-    from tests.conftest import make_csr, request
+    from tests.support import make_csr, request
 
     s = running_server
 

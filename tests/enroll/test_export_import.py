@@ -22,7 +22,7 @@ from enroll.bundle import BundleError, export, record, verify
 from enroll.config import load_config
 from enroll.pki import DevPKI
 from enroll.setup import InitResult, init_directory
-from tests.conftest import free_port, make_csr
+from tests.support import free_port, make_csr
 
 
 def _cli(init: InitResult, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from ca.errors import ConfigError
 from enroll.app import validate
 from enroll.config import Config, load_config
 from enroll.setup import InitResult
-from tests.enroll.inproc import serve_inproc
+from tests.harness import serve_inproc
 
 TOKEN = "metrics-token-for-tests-0123456789"
 

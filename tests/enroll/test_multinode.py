@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,40 +26,14 @@ from cryptography.x509.oid import NameOID
 
 from ca.ledger import Ledger, serial_hex
 from enroll.pki import DevPKI
-from enroll.setup import InitResult, init_directory, record_example_client
+from enroll.setup import InitResult
 from est.client import EnrollmentPending, EstClient, build_csr
 from scep.asn1 import PkiStatus
 from scep.client import ScepClient, self_signed_signer, simple_csr
-from tests.conftest import missing_peer, _wait_listening, free_port
+from tests.harness import Node, start_nodes
+from tests.support import missing_peer
 
 NODES = 3
-
-
-@dataclass
-class Node:
-    """One `enroll serve` process of the cluster."""
-
-    name: str
-    config_path: Path
-    certs: Path
-    https_port: int
-    http_port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def est_url(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-    def scep_url(self, profile: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}/scep/{profile}"
-
-    def cli(self, *args: str) -> str:
-        """Run the `enroll` CLI with this node's config (same database as every node)."""
-        res = subprocess.run([sys.executable, "-m", "enroll", "-c", str(self.config_path), *args],
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        return res.stdout
 
 
 @dataclass
@@ -71,24 +41,6 @@ class Cluster:
     nodes: list[Node]
     init: InitResult
     ledger_url: str
-
-
-def _node_config(src: Path, dst: Path, https_port: int, http_port: int) -> Path:
-    """A copy of node 0's directory (same CA keys, users, secrets) listening on its own ports.
-
-    ``[server] base_url`` stays node 0's: in a deployment it is the load balancer's address, the
-    one URL every node puts into the certificates it issues."""
-    shutil.copytree(src, dst)
-    cfg = dst / "enroll.toml"
-    lines = []
-    for line in cfg.read_text().splitlines():
-        if line.startswith("https = "):
-            line = f'https = ["127.0.0.1:{https_port}", "[::1]:{https_port}"]'
-        elif line.startswith("http = "):
-            line = f'http = ["127.0.0.1:{http_port}", "[::1]:{http_port}"]'
-        lines.append(line)
-    cfg.write_text("\n".join(lines) + "\n")
-    return cfg
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -104,34 +56,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         url = str(pg.new_database())
     else:
         url = f"sqlite:///{base / 'shared.db'}"
-    ports = [(free_port(), free_port()) for _ in range(NODES)]
-    init = init_directory(base / "node0", https_port=ports[0][0], http_port=ports[0][1], pki=dev_pki)
-    text, n = re.subn(r'(?m)^url = "sqlite:///var/enroll.db"$', f'url = "{url}"', init.config_path.read_text())
-    assert n == 1
-    init.config_path.write_text(text)
-    configs = [init.config_path] + [_node_config(base / "node0", base / f"node{i}", *ports[i])
-                                    for i in range(1, NODES)]
-    nodes: list[Node] = []
-    try:
-        for i, cfg in enumerate(configs):
-            log = base / f"node{i}.log"
-            with open(log, "wb") as out:
-                proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(cfg), "serve"], stdout=out,
-                                        stderr=subprocess.STDOUT, cwd=cfg.parent)
-            nodes.append(Node(f"node{i}", cfg, cfg.parent / "certs", ports[i][0], ports[i][1], proc, log))
-        for node in nodes:
-            _wait_listening(node.http_port, node.process, node.log)
-        record_example_client(init.config_path)  # the fresh database does not know it yet
+    with start_nodes(base, dev_pki, url, NODES) as (init, nodes):
         yield Cluster(nodes, init, url)
-    finally:
-        for node in nodes:
-            node.process.terminate()
-        for node in nodes:
-            try:
-                node.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait(timeout=10)
     # every certificate any node issued passes pkilint's RFC 5280 checks
     from tests.lint import pkix_errors
 
@@ -156,7 +82,7 @@ async def test_serials_unique_under_concurrent_load_across_nodes(cluster: Cluste
 
     async def device(node: Node, k: int) -> list[x509.Certificate]:
         out = []
-        async with EstClient(node.est_url, trust_anchor=node.certs / "root-ca.pem", label="gateway",
+        async with EstClient(node.base_https, trust_anchor=node.certs / "root-ca.pem", label="gateway",
                              client_cert=node.certs / "example-client.pem",
                              client_key=node.certs / "example-client.key") as est:
             for j in range(per_client):
@@ -200,7 +126,7 @@ async def test_pending_est_request_reposted_to_another_node_after_approval_on_a_
     csr = build_csr(key, _subject(cn))
 
     def client(node: Node) -> EstClient:
-        return EstClient(node.est_url, trust_anchor=node.certs / "root-ca.pem", label="manual",
+        return EstClient(node.base_https, trust_anchor=node.certs / "root-ca.pem", label="manual",
                          username=cluster.init.est_user, password=cluster.init.est_password, max_polls=0)
 
     async with client(a) as est:

@@ -24,7 +24,8 @@ from ca.ledger import Ledger
 from enroll.pki import DevPKI
 from enroll.setup import record_example_client
 from est.client import build_csr
-from tests.conftest import ROOT, start_server, require_tool
+from tests.harness import start_server
+from tests.support import ROOT, require_tool
 
 UNIT = ROOT / "packaging" / "enroll.service"
 
@@ -77,7 +78,7 @@ def _read_head(tls: ssl.SSLSocket) -> bytes:
 
 
 def test_sigterm_drains_an_enrollment_in_flight(tmp_path: Path, dev_pki: DevPKI) -> None:
-    for srv in start_server(tmp_path, dev_pki):
+    with start_server(tmp_path, dev_pki) as srv:
         record_example_client(srv.init.config_path)
         certs = srv.init.certs_dir
         key = ec.generate_private_key(ec.SECP256R1())

@@ -15,7 +15,6 @@ import base64
 import itertools
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -34,11 +33,9 @@ from enroll.bench.server import free_port
 from enroll.config import load_config
 from est import asn1, serverkeygen_cms, wire
 from est.client import EstClient, build_csr
-from tests.conftest import enroll_serve, make_csr, require_tool
-from tests.est.conftest import EXTRA_PROFILES as EST_PROFILES
-from tests.est.conftest import KEK, KEK_ID
-from tests.scep.conftest import add_scep_test_profiles
+from tests.harness import enroll_serve
 from tests.softhsm import softhsm_setup
+from tests.support import EST_PROFILES, KEK, KEK_ID, add_scep_test_profiles, issued_count, make_csr, require_tool
 
 PIN = "3141"
 PIN_ENV = "ENROLL_TEST_HSM_PIN"
@@ -152,16 +149,6 @@ class TokenServer:
         return x509.load_pem_x509_certificates((self.certs / f"{stem}.pem").read_bytes())[0]
 
 
-def issued_rows(config_path: Path) -> int:
-    """Certificates in the ledger (the example client recorded by init included)."""
-    url = load_config(config_path).ledger_url
-    con = sqlite3.connect(url[len("sqlite:///"):], timeout=10)
-    try:
-        return int(con.execute("SELECT count(*) FROM certificates WHERE status = 'issued'").fetchone()[0])
-    finally:
-        con.close()
-
-
 @pytest.fixture(scope="module")
 def token_server(hsm: Hsm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
     base = tmp_path_factory.mktemp("token-server")
@@ -186,7 +173,7 @@ def _token_serverkeygen_signer(config_path: Path, token: str) -> None:
     assert text.count("[est]\n") == 1
     text = text.replace("[est]\n", f'[est]\nserverkeygen_signer_cert = "certs/ocsp.pem"\n'
                                    f'serverkeygen_signer_key = "pkcs11:token={token};object=ocsp"\n')
-    config_path.write_text(text + EST_PROFILES.format())
+    config_path.write_text(text + EST_PROFILES)
 
 
 # --- enroll init --pkcs11 ---------------------------------------------------------------------------
@@ -302,14 +289,14 @@ def test_scepclient_enrolls_through_the_token_ra_and_ca(token_server: TokenServe
     """micromdm scepclient encrypts to the RA certificate (the token decrypts, PKCS#1 v1.5) and
     verifies the CertRep the token's RA key signed (RFC 8894 §3.3)."""
     exe = require_tool("scepclient")
-    before = issued_rows(token_server.config_path)
+    before = issued_count(load_config(token_server.config_path))
     _run([exe, "-server-url", f"http://127.0.0.1:{token_server.http_port}/scep/anytime", "-private-key",
           str(tmp_path / "key.pem"), "-certificate", str(tmp_path / "cert.pem"), "-cn", "hsm-scepclient",
           "-organization", "interop", "-challenge", token_server.secret("SCEP_CHALLENGE")], tmp_path)
     cert = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "hsm-scepclient"
     cert.verify_directly_issued_by(token_server.cert("issuing-ca"))
-    assert issued_rows(token_server.config_path) == before + 1
+    assert issued_count(load_config(token_server.config_path)) == before + 1
 
 
 async def test_crl_and_ocsp_are_signed_by_the_token_keys(token_server: TokenServer) -> None:
@@ -365,10 +352,10 @@ def spare(hsm: Hsm, tmp_path: Path) -> TokenServer:
 
 def _serve_refused(srv: TokenServer, **env: str) -> str:
     """`enroll serve` must exit non-zero before it listens (nothing issued); its message."""
-    before = issued_rows(srv.config_path)
+    before = issued_count(load_config(srv.config_path))
     done = enroll("serve", config=srv.config_path, env=env, timeout=120)
     assert done.returncode != 0
-    assert issued_rows(srv.config_path) == before
+    assert issued_count(load_config(srv.config_path)) == before
     return done.stderr
 
 

@@ -39,8 +39,9 @@ from est.client import EstClient, build_csr
 from est.errors import EstError
 from scep.asn1 import PkiStatus
 from scep.client import ScepClient, simple_csr
-from tests.conftest import RunningServer, start_server
 from tests.enroll.nginx import PROXY_SOURCE, Nginx, nginx
+from tests.harness import RunningServer, start_nodes, start_server
+from tests.support import missing_peer
 
 
 def _subject(cn: str) -> x509.Name:
@@ -115,7 +116,7 @@ def test_config_trusted_proxies_and_header_are_validated(embedded: InitResult) -
 
 @pytest.fixture
 def passthrough(tmp_path: Path, dev_pki: DevPKI) -> Iterator[tuple[RunningServer, Nginx]]:
-    for srv in start_server(tmp_path, dev_pki, _set_pop):
+    with start_server(tmp_path, dev_pki, _set_pop) as srv:
         certs = srv.init.certs_dir
         record_example_client(srv.init.config_path)
         with nginx(tmp_path / "nginx", "enroll-passthrough.conf", tls_nodes=[srv.https_port],
@@ -154,7 +155,7 @@ def _trust_nginx(init: InitResult) -> None:
 
 @pytest.fixture
 def terminating(tmp_path: Path, dev_pki: DevPKI) -> Iterator[tuple[RunningServer, Nginx]]:
-    for srv in start_server(tmp_path, dev_pki, _trust_nginx):
+    with start_server(tmp_path, dev_pki, _trust_nginx) as srv:
         certs = srv.init.certs_dir
         record_example_client(srv.init.config_path)
         with nginx(tmp_path / "nginx", "enroll-terminate.conf", tls_nodes=[srv.https_port],
@@ -319,49 +320,16 @@ NODES = 3
 def pg_nodes_behind_nginx(tmp_path: Path, dev_pki: DevPKI,
                           request: pytest.FixtureRequest) -> Iterator[tuple[list[Path], InitResult, Nginx, str]]:
     """Three `enroll serve` nodes sharing one PostgreSQL database, nginx terminating TLS in front."""
-    import re
-    import subprocess
-    import sys
-
-    from enroll.setup import init_directory
-    from tests.conftest import _wait_listening, free_port, missing_peer
-    from tests.enroll.test_multinode import _node_config
-
     pg = request.getfixturevalue("pg_cluster")
     if pg is None:
         missing_peer("PostgreSQL (Debian postgresql)")
     url = str(pg.new_database())
-    ports = [(free_port(), free_port()) for _ in range(NODES)]
-    init = init_directory(tmp_path / "node0", https_port=ports[0][0], http_port=ports[0][1], pki=dev_pki)
-    text, n = re.subn(r'(?m)^url = "sqlite:///var/enroll.db"$', f'url = "{url}"', init.config_path.read_text())
-    assert n == 1
-    init.config_path.write_text(text)
-    _trust_nginx(init)
-    configs = [init.config_path] + [_node_config(tmp_path / "node0", tmp_path / f"node{i}", *ports[i])
-                                    for i in range(1, NODES)]
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = [tmp_path / f"node{i}.log" for i in range(NODES)]
-    try:
-        for cfg, log in zip(configs, logs):
-            with open(log, "wb") as out:
-                procs.append(subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(cfg), "serve"], stdout=out,
-                                              stderr=subprocess.STDOUT, cwd=cfg.parent))
-        for (_, http_port), proc, log in zip(ports, procs, logs):
-            _wait_listening(http_port, proc, log)
-        record_example_client(init.config_path)
+    with start_nodes(tmp_path, dev_pki, url, NODES, edit=_trust_nginx) as (init, nodes):
         certs = init.certs_dir
-        with nginx(tmp_path / "nginx", "enroll-terminate.conf", tls_nodes=[p[0] for p in ports],
-                   plain_nodes=[p[1] for p in ports], cert=certs / "tls-server.pem", key=certs / "tls-server.key") as px:
-            yield logs, init, px, url
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        with nginx(tmp_path / "nginx", "enroll-terminate.conf", tls_nodes=[n.https_port for n in nodes],
+                   plain_nodes=[n.http_port for n in nodes], cert=certs / "tls-server.pem",
+                   key=certs / "tls-server.key") as px:
+            yield [n.log for n in nodes], init, px, url
 
 
 async def test_est_and_scep_through_the_proxy_to_three_nodes_on_postgresql(

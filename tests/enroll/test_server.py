@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from enroll.pki import DevPKI
 from enroll.setup import init_directory
-from tests.conftest import _wait_listening, free_port
+from tests.harness import start_server
+from tests.support import free_port
 
 
 def children_of(pid: int) -> list[int]:
@@ -23,14 +25,8 @@ def alive(pid: int) -> bool:
 
 
 def test_workers_share_the_listeners_and_stop_together(tmp_path: Path, dev_pki: DevPKI) -> None:
-    http_port = free_port()
-    init = init_directory(tmp_path / "w", https_port=free_port(), http_port=http_port, pki=dev_pki)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve",
-                                 "--workers", "2"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_listening(http_port, proc, log)
+    with start_server(tmp_path, dev_pki, None, "--workers", "2") as srv:
+        proc, log, http_port = srv.process, srv.log_path, srv.http_port
         workers = children_of(proc.pid)
         assert len(workers) == 2
         for _ in range(20):
@@ -40,9 +36,7 @@ def test_workers_share_the_listeners_and_stop_together(tmp_path: Path, dev_pki: 
         while time.monotonic() < deadline and log.read_text().count('"listening"') < 2:
             time.sleep(0.1)
         assert log.read_text().count('"listening"') == 2
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert proc.returncode != -signal.SIGKILL  # stopped by SIGTERM, not killed by the harness
     assert not any(alive(w) for w in workers)
 
 
@@ -51,14 +45,8 @@ def test_each_worker_listens_on_its_own_reuse_port_socket(tmp_path: Path, dev_pk
     listening socket per worker on each address, none in the parent (it only reserves)."""
     import re
 
-    http_port, https_port = free_port(), free_port()
-    init = init_directory(tmp_path / "w", https_port=https_port, http_port=http_port, pki=dev_pki)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(init.config_path), "serve",
-                                 "--workers", "2"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_listening(http_port, proc, log)
+    with start_server(tmp_path, dev_pki, None, "--workers", "2") as srv:
+        proc, log, http_port, https_port = srv.process, srv.log_path, srv.http_port, srv.https_port
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and log.read_text().count('"listening"') < 2:
             time.sleep(0.1)
@@ -73,9 +61,7 @@ def test_each_worker_listens_on_its_own_reuse_port_socket(tmp_path: Path, dev_pk
             assert by_address and len(workers) == 2, ss
             for owners in by_address.values():
                 assert sorted(owners) == sorted(workers), ss
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert proc.returncode != -signal.SIGKILL  # stopped by SIGTERM, not killed by the harness
     assert not any(alive(w) for w in workers)
 
 

@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from tests.conftest import RunningServer
+from tests.harness import RunningServer
 
 
 def handshake(server: RunningServer, ctx: ssl.SSLContext) -> str:

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 from est.client import EstClient, build_csr
 from scep.asn1 import PkiStatus
 from scep.client import ScepClient, simple_csr
-from tests.conftest import ROOT, _wait_listening, free_port
+from tests.harness import enroll_serve
+from tests.support import ROOT, free_port
 
 SOURCES = ("ca", "est", "scep", "enroll", "conformance", "pyproject.toml", "README.md")
 
@@ -78,11 +79,7 @@ def test_wheel_installs_and_serves_est_and_scep(tmp_path: Path) -> None:
     secrets = dict(line.split("=", 1) for line in (home / "certs" / "dev-secrets.txt").read_text().splitlines()
                    if "=" in line and not line.startswith("#"))
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(enroll), "-c", str(home / "enroll.toml"), "serve"], stdout=out,
-                                stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path)
-    try:
-        _wait_listening(http_port, proc, log)
+    with enroll_serve(home / "enroll.toml", http_port, log, command=[str(enroll)], env=_env()):
         import ssl
 
         ctx = ssl.create_default_context(cafile=str(home / "certs" / "root-ca.pem"))
@@ -90,14 +87,6 @@ def test_wheel_installs_and_serves_est_and_scep(tmp_path: Path) -> None:
             page = resp.read()
         assert resp.status == 200 and b"<html" in page.lower()
         asyncio.run(_enroll_both(home, https_port, http_port, secrets))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        print(log.read_text()[-3000:])
 
 
 async def _enroll_both(home: Path, https_port: int, http_port: int, secrets: dict[str, str]) -> None:

@@ -18,10 +18,10 @@ from pyasn1_alt_modules import rfc5652, rfc6402
 
 from est.client import EnrollmentPending
 from est.errors import EstError
-from tests.conftest import make_csr
 from tests.est import cmc_pyasn1 as P
-from tests.est.conftest import EstServer, Serve
 from tests.est.test_est_server import raw
+from tests.harness import EstServer, RunningServer
+from tests.support import make_csr
 
 CMC_REQUEST = "application/pkcs7-mime; smime-type=CMC-request"
 CMC_RESPONSE = "application/pkcs7-mime; smime-type=CMC-response"
@@ -85,7 +85,7 @@ async def test_fullcmc_signed_by_the_request_key_issues(est_server: EstServer) -
 
 
 async def test_fullcmc_signed_by_the_tls_client_certificate_issues(est_server: EstServer) -> None:
-    certs = est_server.certs
+    certs = est_server.init.certs_dir
     client_cert = x509.load_pem_x509_certificate((certs / "example-client.pem").read_bytes())
     client_key = serialization.load_pem_private_key((certs / "example-client.key").read_bytes(), None)
     assert isinstance(client_key, ec.EllipticCurvePrivateKey)
@@ -284,9 +284,9 @@ async def test_client_enroll_cmc_and_pending_budget(est_server: EstServer) -> No
     assert await est_server.issued() == 1
 
 
-def test_cli_fullcmc(serve: Serve) -> None:
+def test_cli_fullcmc(serve: RunningServer) -> None:
     w: Path = serve.work
-    res = subprocess.run([sys.executable, "-m", "enroll", "est", "fullcmc", serve.url, "--ca-file", str(serve.ca),
+    res = subprocess.run([sys.executable, "-m", "enroll", "est", "fullcmc", serve.base_https, "--ca-file", str(serve.ca_bundle),
                           "-u", serve.init.est_user, "-p", serve.init.est_password, "--key", str(w / "cmc.key"),
                           "--subject", "CN=cli-cmc", "-o", str(w / "cmc.pem")],
                          capture_output=True, text=True, timeout=120)

@@ -25,8 +25,8 @@ from enroll.config import load_config
 from enroll.pki import DevPKI
 from enroll.setup import InitResult, init_directory
 from est import asn1, wire
-from tests.conftest import require_tool
-from tests.est.conftest import Serve
+from tests.harness import RunningServer
+from tests.support import require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -52,32 +52,32 @@ def pki_key_and_req(pki: str, work: Path, stem: str, cn: str, *, san: bool = Tru
     return key, req
 
 
-def test_strongswan_estca_enroll_and_reenroll(serve: Serve) -> None:
+def test_strongswan_estca_enroll_and_reenroll(serve: RunningServer) -> None:
     pki = require_tool("pki")
     w = serve.work
-    run([pki, "--estca", "--url", serve.url, "--cacert", str(serve.ca), "--caout", str(w / "ca.pem"),
+    run([pki, "--estca", "--url", serve.base_https, "--cacert", str(serve.ca_bundle), "--caout", str(w / "ca.pem"),
          "--outform", "pem", "--force"], cwd=w)
     assert list(w.glob("ca*.pem")), "pki --estca wrote no CA certificate"
     key, req = pki_key_and_req(pki, w, "gw", "gw-strongswan")
-    out = run([pki, "--est", "--url", serve.url, "--cacert", str(serve.ca), "--in", str(req),
+    out = run([pki, "--est", "--url", serve.base_https, "--cacert", str(serve.ca_bundle), "--in", str(req),
                "--userpass", serve.userpass, "--outform", "pem"], cwd=w).stdout
     cert = x509.load_pem_x509_certificate(out)
     assert cert.subject.rfc4514_string() == "CN=gw-strongswan"
     (w / "gw.pem").write_bytes(out)
     # reenroll over mTLS with the old certificate and key, new key, same subject and SAN
     new_key, new_req = pki_key_and_req(pki, w, "gw2", "gw-strongswan")
-    out2 = run([pki, "--est", "--url", serve.url, "--cacert", str(serve.ca), "--in", str(new_req),
+    out2 = run([pki, "--est", "--url", serve.base_https, "--cacert", str(serve.ca_bundle), "--in", str(new_req),
                 "--cert", str(w / "gw.pem"), "--key", str(key), "--outform", "pem"], cwd=w).stdout
     renewed = x509.load_pem_x509_certificate(out2)
     assert renewed.subject == cert.subject and renewed.serial_number != cert.serial_number
     assert serve.issued() == 2
 
 
-def test_strongswan_pending_then_approved_by_polling(serve_manual: Serve) -> None:
+def test_strongswan_pending_then_approved_by_polling(serve_manual: RunningServer) -> None:
     pki = require_tool("pki")
     w = serve_manual.work
     _, req = pki_key_and_req(pki, w, "m", "manual-strongswan", san=False)
-    proc = subprocess.Popen([pki, "--est", "--url", serve_manual.url, "--cacert", str(serve_manual.ca),
+    proc = subprocess.Popen([pki, "--est", "--url", serve_manual.base_https, "--cacert", str(serve_manual.ca_bundle),
                              "--in", str(req), "--userpass", serve_manual.userpass, "--interval", "1",
                              "--maxpolltime", "60", "--outform", "pem"],
                             cwd=w, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -86,7 +86,7 @@ def test_strongswan_pending_then_approved_by_polling(serve_manual: Serve) -> Non
         for _ in range(30):
             if proc.poll() is not None:
                 break
-            out = serve_manual.cli("pending", "list").stdout
+            out = serve_manual.enroll("pending", "list").stdout
             m = re.search(r"^\s*(\d+)\b", out, re.MULTILINE)
             if m:
                 request_id = m.group(1)
@@ -95,7 +95,7 @@ def test_strongswan_pending_then_approved_by_polling(serve_manual: Serve) -> Non
         assert request_id is not None, (
             f"no pending request appeared: {proc.stderr.read().decode(errors='replace') if proc.poll() is not None else ''}")
         assert serve_manual.issued() == 0
-        serve_manual.cli("pending", "approve", request_id)
+        serve_manual.enroll("pending", "approve", request_id)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -110,11 +110,11 @@ def test_strongswan_pending_then_approved_by_polling(serve_manual: Serve) -> Non
 # --- curl + openssl ------------------------------------------------------------------------
 
 
-def curl(serve: Serve, path: str, *args: str, data: Path | None = None) -> tuple[int, str, bytes]:
+def curl(serve: RunningServer, path: str, *args: str, data: Path | None = None) -> tuple[int, str, bytes]:
     exe = require_tool("curl")
     hdr = serve.work / "h.txt"
     body = serve.work / "b.bin"
-    cmd = [exe, "-sS", "--noproxy", "*", "--max-time", "30", "--cacert", str(serve.ca), "-D", str(hdr),
+    cmd = [exe, "-sS", "--noproxy", "*", "--max-time", "30", "--cacert", str(serve.ca_bundle), "-D", str(hdr),
            "-o", str(body), *args]
     if data is not None:
         cmd += ["-H", "Content-Type: application/pkcs10", "--data-binary", f"@{data}"]
@@ -124,7 +124,7 @@ def curl(serve: Serve, path: str, *args: str, data: Path | None = None) -> tuple
     return status, headers, body.read_bytes()
 
 
-def openssl_csr(serve: Serve, stem: str, cn: str, *, pem: bool = False) -> Path:
+def openssl_csr(serve: RunningServer, stem: str, cn: str, *, pem: bool = False) -> Path:
     exe = require_tool("openssl")
     w = serve.work
     args = [exe, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -145,7 +145,7 @@ def header(headers: str, name: str) -> str:
     raise KeyError(name)
 
 
-def test_curl_cacerts_and_openssl_pkcs7(serve: Serve) -> None:
+def test_curl_cacerts_and_openssl_pkcs7(serve: RunningServer) -> None:
     status, headers, body = curl(serve, "/cacerts")
     assert status == 200 and header(headers, "Content-Type") == "application/pkcs7-mime"
     assert header(headers, "Content-Transfer-Encoding") == "base64"
@@ -155,7 +155,7 @@ def test_curl_cacerts_and_openssl_pkcs7(serve: Serve) -> None:
     assert "Issuing CA" in out and "Root CA" in out
 
 
-def test_curl_csrattrs_asn1parse(serve: Serve) -> None:
+def test_curl_csrattrs_asn1parse(serve: RunningServer) -> None:
     status, headers, body = curl(serve, "/csrattrs")
     assert status == 200 and header(headers, "Content-Type") == "application/csrattrs"
     out = run([require_tool("openssl"), "asn1parse", "-inform", "DER"], cwd=serve.work,
@@ -164,7 +164,7 @@ def test_curl_csrattrs_asn1parse(serve: Serve) -> None:
 
 
 @pytest.mark.parametrize("variant", ["openssl-base64-64", "coreutils-base64-76", "one-line", "pem"])
-def test_curl_simpleenroll_rfc8951_variants(serve: Serve, variant: str) -> None:
+def test_curl_simpleenroll_rfc8951_variants(serve: RunningServer, variant: str) -> None:
     w = serve.work
     if variant == "pem":
         body = openssl_csr(serve, "v", f"curl-{variant}", pem=True)
@@ -186,7 +186,7 @@ def test_curl_simpleenroll_rfc8951_variants(serve: Serve, variant: str) -> None:
     assert f"CN = curl-{variant}" in out
 
 
-def test_curl_reenroll_with_client_cert(serve: Serve) -> None:
+def test_curl_reenroll_with_client_cert(serve: RunningServer) -> None:
     w = serve.work
     der = openssl_csr(serve, "old", "curl-re")
     (w / "old.b64").write_bytes(base64.b64encode(der.read_bytes()))
@@ -203,7 +203,7 @@ def test_curl_reenroll_with_client_cert(serve: Serve) -> None:
     assert renewed.subject == cert.subject
 
 
-def test_curl_serverkeygen_split_and_openssl_key_load(serve: Serve) -> None:
+def test_curl_serverkeygen_split_and_openssl_key_load(serve: RunningServer) -> None:
     w = serve.work
     der = openssl_csr(serve, "skg", "curl-skg")
     (w / "skg.b64").write_bytes(base64.b64encode(der.read_bytes()))
@@ -230,7 +230,7 @@ def test_curl_serverkeygen_split_and_openssl_key_load(serve: Serve) -> None:
 # --- negatives over curl: each asserts nothing was issued -------------------------------------
 
 
-def test_curl_negatives_issue_nothing(serve: Serve) -> None:
+def test_curl_negatives_issue_nothing(serve: RunningServer) -> None:
     w = serve.work
     der = openssl_csr(serve, "neg", "curl-neg")
     (w / "neg.b64").write_bytes(base64.b64encode(der.read_bytes()))

@@ -28,8 +28,9 @@ from enroll.setup import InitResult, record_example_client
 from est.client import EstClient, build_csr
 from est.errors import EstError
 from enroll.tls_openssl import OpenSSLTls, openssl_context
-from tests.conftest import RunningServer, require_tool, start_server
 from tests.conformance.test_pop_and_framing import result, run_suite
+from tests.harness import RunningServer, start_server
+from tests.support import require_tool, s_client_renegotiation
 
 
 def _subject(cn: str) -> x509.Name:
@@ -50,12 +51,14 @@ def _configure(engine: str) -> Callable[[InitResult], None]:
 
 @pytest.fixture(scope="module")
 def openssl_server(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPKI) -> Iterator[RunningServer]:
-    yield from start_server(tmp_path_factory.mktemp("pyopenssl"), dev_pki, _configure("pyopenssl"))
+    with start_server(tmp_path_factory.mktemp("pyopenssl"), dev_pki, _configure("pyopenssl")) as srv:
+        yield srv
 
 
 @pytest.fixture
 def stdlib_server(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
-    yield from start_server(tmp_path, dev_pki, _configure("stdlib"))
+    with start_server(tmp_path, dev_pki, _configure("stdlib")) as srv:
+        yield srv
 
 
 async def issued(srv: RunningServer) -> int:
@@ -194,28 +197,7 @@ def test_pyopenssl_engine_offers_only_ecdhe_aead_on_tls12_and_tls13(openssl_serv
 
 def test_pyopenssl_engine_refuses_tls12_renegotiation(openssl_server: RunningServer) -> None:
     """s_client's "R" asks for a renegotiation; the server (OP_NO_RENEGOTIATION) refuses it."""
-    proc = subprocess.Popen([require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{openssl_server.https_port}",
-                             "-CAfile", str(openssl_server.ca_bundle), "-tls1_2", "-cipher", "ECDHE+AESGCM"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdin is not None
-    try:
-        time.sleep(1.0)
-        proc.stdin.write(b"R\n")
-        proc.stdin.flush()
-        time.sleep(1.0)
-        try:
-            proc.stdin.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            proc.stdin.flush()
-            time.sleep(1.0)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # s_client already exited on the alert
-        out = proc.stdout.read() if proc.stdout else b""
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
+    out = s_client_renegotiation(openssl_server.https_port, openssl_server.ca_bundle)
     assert b"RENEGOTIATING" in out, out[-600:]
     assert b"no renegotiation" in out.lower() and b"200 OK" not in out, out[-600:]
 

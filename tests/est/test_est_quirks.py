@@ -32,9 +32,9 @@ from est.client import build_csr
 from est.quirks import LIBEST_FRAMING
 from est.service import EstService
 from est.wire import UNWRAPPED, Base64Framing
-from tests.conftest import require_tool
-from tests.est.conftest import EstServer, Serve
 from tests.est.test_est_service import FakeIssuer, P, settings
+from tests.harness import EstServer, RunningServer
+from tests.support import require_tool
 
 CAP = Path(__file__).parent / "captures"
 LIBEST_UA = "libest 3.2.0p"
@@ -265,7 +265,7 @@ async def replay(port: int, ca: Path, capture: str, userpass: str, *, drop_user_
 
 async def get(srv: EstServer, path: str, user_agent: str | None,
               cert: tuple[str, str] | None = None, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    ctx = ssl.create_default_context(cafile=str(srv.ca_file))
+    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
     if cert:
         ctx.load_cert_chain(*cert)
     headers = {"User-Agent": user_agent} if user_agent is not None else {}
@@ -273,7 +273,7 @@ async def get(srv: EstServer, path: str, user_agent: str | None,
         headers["Content-Type"] = "application/pkcs10"
     async with aiohttp.ClientSession(skip_auto_headers=["User-Agent"]) as s:
         method = "POST" if body is not None else "GET"
-        async with s.request(method, srv.url + "/.well-known/est" + path, data=body, headers=headers,
+        async with s.request(method, srv.base_https + "/.well-known/est" + path, data=body, headers=headers,
                              ssl=ctx) as r:
             return r.status, dict(r.headers), await r.read()
 
@@ -416,7 +416,7 @@ async def test_cacerts_for_libest_decodes_in_line_mode_and_stays_unwrapped_for_o
     assert status == 200 and b"\r" not in plain and b"\n" not in plain  # strongSwan's expectation
     der = base64.b64decode(plain, validate=True)
     assert openssl_b64decode(plain) != der  # what libest got before the quirk
-    raw = await replay(est_server.port, est_server.ca_file, "libest-client-cacerts.http", userpass(est_server))
+    raw = await replay(est_server.https_port, est_server.ca_bundle, "libest-client-cacerts.http", userpass(est_server))
     body = libest_single_part_body(raw, b"application/pkcs7-mime")
     assert body == LIBEST_FRAMING.encode(der)
     assert openssl_b64decode(body) == der
@@ -425,7 +425,7 @@ async def test_cacerts_for_libest_decodes_in_line_mode_and_stays_unwrapped_for_o
 async def test_csrattrs_for_libest_decodes_the_libest_way(est_server: EstServer) -> None:
     status, _, plain = await get(est_server, "/csrattrs", None)
     assert status == 200 and b"\n" not in plain
-    raw = await replay(est_server.port, est_server.ca_file, "libest-client-csrattrs.http", userpass(est_server))
+    raw = await replay(est_server.https_port, est_server.ca_bundle, "libest-client-csrattrs.http", userpass(est_server))
     body = libest_single_part_body(raw, b"application/csrattrs")
     assert body == LIBEST_FRAMING.encode(base64.b64decode(plain, validate=True))
     assert libest_base64_decode(body) == base64.b64decode(plain, validate=True)
@@ -433,7 +433,7 @@ async def test_csrattrs_for_libest_decodes_the_libest_way(est_server: EstServer)
 
 async def test_simpleenroll_of_libests_captured_request_decodes_in_line_mode(est_server: EstServer) -> None:
     before = await est_server.issued()
-    raw = await replay(est_server.port, est_server.ca_file, "libest-client-simpleenroll.http", userpass(est_server))
+    raw = await replay(est_server.https_port, est_server.ca_bundle, "libest-client-simpleenroll.http", userpass(est_server))
     body = libest_single_part_body(raw, b"application/pkcs7-mime; smime-type=certs-only")
     assert all(len(line) <= 64 for line in body.split(b"\n")) and body.endswith(b"\n") and b"\r" not in body
     der = openssl_b64decode(body)
@@ -466,7 +466,7 @@ async def test_serverkeygen_of_libests_captured_request_is_read_by_libest(est_se
     answer passes every step of libest's reading, and its parts are laid out like the parts of
     libest's own server."""
     before = await est_server.issued()
-    raw = await replay(est_server.port, est_server.ca_file, "libest-client-serverkeygen.http", userpass(est_server))
+    raw = await replay(est_server.https_port, est_server.ca_bundle, "libest-client-serverkeygen.http", userpass(est_server))
     got = libest_read_serverkeygen(raw)
     key = serialization.load_der_private_key(got.key_der, None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048  # the gateway profile's first RSA type
@@ -481,7 +481,7 @@ async def test_serverkeygen_of_libests_captured_request_is_read_by_libest(est_se
 async def test_serverkeygen_without_the_quirk_is_what_libest_failed_on(est_server: EstServer) -> None:
     """The same request without libest's User-Agent gets the profile's EC key, unwrapped: libest
     would stop with EST_ERR_ZERO_LENGTH_BUF, as it did before the quirk."""
-    raw = await replay(est_server.port, est_server.ca_file, "libest-client-serverkeygen.http", userpass(est_server),
+    raw = await replay(est_server.https_port, est_server.ca_bundle, "libest-client-serverkeygen.http", userpass(est_server),
                        drop_user_agent=True)
     status, headers, body = libest_split(raw)
     assert status == 200
@@ -495,16 +495,16 @@ async def test_serverkeygen_without_the_quirk_is_what_libest_failed_on(est_serve
 # --- end to end: `enroll serve` answering libest's captured requests -----------------------------
 
 
-async def test_real_server_answers_libest_cacerts_and_simpleenroll_in_line_mode(serve: Serve) -> None:
+async def test_real_server_answers_libest_cacerts_and_simpleenroll_in_line_mode(serve: RunningServer) -> None:
     """``enroll serve`` (a subprocess) gets libest's captured /cacerts and /simpleenroll requests
     byte for byte; ``openssl base64 -d`` in line mode yields the exact DER of each answer."""
-    raw = await replay(serve.port, serve.ca, "libest-client-cacerts.http", serve.userpass)
+    raw = await replay(serve.https_port, serve.ca_bundle, "libest-client-cacerts.http", serve.userpass)
     body = libest_single_part_body(raw, b"application/pkcs7-mime")
     der = openssl_b64decode(body)
     assert der and der == wire.decode_base64_body(body)
     chain = wire.decode_certs_only(der)
     assert any(c.subject == c.issuer for c in chain)  # up to the trust anchor
-    raw = await replay(serve.port, serve.ca, "libest-client-simpleenroll.http", serve.userpass)
+    raw = await replay(serve.https_port, serve.ca_bundle, "libest-client-simpleenroll.http", serve.userpass)
     body = libest_single_part_body(raw, b"application/pkcs7-mime; smime-type=certs-only")
     der = openssl_b64decode(body)
     assert der and der == wire.decode_base64_body(body)

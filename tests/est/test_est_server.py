@@ -16,8 +16,8 @@ from cryptography.x509.oid import NameOID
 from est import asn1, serverkeygen_cms, wire
 from est.client import EstClient, build_csr
 from est.errors import EstError
-from tests.conftest import make_csr
-from tests.est.conftest import KEK, KEK_ID, EstServer
+from tests.harness import EstServer
+from tests.support import KEK, KEK_ID, make_csr
 
 
 def name(cn: str) -> x509.Name:
@@ -28,7 +28,7 @@ async def raw(srv: EstServer, method: str, path: str, *, body: bytes | None = No
               headers: dict[str, str] | None = None, auth: bool = False,
               cert: tuple[str, str] | None = None, tls13: bool | None = None) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTPS request, returning status, headers and body bytes as sent."""
-    ctx = ssl.create_default_context(cafile=str(srv.ca_file))
+    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
     if cert:
         ctx.load_cert_chain(*cert)
     if tls13 is False:
@@ -40,7 +40,7 @@ async def raw(srv: EstServer, method: str, path: str, *, body: bytes | None = No
         token = base64.b64encode(f"{srv.init.est_user}:{srv.init.est_password}".encode()).decode()
         h["Authorization"] = f"Basic {token}"
     async with aiohttp.ClientSession() as s:
-        async with s.request(method, srv.url + path, data=body, headers=h, ssl=ctx) as r:
+        async with s.request(method, srv.base_https + path, data=body, headers=h, ssl=ctx) as r:
             return r.status, dict(r.headers), await r.read()
 
 
@@ -169,8 +169,8 @@ async def test_no_credentials_is_401(est_server: EstServer) -> None:
 
 async def test_enroll_with_client_certificate(est_server: EstServer) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    c = est_server.client("gateway", client_cert=est_server.certs / "example-client.pem",
-                          client_key=est_server.certs / "example-client.key")
+    c = est_server.client("gateway", client_cert=est_server.init.certs_dir / "example-client.pem",
+                          client_key=est_server.init.certs_dir / "example-client.key")
     async with c:
         result = await c.enroll(build_csr(key, name("gw-mtls")))
     assert result.certificate.subject == name("gw-mtls")
@@ -180,8 +180,8 @@ async def test_client_cert_from_untrusted_ca_is_refused(est_server: EstServer) -
     """bootstrap trusts only the manufacturer CA; the enroll-issued client cert is refused."""
     body, _ = csr_b64("sensor-x")
     status, _, text = await raw(est_server, "POST", "/.well-known/est/bootstrap/simpleenroll", body=body,
-                                cert=(str(est_server.certs / "example-client.pem"),
-                                      str(est_server.certs / "example-client.key")))
+                                cert=(str(est_server.init.certs_dir / "example-client.pem"),
+                                      str(est_server.init.certs_dir / "example-client.key")))
     assert status == 403, text
     assert await est_server.issued() == 0
 
@@ -196,7 +196,7 @@ async def test_no_client_cert_where_needed_is_refused(est_server: EstServer) -> 
 
 async def test_bootstrap_with_idevid_gets_an_ldevid_for_its_own_serial_number_only(est_server: EstServer) -> None:
     """bootstrap binds the requested serialNumber to the IDevID's (bind_identity)."""
-    idevid = (str(est_server.certs / "example-idevid.pem"), str(est_server.certs / "example-idevid.key"))
+    idevid = (str(est_server.init.certs_dir / "example-idevid.pem"), str(est_server.init.certs_dir / "example-idevid.key"))
     for sn in ("SN-000002", None):
         attrs = [x509.NameAttribute(NameOID.SERIAL_NUMBER, sn)] if sn else []
         body, _ = csr_b64("sensor-000002", extra_attrs=attrs)
@@ -212,7 +212,7 @@ async def test_bootstrap_with_idevid_gets_an_ldevid_for_its_own_serial_number_on
 
 async def test_combined_auth_needs_both(est_server: EstServer) -> None:
     body, _ = csr_b64("both-1")
-    cert = (str(est_server.certs / "example-client.pem"), str(est_server.certs / "example-client.key"))
+    cert = (str(est_server.init.certs_dir / "example-client.pem"), str(est_server.init.certs_dir / "example-client.key"))
     status, _, _ = await raw(est_server, "POST", "/.well-known/est/both/simpleenroll", body=body, cert=cert)
     assert status == 401
     status, _, _ = await raw(est_server, "POST", "/.well-known/est/both/simpleenroll", body=body, auth=True)
@@ -376,8 +376,8 @@ async def test_reenroll_with_cert_not_issued_by_us_is_403(est_server: EstServer)
     """The IDevID chains to a configured trust store but is not in our ledger."""
     body, _ = csr_b64("sensor-000001")
     status, _, _ = await raw(est_server, "POST", "/.well-known/est/bootstrap/simplereenroll", body=body,
-                             cert=(str(est_server.certs / "example-idevid.pem"),
-                                   str(est_server.certs / "example-idevid.key")))
+                             cert=(str(est_server.init.certs_dir / "example-idevid.pem"),
+                                   str(est_server.init.certs_dir / "example-idevid.key")))
     assert status == 403
     assert await est_server.issued() == 0
 
@@ -476,7 +476,7 @@ async def test_est_is_https_only(est_server: EstServer) -> None:
 
 async def test_client_refuses_untrusted_server(est_server: EstServer) -> None:
     """Explicit trust anchor: the manufacturer CA does not vouch for the server."""
-    c = EstClient(est_server.url, trust_anchor=est_server.certs / "manufacturer-ca.pem")
+    c = EstClient(est_server.base_https, trust_anchor=est_server.init.certs_dir / "manufacturer-ca.pem")
     async with c:
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await c.cacerts()

@@ -16,8 +16,8 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from conformance import csrtemplate
 from est import asn1, template
-from tests.est.conftest import EstServer
 from tests.est.test_est_server import raw
+from tests.harness import EstServer
 
 
 async def est_cli(srv: EstServer, *args: str) -> tuple[int, str]:
@@ -36,7 +36,7 @@ async def est_cli(srv: EstServer, *args: str) -> tuple[int, str]:
 
 async def test_cli_enroll_from_csrattrs_fills_the_labels_template(est_server: EstServer, tmp_path) -> None:
     key_path, out = tmp_path / "t.key", tmp_path / "t.pem"
-    code, err = await est_cli(est_server, "enroll", est_server.url, "--ca-file", str(est_server.ca_file),
+    code, err = await est_cli(est_server, "enroll", est_server.base_https, "--ca-file", str(est_server.ca_bundle),
                               "--label", "skg", "-u", est_server.init.est_user, "-p", est_server.init.est_password,
                               "--key", str(key_path), "--subject", "CN=tmpl-1", "--san", "dns:tmpl-1.example",
                               "--from-csrattrs", "-o", str(out))
@@ -52,12 +52,12 @@ async def test_cli_enroll_from_csrattrs_fills_the_labels_template(est_server: Es
 
 
 async def test_cli_from_csrattrs_refuses_what_the_template_does_not_ask(est_server: EstServer, tmp_path) -> None:
-    code, err = await est_cli(est_server, "enroll", est_server.url, "--ca-file", str(est_server.ca_file),
+    code, err = await est_cli(est_server, "enroll", est_server.base_https, "--ca-file", str(est_server.ca_bundle),
                               "--label", "skg", "-u", est_server.init.est_user, "-p", est_server.init.est_password,
                               "--key", str(tmp_path / "k.key"), "--subject", "CN=tmpl-2,O=Extra",
                               "--from-csrattrs", "-o", str(tmp_path / "x.pem"))
     assert code != 0 and "does not ask for subject attribute" in err
-    code, err = await est_cli(est_server, "enroll", est_server.url, "--ca-file", str(est_server.ca_file),
+    code, err = await est_cli(est_server, "enroll", est_server.base_https, "--ca-file", str(est_server.ca_bundle),
                               "-u", est_server.init.est_user, "-p", est_server.init.est_password,
                               "--key", str(tmp_path / "k2.key"), "--subject", "CN=tmpl-3",
                               "--from-csrattrs", "-o", str(tmp_path / "y.pem"))

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.ledger import serial_hex
 from est.client import EstClient, build_csr
-from tests.conftest import make_csr, rsa_key
-from tests.est.conftest import EstServer, Serve
 from tests.est.test_est_server import name, raw
+from tests.harness import EstServer, RunningServer
+from tests.support import make_csr, rsa_key
 
 
 def _write_identity(work: Path, stem: str, cert: x509.Certificate, key: object) -> tuple[str, str]:
@@ -57,26 +57,26 @@ async def _router_certificate(url: str, ca: Path, user: str, password: str) -> t
     return result.certificate, key
 
 
-async def test_revoked_router_certificate_cannot_enroll_a_server_certificate_on_gateway(serve: Serve) -> None:
+async def test_revoked_router_certificate_cannot_enroll_a_server_certificate_on_gateway(serve: RunningServer) -> None:
     """The reported attack, on `enroll serve` with the embedded default: enroll a router over
     EST, revoke it for key compromise with the CLI, then present it to the gateway label."""
-    cert, key = await _router_certificate(serve.url, serve.ca, serve.init.est_user, serve.init.est_password)
-    serve.cli("revoke", serial_hex(cert.serial_number), "--reason", "key_compromise")
+    cert, key = await _router_certificate(serve.base_https, serve.ca_bundle, serve.init.est_user, serve.init.est_password)
+    serve.enroll("revoke", serial_hex(cert.serial_number), "--reason", "key_compromise")
     before = serve.issued()
-    status, text = await _post(serve.url, serve.ca, "/.well-known/est/gateway/simpleenroll", _bank_csr(),
+    status, text = await _post(serve.base_https, serve.ca_bundle, "/.well-known/est/gateway/simpleenroll", _bank_csr(),
                                _write_identity(serve.work, "router", cert, key))
     assert status == 403, text
     assert "revoked" in text
     assert serve.issued() == before
-    audit = serve.cli("audit", "--event", "issue").stdout
+    audit = serve.enroll("audit", "--event", "issue").stdout
     assert "revoked" in audit
 
 
 async def test_valid_certificate_from_another_profile_is_refused(est_server: EstServer, tmp_path: Path) -> None:
-    cert, key = await _router_certificate(est_server.url, est_server.ca_file, est_server.init.est_user,
+    cert, key = await _router_certificate(est_server.base_https, est_server.ca_bundle, est_server.init.est_user,
                                           est_server.init.est_password)
     before = await est_server.issued()
-    status, text = await _post(est_server.url, est_server.ca_file, "/.well-known/est/gateway/simpleenroll",
+    status, text = await _post(est_server.base_https, est_server.ca_bundle, "/.well-known/est/gateway/simpleenroll",
                                _bank_csr(), _write_identity(tmp_path, "router", cert, key))
     assert status == 403 and "profile 'router'" in text, text
     assert await est_server.issued() == before
@@ -95,15 +95,15 @@ async def test_held_certificate_is_refused_until_released(est_server: EstServer,
     cert, ident = await _gateway_identity(est_server, tmp_path, "gw-hold")
     await est_server.issuer.revoke(cert.serial_number, "certificate_hold")
     before = await est_server.issued()
-    status, text = await _post(est_server.url, est_server.ca_file, "/.well-known/est/gateway/simpleenroll",
+    status, text = await _post(est_server.base_https, est_server.ca_bundle, "/.well-known/est/gateway/simpleenroll",
                                _bank_csr(), ident)
     assert status == 403 and "on hold" in text, text
-    status, text = await _post(est_server.url, est_server.ca_file, "/.well-known/est/gateway/simplereenroll",
+    status, text = await _post(est_server.base_https, est_server.ca_bundle, "/.well-known/est/gateway/simplereenroll",
                                _same_names_csr(cert), ident)
     assert status == 403 and "on hold" in text, text
     assert await est_server.issued() == before
     await est_server.issuer.unhold(cert.serial_number)
-    status, text = await _post(est_server.url, est_server.ca_file, "/.well-known/est/gateway/simpleenroll",
+    status, text = await _post(est_server.base_https, est_server.ca_bundle, "/.well-known/est/gateway/simpleenroll",
                                _bank_csr(), ident)
     assert status == 200, text
 
@@ -113,7 +113,7 @@ async def test_certificate_of_retired_device_is_refused(est_server: EstServer, t
     await est_server.issuer.retire(cert.serial_number)
     before = await est_server.issued()
     for op, body in (("simpleenroll", _bank_csr()), ("simplereenroll", _same_names_csr(cert))):
-        status, text = await _post(est_server.url, est_server.ca_file, f"/.well-known/est/gateway/{op}",
+        status, text = await _post(est_server.base_https, est_server.ca_bundle, f"/.well-known/est/gateway/{op}",
                                    body, ident)
         assert status == 403 and "retired" in text, (op, text)
     assert await est_server.issued() == before
@@ -130,7 +130,7 @@ async def test_certificate_signed_by_our_ca_but_unknown_to_the_ledger_is_an_anom
              .not_valid_before(ca_cert.not_valid_before_utc).not_valid_after(ca_cert.not_valid_after_utc)
              .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
     before = await est_server.issued()
-    status, text = await _post(est_server.url, est_server.ca_file, "/.well-known/est/gateway/simpleenroll",
+    status, text = await _post(est_server.base_https, est_server.ca_bundle, "/.well-known/est/gateway/simpleenroll",
                                _bank_csr(), _write_identity(tmp_path, "stray", stray, key))
     assert status == 403 and "not in the ledger" in text, text
     assert await est_server.issued() == before

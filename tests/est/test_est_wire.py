@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from est import asn1, serverkeygen_cms, wire
 from est.errors import BadRequest, ProtocolError
-from tests.conftest import require_tool
+from tests.support import require_tool
 
 CAP = Path(__file__).parent / "captures"
 

@@ -20,12 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from enroll.bench.server import free_port
+from enroll.config import load_config
 from enroll.pki import DevPKI
 from enroll.setup import init_directory
 from est import wire
-from tests.conftest import enroll_serve, require_tool
-from tests.est.conftest import Serve
 from tests.est.test_est_interop import curl, openssl_csr, pki_key_and_req, run
+from tests.harness import RunningServer, enroll_serve
+from tests.support import require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -38,24 +39,24 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def _openssl_verifies(srv: Serve, cert: Path, root: Path, untrusted: Path) -> bool:
+def _openssl_verifies(srv: RunningServer, cert: Path, root: Path, untrusted: Path) -> bool:
     res = run([require_tool("openssl"), "verify", "-CAfile", str(root), "-untrusted", str(untrusted), str(cert)],
               cwd=srv.work, check=False)
     return res.returncode == 0 and b": OK" in res.stdout
 
 
-def _strongswan_enroll(srv: Serve, stem: str, cn: str, *, old: tuple[Path, Path] | None = None) -> x509.Certificate:
+def _strongswan_enroll(srv: RunningServer, stem: str, cn: str, *, old: tuple[Path, Path] | None = None) -> x509.Certificate:
     """`pki --est` with HTTP Basic, or (``old`` = certificate, key) a reenroll over mTLS."""
     pki = require_tool("pki")
     _, req = pki_key_and_req(pki, srv.work, stem, cn)
     auth = ["--userpass", srv.userpass] if old is None else ["--cert", str(old[0]), "--key", str(old[1])]
-    out = run([pki, "--est", "--url", srv.url, "--cacert", str(srv.ca), "--in", str(req), *auth,
+    out = run([pki, "--est", "--url", srv.base_https, "--cacert", str(srv.ca_bundle), "--in", str(req), *auth,
                "--outform", "pem"], cwd=srv.work).stdout
     (srv.work / f"{stem}.pem").write_bytes(out)
     return x509.load_pem_x509_certificate(out)
 
 
-def _curl_enroll(srv: Serve, stem: str, cn: str, *, old: tuple[Path, Path] | None = None) -> x509.Certificate:
+def _curl_enroll(srv: RunningServer, stem: str, cn: str, *, old: tuple[Path, Path] | None = None) -> x509.Certificate:
     """curl + openssl /simpleenroll with HTTP Basic, or (``old``) /simplereenroll with the old
     client certificate and key (RFC 7030 §4.2.1, §4.2.2)."""
     der = openssl_csr(srv, stem, cn)
@@ -76,21 +77,21 @@ def test_strongswan_and_curl_keep_enrolling_across_an_issuing_ca_rollover(tmp_pa
         require_tool(tool)
     https_port, http_port = free_port(), free_port()
     init = init_directory(tmp_path / "srv", https_port=https_port, http_port=http_port, pki=dev_pki)
-    certs, work, log = init.certs_dir, tmp_path / "work", tmp_path / "serve.log"
+    certs, work, log = init.certs_dir, tmp_path / "work", tmp_path / "serve.log_path"
     work.mkdir()
     root, old_pem, new_pem = certs / "root-ca.pem", certs / "issuing-ca.pem", certs / "issuing-2.pem"
 
     # The rollover edits the config, which `enroll serve` reads at start: roll over, then restart.
     with enroll_serve(init.config_path, http_port, log) as proc:
-        srv = Serve(init, https_port, http_port, proc, log, work)
-        srv.cli("ca", "rollover", "issuing", "--parent-cert", str(root), "--parent-key", str(certs / "root-ca.key"))
+        srv = RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
+        srv.enroll("ca", "rollover", "issuing", "--parent-cert", str(root), "--parent-key", str(certs / "root-ca.key"))
     old_ca = x509.load_pem_x509_certificate(old_pem.read_bytes())
     new_ca = x509.load_pem_x509_certificate(new_pem.read_bytes())
     root_ca = x509.load_pem_x509_certificate(root.read_bytes())
 
     # (1) Before activation: the old issuing CA issues; /cacerts carries it and the root.
     with enroll_serve(init.config_path, http_port, log) as proc:
-        srv = Serve(init, https_port, http_port, proc, log, work)
+        srv = RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
         status, _, body = curl(srv, "/cacerts")
         assert status == 200
         published = wire.decode_certs_only(base64.b64decode(body))
@@ -104,11 +105,11 @@ def test_strongswan_and_curl_keep_enrolling_across_an_issuing_ca_rollover(tmp_pa
 
         # (2) Activate now. `enroll ca activate` edits the config: it applies at the next start.
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        srv.cli("ca", "activate", "issuing", "--at", now)
+        srv.enroll("ca", "activate", "issuing", "--at", now)
 
     # (3) After the switch: both clients get certificates from the new CA.
     with enroll_serve(init.config_path, http_port, log) as proc:
-        srv = Serve(init, https_port, http_port, proc, log, work)
+        srv = RunningServer(init, load_config(init.config_path), https_port, http_port, proc, log)
         status, _, body = curl(srv, "/cacerts")
         assert status == 200
         published = wire.decode_certs_only(base64.b64decode(body))

@@ -1,19 +1,18 @@
 """Small loopback clients for the hardening tests: raw HTTP(S) bytes, one EST and one SCEP
-enrollment, and ledger counts read straight from the server's SQLite file."""
+enrollment against a ``RunningServer`` (tests/harness.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import socket
-import sqlite3
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import RunningServer, make_csr
+from tests.harness import RunningServer
+from tests.support import make_csr
 
 
 def _read_response(sock: socket.socket) -> bytes:
@@ -84,7 +83,7 @@ def parse(raw: bytes) -> Resp:
 
 
 def basic(server: RunningServer) -> str:
-    return base64.b64encode(f"{server.init.est_user}:{server.init.est_password}".encode()).decode()
+    return base64.b64encode(server.userpass.encode()).decode()
 
 
 def est_post(server: RunningServer, path: str, body: bytes, *, auth: str | None = None,
@@ -118,18 +117,3 @@ def scep_enroll(server: RunningServer, cn: str, challenge: str | None = None, pr
         return res.status is PkiStatus.SUCCESS
 
     return asyncio.run(go())
-
-
-def ledger_path(server: RunningServer) -> Path:
-    url = server.config.ledger_url
-    assert url.startswith("sqlite:///")
-    return Path(url[len("sqlite:///"):])
-
-
-def rows(server: RunningServer) -> dict[str, int]:
-    with sqlite3.connect(ledger_path(server), timeout=30) as db:
-        return dict(db.execute("SELECT status, count(*) FROM certificates GROUP BY status").fetchall())
-
-
-def issued_count(server: RunningServer) -> int:
-    return rows(server).get("issued", 0)

@@ -14,19 +14,19 @@ from ca.ratelimit import CLIENT_FREE, IDENTITY_FREE, Throttle
 from est.errors import EstError
 from est.service import Credentials, TlsInfo
 from scep.asn1 import PkiStatus
-from tests.conftest import RunningServer, make_csr
-from tests.hardening.conftest import Harness
 from tests.hardening.helpers import est_post, http_raw
 from tests.hardening.scepmsg import pkcsreq, reply
+from tests.harness import RunningServer, ServiceHarness
 from tests.scep.scep_testpki import rsa_key
+from tests.support import make_csr
 
 
-def _scep(h: Harness, profile: str, der: bytes, remote: str = "127.0.0.1") -> PkiStatus:
+def _scep(h: ServiceHarness, profile: str, der: bytes, remote: str = "127.0.0.1") -> PkiStatus:
     p = h.scep.profile(profile)
     return reply(h.run(h.scep.pki_operation(p, der, remote)).body).status
 
 
-def test_one_time_challenge_used_concurrently_issues_exactly_once(harness: Harness) -> None:
+def test_one_time_challenge_used_concurrently_issues_exactly_once(harness: ServiceHarness) -> None:
     challenge = harness.run(harness.issuer.create_one_time_challenge("mdm", 600))
     ra = harness.scep.ra(harness.scep.profile("mdm")).cert
     messages = [pkcsreq(ra, rsa_key(60 + i), f"phone-{i}", challenge) for i in range(6)]
@@ -44,18 +44,18 @@ def test_one_time_challenge_used_concurrently_issues_exactly_once(harness: Harne
     assert rows.get("issued") == 1 and set(rows) <= {"issued", "reserved"}, rows
 
 
-def _fail_more(h: Harness, client: str | None, identity: str | None, namespace: str, n: int = 8) -> None:
+def _fail_more(h: ServiceHarness, client: str | None, identity: str | None, namespace: str, n: int = 8) -> None:
     """Record ``n`` more failures directly, so the pause (2**n s and more) outlasts any test machine."""
     throttle = Throttle(h.issuer.ledger)
     for _ in range(n):
         h.run(throttle.failed(client, identity, namespace))
 
 
-def _failures(h: Harness, scope: str, key: str) -> int:
+def _failures(h: ServiceHarness, scope: str, key: str) -> int:
     return h.run(h.issuer.ledger.auth_failure_stats(scope, key, 0))[0]
 
 
-def test_scep_failures_for_a_subject_slow_only_addresses_that_failed(harness: Harness) -> None:
+def test_scep_failures_for_a_subject_slow_only_addresses_that_failed(harness: ServiceHarness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     key = rsa_key(70)
     for i in range(IDENTITY_FREE):  # many addresses, one subject
@@ -72,7 +72,7 @@ def test_scep_failures_for_a_subject_slow_only_addresses_that_failed(harness: Ha
     assert harness.rows() == {"issued": 1}
 
 
-def test_scep_failures_are_throttled_per_client_address(harness: Harness) -> None:
+def test_scep_failures_are_throttled_per_client_address(harness: ServiceHarness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     key = rsa_key(71)
     for i in range(CLIENT_FREE):  # one address, many subjects
@@ -88,7 +88,7 @@ def test_scep_failures_are_throttled_per_client_address(harness: Harness) -> Non
         is PkiStatus.SUCCESS
 
 
-def _est(h: Harness, user: str, password: str, remote: str) -> int:
+def _est(h: ServiceHarness, user: str, password: str, remote: str) -> int:
     csr, _ = make_csr("est-throttle")
     body = base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
     try:
@@ -100,7 +100,7 @@ def _est(h: Harness, user: str, password: str, remote: str) -> int:
         return err.status
 
 
-def test_strangers_guessing_the_shared_est_user_never_lock_out_a_clean_address(harness: Harness) -> None:
+def test_strangers_guessing_the_shared_est_user_never_lock_out_a_clean_address(harness: ServiceHarness) -> None:
     user, pw = harness.init.est_user, harness.init.est_password
     for i in range(100):  # half from one address (soon refused before scrypt), half from many
         remote = "10.3.9.9" if i % 2 else f"10.3.0.{i}"
@@ -113,7 +113,7 @@ def test_strangers_guessing_the_shared_est_user_never_lock_out_a_clean_address(h
     assert harness.rows() == {"issued": 2}
 
 
-def test_est_basic_failures_are_throttled_per_client_ipv6_64(harness: Harness) -> None:
+def test_est_basic_failures_are_throttled_per_client_ipv6_64(harness: ServiceHarness) -> None:
     for i in range(CLIENT_FREE):  # one /64, rotating addresses
         assert _est(harness, f"nobody-{i}", "x", f"2001:db8:4::{i + 1}") == 401
     _fail_more(harness, "2001:db8:4::ffff", None, "est")
@@ -122,7 +122,7 @@ def test_est_basic_failures_are_throttled_per_client_ipv6_64(harness: Harness) -
     assert harness.rows() == {"issued": 1}
 
 
-def test_a_flood_of_bare_unauthenticated_requests_writes_few_audit_rows(harness: Harness) -> None:
+def test_a_flood_of_bare_unauthenticated_requests_writes_few_audit_rows(harness: ServiceHarness) -> None:
     csr, _ = make_csr("anonymous-flood")
     body = base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
     before = harness.audit_count()

@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from enroll.config import load_config
 from enroll.pki import DevPKI
 from enroll.setup import InitResult, init_directory
-from tests.conftest import RunningServer, _wait_listening, assert_ledger_lints_clean, free_port, make_csr
 from tests.hardening.helpers import est_post, parse
+from tests.harness import RunningServer, wait_listening
+from tests.support import assert_ledger_lints_clean, free_port, make_csr
 
 ROUNDS = int(os.environ.get("ENROLL_KILL_ROUNDS", "4"))
 
@@ -57,7 +58,7 @@ class Killable:
         with open(self.tmp / "serve.log", "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "enroll", "-c", str(self.init.config_path), "serve"],
                                          stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
-        _wait_listening(self.http_port, self.proc, self.tmp / "serve.log")
+        wait_listening(self.http_port, self.proc, self.tmp / "serve.log")
 
     def kill9(self) -> None:
         assert self.proc is not None

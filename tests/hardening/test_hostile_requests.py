@@ -25,18 +25,19 @@ from ca.api import Issued
 from est.errors import EstError
 from scep.asn1 import PkiStatus
 from scep.errors import ScepDecodeError
-from tests.conftest import RunningServer, request
 from tests.hardening.asn1gen import csr_with, est_seeds, mutated, scep_seeds, structural_cases
-from tests.hardening.conftest import FUZZ, Harness
-from tests.hardening.helpers import est_post, http_raw, issued_count, rows
+from tests.hardening.conftest import FUZZ
+from tests.hardening.helpers import est_post, http_raw
 from tests.hardening.scepmsg import pkcsreq, reply
+from tests.harness import RunningServer, ServiceHarness
 from tests.scep.scep_testpki import build_pki, make_cert, rsa_key
+from tests.support import request
 
 EST_SEEDS = est_seeds()
 SCEP_SEEDS = scep_seeds()
 
 
-def _est_status(h: Harness, body: bytes) -> int:
+def _est_status(h: ServiceHarness, body: bytes) -> int:
     try:
         return h.run(h.est.simpleenroll("", body, h.tls, h.creds)).status
     except EstError as err:
@@ -45,7 +46,7 @@ def _est_status(h: Harness, body: bytes) -> int:
 
 @FUZZ
 @given(body=mutated(EST_SEEDS).map(base64.b64encode))
-def test_mutated_est_bodies(harness: Harness, body: bytes) -> None:
+def test_mutated_est_bodies(harness: ServiceHarness, body: bytes) -> None:
     before_rows, before_audit = harness.rows(), harness.audit_count()
     before_counted = sum(harness.issuer.refusal_counts.values())
     status = _est_status(harness, body)
@@ -60,13 +61,13 @@ def test_mutated_est_bodies(harness: Harness, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("shape", sorted(structural_cases()))
-def test_hostile_est_shapes(harness: Harness, shape: str) -> None:
+def test_hostile_est_shapes(harness: ServiceHarness, shape: str) -> None:
     before = harness.audit_count()
     assert _est_status(harness, base64.b64encode(structural_cases()[shape])) == 400
     assert harness.rows() == {} and harness.audit_count() == before + 1
 
 
-def _scep(h: Harness, der: bytes, profile: str = "router") -> PkiStatus | None:
+def _scep(h: ServiceHarness, der: bytes, profile: str = "router") -> PkiStatus | None:
     """The CertRep status, or None when the input is undecodable (HTTP 400)."""
     try:
         body = h.run(h.scep.pki_operation(h.scep.profile(profile), der, "127.0.0.1")).body
@@ -77,7 +78,7 @@ def _scep(h: Harness, der: bytes, profile: str = "router") -> PkiStatus | None:
 
 @FUZZ
 @given(der=mutated(SCEP_SEEDS))
-def test_mutated_scep_captures(harness: Harness, der: bytes) -> None:
+def test_mutated_scep_captures(harness: ServiceHarness, der: bytes) -> None:
     before_audit, before_counted = harness.audit_count(), sum(harness.issuer.refusal_counts.values())
     status = _scep(harness, der)
     assert status in (None, PkiStatus.FAILURE)
@@ -92,7 +93,7 @@ def test_mutated_scep_captures(harness: Harness, der: bytes) -> None:
 
 @FUZZ
 @given(data=mutated([b"\x00"]))  # placeholder seed; the real seed is built per run below
-def test_mutated_valid_scep_messages(harness: Harness, data: bytes) -> None:
+def test_mutated_valid_scep_messages(harness: ServiceHarness, data: bytes) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     msg = bytearray(pkcsreq(ra, rsa_key(80), "mutant", harness.init.scep_challenge))
     for i, b in enumerate(data[:4]):  # flip bytes at positions derived from the example
@@ -110,7 +111,7 @@ HOSTILE_CONTENT = {**{f"shape-{k}": v for k, v in structural_cases().items()},
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONTENT))
-def test_signed_and_encrypted_hostile_content(harness: Harness, name: str) -> None:
+def test_signed_and_encrypted_hostile_content(harness: ServiceHarness, name: str) -> None:
     """The envelope opens and the signature verifies: the content itself is the attack."""
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     before = harness.audit_count()
@@ -125,7 +126,7 @@ def _resign(der: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
     return info.dump(force=True)
 
 
-def test_message_digest_over_other_content(harness: Harness) -> None:
+def test_message_digest_over_other_content(harness: ServiceHarness) -> None:
     """B4: signedAttrs (and their signature) intact, eContent changed: messageDigest mismatch."""
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     good = pkcsreq(ra, rsa_key(82), "digest", harness.init.scep_challenge)
@@ -139,7 +140,7 @@ def test_message_digest_over_other_content(harness: Harness) -> None:
     assert harness.rows() == {}
 
 
-def test_missing_signed_attributes_or_two_signers_are_undecodable(harness: Harness) -> None:
+def test_missing_signed_attributes_or_two_signers_are_undecodable(harness: ServiceHarness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     good = pkcsreq(ra, rsa_key(83), "attrs", harness.init.scep_challenge)
 
@@ -157,7 +158,7 @@ def test_missing_signed_attributes_or_two_signers_are_undecodable(harness: Harne
     assert harness.rows() == {}
 
 
-def _issue_router_cert(h: Harness, cn: str) -> Issued:
+def _issue_router_cert(h: ServiceHarness, cn: str) -> Issued:
     from scep.client import simple_csr
 
     csr = simple_csr(rsa_key(84), cn)
@@ -166,7 +167,7 @@ def _issue_router_cert(h: Harness, cn: str) -> Issued:
     return out
 
 
-def test_renewal_signed_by_another_ca_or_a_victim_lookalike_is_refused(harness: Harness) -> None:
+def test_renewal_signed_by_another_ca_or_a_victim_lookalike_is_refused(harness: ServiceHarness) -> None:
     """B6: a RenewalReq signed by (a) a certificate from a foreign CA with the victim's subject,
     (b) a self-signed copy of the victim's certificate (same subject, serial, issuer name)."""
     victim = _issue_router_cert(harness, "victim-router").certificate
@@ -187,7 +188,7 @@ def test_renewal_signed_by_another_ca_or_a_victim_lookalike_is_refused(harness: 
     assert harness.rows() == before
 
 
-def test_renewal_signed_by_a_revoked_certificate_is_refused(harness: Harness) -> None:
+def test_renewal_signed_by_a_revoked_certificate_is_refused(harness: ServiceHarness) -> None:
     out = _issue_router_cert(harness, "revoked-router")
     harness.run(harness.issuer.revoke(out.serial, "key_compromise"))
     ra = harness.scep.ra(harness.scep.profile("router")).cert
@@ -223,6 +224,6 @@ def test_hostile_bytes_through_the_real_server(running_server: RunningServer) ->
             assert status in (b"400", b"200", b"413", b"414", b"431"), out[:100]
             if status == b"200":
                 assert reply(out.partition(b"\r\n\r\n")[2]).status is PkiStatus.FAILURE
-    assert issued_count(running_server) == 0 and rows(running_server).get("reserved", 0) == 0
+    assert running_server.issued() == 0 and running_server.rows().get("reserved", 0) == 0
     assert http_raw(running_server.http_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
     assert b"Traceback" not in running_server.log_path.read_bytes()

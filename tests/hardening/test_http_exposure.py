@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from enroll import server as srv
-from tests.conftest import RunningServer, free_port, make_csr, require_tool
-from tests.hardening.helpers import basic as _basic_h, est_enroll, http_raw, https_raw, issued_count, scep_enroll
+from tests.hardening.helpers import basic as _basic_h, est_enroll, http_raw, https_raw, scep_enroll
+from tests.harness import RunningServer
+from tests.support import free_port, make_csr, require_tool, s_client_renegotiation
 
 
 def test_no_version_disclosure_even_on_parser_errors(running_server: RunningServer) -> None:
@@ -39,7 +40,7 @@ def test_compressed_bodies_are_refused_before_inflating(running_server: RunningS
                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         out = http_raw(running_server.http_port, req) if port else https_raw(running_server, req)
         assert out.startswith(b"HTTP/1.1 415"), out[:200]
-    assert issued_count(running_server) == 0
+    assert running_server.issued() == 0
 
 
 def test_huge_declared_body_is_413_without_waiting_for_it(running_server: RunningServer) -> None:
@@ -55,7 +56,7 @@ def _huge_body(running_server: RunningServer, path: str) -> None:
     out = https_raw(running_server, req, timeout=10)
     assert out.startswith(b"HTTP/1.1 413"), out[:200]
     assert time.monotonic() - started < 5
-    assert issued_count(running_server) == 0
+    assert running_server.issued() == 0
 
 
 def test_header_limits(running_server: RunningServer) -> None:
@@ -215,29 +216,7 @@ def test_tls12_with_ecdhe_aead_works_and_tls13_too(running_server: RunningServer
 def test_tls12_renegotiation_is_refused(running_server: RunningServer) -> None:
     """s_client's interactive "R" asks for a renegotiation once the session is up; the server
     (ssl.OP_NO_RENEGOTIATION) answers with a no_renegotiation alert."""
-    openssl = require_tool("openssl")
-    proc = subprocess.Popen([openssl, "s_client", "-connect", f"127.0.0.1:{running_server.https_port}",
-                             "-CAfile", str(running_server.ca_bundle), "-tls1_2", "-cipher", "ECDHE+AESGCM"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdin is not None
-    try:
-        time.sleep(1.0)
-        proc.stdin.write(b"R\n")
-        proc.stdin.flush()
-        time.sleep(1.0)
-        try:
-            proc.stdin.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            proc.stdin.flush()
-            time.sleep(1.0)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # s_client already exited on the alert
-        out = proc.stdout.read() if proc.stdout else b""
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
+    out = s_client_renegotiation(running_server.https_port, running_server.ca_bundle)
     assert b"RENEGOTIATING" in out, out[-600:]
     assert b"no renegotiation" in out.lower() and b"200 OK" not in out, out[-600:]
 
@@ -253,7 +232,7 @@ def test_path_confusion_never_reaches_another_profile(running_server: RunningSer
     for path in EST_CONFUSED:
         res = est_enroll(running_server, "confused", path=path)
         assert res.status in (400, 404, 405), (path, res.status, res.body[:200])
-    assert issued_count(running_server) == 0
+    assert running_server.issued() == 0
     for path in SCEP_CONFUSED:
         out = http_raw(running_server.http_port, f"GET {path}?operation=GetCACaps HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert out.startswith((b"HTTP/1.1 404", b"HTTP/1.1 400")), (path, out[:200])

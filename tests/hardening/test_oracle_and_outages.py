@@ -29,10 +29,10 @@ from est.errors import EstError, from_ca_error
 from scep import cms
 from scep.asn1 import FailInfo, PkiStatus
 from scep.message import CertRep
-from tests.conftest import free_port, make_csr
-from tests.hardening.conftest import Harness
 from tests.hardening.scepmsg import pkcsreq
+from tests.harness import ServiceHarness
 from tests.scep.scep_testpki import build_pki, rsa_key
+from tests.support import free_port, make_csr
 
 
 def _tampered_envelope(edit: Callable[[acms.EnvelopedData], None]) -> Callable[..., bytes]:
@@ -61,7 +61,7 @@ def _shape(body: bytes) -> tuple[Any, ...]:
     return len(body), rep.status, rep.fail_info, rep.fail_info_text, attrs
 
 
-def test_decrypt_and_verify_failures_have_one_shape(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decrypt_and_verify_failures_have_one_shape(harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     profile = harness.scep.profile("router")
     ra = harness.scep.ra(profile).cert
     key = rsa_key(90)
@@ -103,7 +103,7 @@ def _bad_padding_real(env: acms.EnvelopedData) -> None:
 class Signatures:
     """Counts CA signatures by wrapping the local backend's sign()."""
 
-    def __init__(self, h: Harness) -> None:
+    def __init__(self, h: ServiceHarness) -> None:
         self.count = 0
         backend = h.issuer.cas["issuing"].backend
         original = backend.sign
@@ -115,7 +115,7 @@ class Signatures:
         backend.sign = sign  # type: ignore[method-assign]
 
 
-def _est(h: Harness, cn: str) -> EstError | int:
+def _est(h: ServiceHarness, cn: str) -> EstError | int:
     csr, _ = make_csr(cn)
     body = base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
     try:
@@ -126,14 +126,14 @@ def _est(h: Harness, cn: str) -> EstError | int:
         return from_ca_error(err)
 
 
-def _scep_status(h: Harness, cn: str, key_index: int) -> tuple[PkiStatus, FailInfo | None]:
+def _scep_status(h: ServiceHarness, cn: str, key_index: int) -> tuple[PkiStatus, FailInfo | None]:
     profile = h.scep.profile("router")
     der = pkcsreq(h.scep.ra(profile).cert, rsa_key(key_index), cn, h.init.scep_challenge)
     rep = CertRep.parse(h.run(h.scep.pki_operation(profile, der, "127.0.0.1")).body)
     return rep.status, rep.fail_info
 
 
-def _fill_to_the_limit(h: Harness) -> None:
+def _fill_to_the_limit(h: ServiceHarness) -> None:
     """Cap the SQLite file at its current size (PRAGMA max_page_count on every new connection),
     then use up the free space left in its last pages."""
     ledger = h.issuer.ledger
@@ -180,14 +180,14 @@ def _fill_to_the_limit(h: Harness) -> None:
     db.close()
 
 
-def _lift_the_limit(h: Harness) -> None:
+def _lift_the_limit(h: ServiceHarness) -> None:
     ledger = h.issuer.ledger
     for engine in ledger.sync_engines:
         sa.event.remove(engine, "connect", h._cap)  # type: ignore[attr-defined]
     h.run(ledger.reconnect())
 
 
-def test_disk_full_mid_request_then_recovery(harness: Harness) -> None:
+def test_disk_full_mid_request_then_recovery(harness: ServiceHarness) -> None:
     assert _est(harness, "before-full") == 200
     sigs = Signatures(harness)
     _fill_to_the_limit(harness)
@@ -209,35 +209,18 @@ def test_disk_full_mid_request_then_recovery(harness: Harness) -> None:
 
 
 @pytest.fixture
-def unreachable(config: Config, embedded: InitResult) -> Iterator[Harness]:
+def unreachable(config: Config, embedded: InitResult) -> Iterator[ServiceHarness]:
     """The application over a PostgreSQL URL where nothing listens (a database that is down)."""
     down = dataclasses.replace(config, ledger_url=f"postgresql://enroll:x@127.0.0.1:{free_port()}/enroll")
 
-    class Down(Harness):
-        def __init__(self) -> None:
-            import asyncio
-
-            from enroll.app import ISSUER, create_app
-            from est.http import EST_SERVICE
-            from est.service import Credentials, TlsInfo
-            from scep.http import SERVICE
-
-            self.config, self.init = down, embedded
-            self.loop = asyncio.new_event_loop()
-            self.app = create_app(down)
-            self.issuer = self.app[ISSUER]
-            self.est, self.scep = self.app[EST_SERVICE], self.app[SERVICE]
-            self.tls = TlsInfo(version="TLSv1.3", remote="127.0.0.1")
-            self.creds = Credentials(embedded.est_user, embedded.est_password)
-
-    h = Down()
+    h = ServiceHarness(down, embedded, migrate=False)  # nothing to migrate: nothing listens
     try:
         yield h
     finally:
         h.close()
 
 
-def test_database_unreachable_is_503_and_failure_with_nothing_signed(unreachable: Harness) -> None:
+def test_database_unreachable_is_503_and_failure_with_nothing_signed(unreachable: ServiceHarness) -> None:
     sigs = Signatures(unreachable)
     err = _est(unreachable, "db-down")
     assert isinstance(err, EstError) and err.status == 503 and int(err.headers["Retry-After"]) > 0

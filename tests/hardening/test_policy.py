@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from ca.api import Issued, Rejected
 from ca.issuer import Issuer
-from tests.conftest import make_csr, request, resign_csr
 from tests.hardening.weakkeys import close_primes_key, roca_key
+from tests.support import make_csr, request, resign_csr
 
 
 def _key_swapped_csr() -> x509.CertificateSigningRequest:

@@ -15,14 +15,14 @@ from ca.errors import ConfigError
 from enroll.app import validate
 from enroll.config import Config, load_config
 from enroll.setup import InitResult
-from tests.est.conftest import prepare
+from tests.support import add_est_test_profiles
 
 KEK_KEY = "profiles.skg.est.serverkeygen_keks.6b656b2d31"
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
 def test_kek_file_readable_by_others_is_refused(embedded: InitResult, mode: int) -> None:
-    config = prepare(embedded)
+    config = add_est_test_profiles(embedded)
     validate(config)  # 0600: accepted
     os.chmod(embedded.config_path.parent / "kek-1.hex", mode)
     with pytest.raises(ConfigError) as exc:
@@ -37,7 +37,7 @@ def _explicit_signer(embedded: InitResult) -> Config:
     text = embedded.config_path.read_text()
     embedded.config_path.write_text(text.replace("[est]\n", '[est]\nserverkeygen_signer_cert = "certs/skg-signer.pem"\n'
                                                  'serverkeygen_signer_key = "certs/skg-signer.key"\n', 1))
-    return prepare(embedded)
+    return add_est_test_profiles(embedded)
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640])
@@ -52,7 +52,7 @@ def test_serverkeygen_signer_key_readable_by_others_is_refused(embedded: InitRes
 
 
 def test_tls_key_signing_serverkeygen_is_checked_too(embedded: InitResult) -> None:
-    config = prepare(embedded)  # no explicit signer: the TLS server key signs the key part
+    config = add_est_test_profiles(embedded)  # no explicit signer: the TLS server key signs the key part
     os.chmod(embedded.certs_dir / "tls-server.key", 0o644)
     with pytest.raises(ConfigError) as exc:
         validate(config)
@@ -60,7 +60,7 @@ def test_tls_key_signing_serverkeygen_is_checked_too(embedded: InitResult) -> No
 
 
 def test_serve_refuses_to_start_with_a_group_readable_kek(embedded: InitResult) -> None:
-    prepare(embedded)
+    add_est_test_profiles(embedded)
     os.chmod(embedded.config_path.parent / "kek-1.hex", 0o640)
     assert load_config(embedded.config_path).profile_est["skg"]  # the profile is there
     proc = subprocess.run([sys.executable, "-m", "enroll", "-c", str(embedded.config_path), "serve"],

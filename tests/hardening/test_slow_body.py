@@ -12,7 +12,7 @@ import pytest
 
 import est.http
 import scep.http
-from tests.est.conftest import EstServer, est_server  # noqa: F401 - the in-process EST app over TLS
+from tests.harness import EstServer
 
 
 async def _trickle(port: int, head: bytes, ssl_ctx: ssl.SSLContext | None) -> bytes:
@@ -38,10 +38,10 @@ async def _trickle(port: int, head: bytes, ssl_ctx: ssl.SSLContext | None) -> by
 
 async def test_slow_est_body_is_408(est_server: EstServer, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setattr(est.http, "BODY_TIMEOUT", 1.0)
-    ctx = ssl.create_default_context(cafile=str(est_server.ca_file))
+    ctx = ssl.create_default_context(cafile=str(est_server.ca_bundle))
     head = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\n"
             b"Content-Length: 5000\r\n\r\n")
-    out = await _trickle(est_server.port, head, ctx)
+    out = await _trickle(est_server.https_port, head, ctx)
     assert out.startswith(b"HTTP/1.1 408"), out[:200]
     assert await est_server.issued() == 0
 

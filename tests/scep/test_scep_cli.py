@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tests.conftest import RunningServer
+from tests.harness import RunningServer
 
 
 def test_cli_caps_cacert_enroll_renew_getcrl(scep_server: RunningServer, tmp_path: Path) -> None:

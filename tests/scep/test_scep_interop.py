@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from enroll.pki import DevPKI, with_ndes_ra
 from scep import cms
 from scep.message import PkiMessage, new_nonce
-from tests.conftest import RunningServer, require_tool, start_server
-from tests.scep.conftest import add_scep_test_profiles
+from tests.harness import RunningServer, start_server
+from tests.support import add_scep_test_profiles, ledger_file, require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -46,22 +46,12 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
 def scep_server(request: pytest.FixtureRequest, tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]:
     """`enroll serve` with the SCEP test profiles, in each RA layout (overrides tests/scep/conftest.py)."""
     pki = with_ndes_ra(dev_pki) if request.param == "ndes-ra" else dev_pki
-    yield from start_server(tmp_path, pki, lambda init: add_scep_test_profiles(init.config_path))
+    with start_server(tmp_path, pki, lambda init: add_scep_test_profiles(init.config_path)) as srv:
+        yield srv
 
 
 def _db(server: RunningServer) -> sqlite3.Connection:
-    url = server.config.ledger_url
-    assert url.startswith("sqlite:///")
-    return sqlite3.connect(url[len("sqlite:///"):], timeout=10)
-
-
-def issued_count(server: RunningServer) -> int:
-    """Certificates in the ledger (every negative case asserts this does not move)."""
-    con = _db(server)
-    try:
-        return int(con.execute("SELECT count(*) FROM certificates WHERE status = 'issued'").fetchone()[0])
-    finally:
-        con.close()
+    return sqlite3.connect(ledger_file(server.config), timeout=10)
 
 
 def pending_ids(server: RunningServer) -> list[int]:
@@ -106,26 +96,26 @@ def test_scepclient_one_time_challenge_and_reuse(scep_server: RunningServer, tmp
     otc = scep_server.enroll("challenge", "new", "--profile", "router").stdout.strip().split()[-1]
     scepclient(scep_server, "router", tmp_path / "a", otc, "otc-1")
     assert (tmp_path / "a" / "cert.pem").exists()
-    before = issued_count(scep_server)
+    before = scep_server.issued()
     bad = scepclient(scep_server, "router", tmp_path / "b", otc, "otc-2", check=False)
     assert bad.returncode != 0
     assert not (tmp_path / "b" / "cert.pem").exists()
-    assert issued_count(scep_server) == before
+    assert scep_server.issued() == before
 
 
 def test_scepclient_wrong_challenge_issues_nothing(scep_server: RunningServer, tmp_path: Path) -> None:
-    before = issued_count(scep_server)
+    before = scep_server.issued()
     bad = scepclient(scep_server, "anytime", tmp_path / "w", "wrong-challenge", "wrong", check=False)
     assert bad.returncode != 0
-    assert issued_count(scep_server) == before
+    assert scep_server.issued() == before
 
 
 def test_scepclient_refused_by_a_modern_profile(scep_server: RunningServer, tmp_path: Path) -> None:
     """scepclient only speaks DES + SHA-1: a profile without allow_legacy refuses it."""
-    before = issued_count(scep_server)
+    before = scep_server.issued()
     bad = scepclient(scep_server, "modern", tmp_path / "m", scep_server.init.scep_challenge, "modern", check=False)
     assert bad.returncode != 0
-    assert issued_count(scep_server) == before
+    assert scep_server.issued() == before
 
 
 # --- strongSwan pki -------------------------------------------------------------------------------
@@ -192,7 +182,7 @@ def test_strongswan_manual_approval_completed_by_polling(scep_server: RunningSer
 
             time.sleep(0.2)
         assert ids, "the request should wait for an operator"
-        assert issued_count(scep_server) == 0
+        assert scep_server.issued() == 0
         scep_server.enroll("pending", "approve", str(ids[0]))
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
@@ -208,11 +198,11 @@ def test_strongswan_wrong_challenge_issues_nothing(scep_server: RunningServer, t
     d = tmp_path / "ssw"
     cas = _scepca(scep_server, "anytime", d)
     key = _pki_key(d, "key.pem")
-    before = issued_count(scep_server)
+    before = scep_server.issued()
     bad = run(_pki_scep(scep_server, "anytime", d, cas, key, "CN=nope", d / "c.pem", "--password", "wrong"),
               cwd=d, check=False)
     assert bad.returncode != 0
-    assert issued_count(scep_server) == before
+    assert scep_server.issued() == before
 
 
 # --- certmonger scep-submit -------------------------------------------------------------------------

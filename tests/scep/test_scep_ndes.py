@@ -32,8 +32,8 @@ from scep.asn1 import PkiStatus
 from scep.client import ScepClient, self_signed_signer, simple_csr
 from scep.message import CertRep, PkiMessage, new_nonce
 from enroll.bench.server import free_port
-from tests.scep.conftest import add_scep_test_profiles
 from tests.scep.scep_testpki import rsa_key
+from tests.support import add_scep_test_profiles
 
 
 def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
