@@ -84,6 +84,16 @@ from ca.issuer_base import sha256_hex as sha256_hex
 from ca.issuer_base import spki_sha256 as spki_sha256
 from ca.lifecycle import Lifecycle
 
+def _certificate_method(req: EnrollRequest) -> AuthMethod:
+    """How the certificate behind a request authenticates it: a renewal by the method its claims
+    accept (the protocol's: an EST client certificate, RFC 7030 §4.2.2; a SCEP renewal signer,
+    RFC 8894 §3.3.1.2), any other by the TLS client certificate it came with (RFC 7030 §3.3.2)."""
+    if req.renewal_of is not None:
+        return next(iter(req.claims.accept[0])) if req.claims.accept and req.claims.accept[0] \
+            else AuthMethod.RENEWAL_SIGNER
+    return AuthMethod.TLS_CLIENT_CERT
+
+
 def _as_issue(req: EnrollRequest, requester: Requester) -> IssueRequest:
     return IssueRequest(req.csr, req.profile, requester, req.channel, req.transaction_id, req.renewal_of, req.nonce)
 
@@ -156,8 +166,7 @@ class Issuer(Authentication, Lifecycle):
             authenticating = req.renewal_of if req.renewal_of is not None else claims.certificate
             if authenticating is not None and (cert_ca is not None or trusted is not None):
                 # A certificate that chains to our stores names who is refused: always audited.
-                requester = Requester(AuthMethod.TLS_CLIENT_CERT if req.channel is Channel.EST
-                                      else AuthMethod.RENEWAL_SIGNER, authenticating.subject.rfc4514_string(),
+                requester = Requester(_certificate_method(req), authenticating.subject.rfc4514_string(),
                                       authenticating, claims.remote)
             throttle = Throttle(self.ledger)
             keys = throttle.keys(claims.remote, claims.identity, claims.namespace) if offers_secret(claims) else []
@@ -188,9 +197,8 @@ class Issuer(Authentication, Lifecycle):
                 assert cert_ca is not None
                 await self._renewal_verdict(req.renewal_of, profile, cert_ca, facts.certificate, channel=req.channel,
                                             remote=claims.remote)
-                method = next(iter(claims.accept[0])) if claims.accept and claims.accept[0] else \
-                    AuthMethod.RENEWAL_SIGNER
-                requester = Requester(method, req.renewal_of.subject.rfc4514_string(), req.renewal_of, claims.remote)
+                requester = Requester(_certificate_method(req), req.renewal_of.subject.rfc4514_string(),
+                                      req.renewal_of, claims.remote)
             else:
                 wait = throttle.wait(facts.throttle, claims.remote, claims.identity, claims.namespace) if keys else 0.0
                 if wait > 0:
