@@ -38,6 +38,7 @@ from ca.issuer import Issuer
 from enroll.app import ISSUER, create_app
 from enroll.config import Config, load_config
 from enroll.pki import DevPKI, Pair
+from enroll.server import GuardedSite
 from enroll.setup import InitResult, init_directory, record_example_client
 from enroll.tls import server_context
 from est.client import EstClient
@@ -45,7 +46,7 @@ from est.http import EST_SERVICE
 from est.service import Credentials, EstService, TlsInfo
 from scep.http import SERVICE as SCEP_SERVICE
 from scep.service import ScepService
-from tests.support import assert_ledger_lints_clean, free_port, issued, issued_count, ledger_rows
+from tests.support import assert_ledger_lints_clean, free_port, issued, issued_count, ledger_rows, require_tool
 
 T = TypeVar("T")
 
@@ -176,6 +177,39 @@ class RunningServer(Loopback):
         if check and res.returncode != 0:
             raise AssertionError(f"enroll {' '.join(args)} failed: {res.stdout}\n{res.stderr}")
         return res
+
+    def s_client(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        """`openssl s_client ARGS` against the HTTPS listener, trusting the dev root."""
+        return subprocess.run([require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{self.https_port}",
+                               "-CAfile", str(self.ca_bundle), *args], input=stdin, capture_output=True, timeout=30)
+
+    def s_client_renegotiation(self) -> bytes:
+        """What `openssl s_client` prints when, on a TLS 1.2 session, it asks for a renegotiation
+        (its interactive "R") and then sends a GET /health (RFC 5746 §4.3: a server may refuse
+        renegotiation with a no_renegotiation alert)."""
+        proc = subprocess.Popen([require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{self.https_port}",
+                                 "-CAfile", str(self.ca_bundle), "-tls1_2", "-cipher", "ECDHE+AESGCM"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdin is not None
+        try:
+            time.sleep(1.0)
+            proc.stdin.write(b"R\n")
+            proc.stdin.flush()
+            time.sleep(1.0)
+            try:
+                proc.stdin.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                proc.stdin.flush()
+                time.sleep(1.0)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # s_client already exited on the alert
+            out = proc.stdout.read() if proc.stdout else b""
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        return out
 
     def issued(self, channels: Sequence[str] = ()) -> int:
         """Issued certificates in the server's ledger."""
@@ -357,6 +391,29 @@ async def serve_inproc(config: Config) -> AsyncIterator[InProc]:
         await web.TCPSite(runner, "127.0.0.1", https_port, ssl_context=server_context(config)).start()
         await web.TCPSite(runner, "127.0.0.1", http_port).start()
         yield InProc(app, config, https_port, http_port)
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def guarded_site(*, max_connections: int, ssl_context: Any = None) -> AsyncIterator[int]:
+    """A one-route app ("/" answers "ok") behind ``enroll.server.GuardedSite`` with tiny limits (a
+    1 s head deadline and keep-alive, ``max_connections``), optionally over ``ssl_context``, on a
+    free loopback port; yields the port."""
+    app = web.Application()
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, keepalive_timeout=1.0)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    site = GuardedSite(runner, sock, ssl_context=ssl_context, header_timeout=1.0, max_connections=max_connections)
+    await site.start()
+    try:
+        yield sock.getsockname()[1]
     finally:
         await runner.cleanup()
 

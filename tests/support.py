@@ -4,11 +4,13 @@ default. Fixtures live in tests/conftest.py, the server harness in tests/harness
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shutil
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,9 +27,9 @@ from enroll.config import Config, load_config
 from enroll.setup import InitResult, record_example_client
 
 __all__ = [
-    "EST_POP_PROFILE", "EST_PROFILES", "KEK", "KEK_ID", "OPERATOR", "ROOT", "SCEP_PROFILES", "add_est_test_profiles",
-    "add_scep_test_profiles", "assert_ledger_lints_clean", "free_port", "issued", "issued_count", "ledger_file",
-    "ledger_rows", "make_csr", "missing_peer", "request", "require_tool", "resign_csr", "rsa_key", "s_client_renegotiation",
+    "EST_POP_PROFILE", "EST_PROFILES", "KEK", "KEK_ID", "OPERATOR", "ROOT", "TestPki", "SCEP_PROFILES", "add_est_test_profiles",
+    "add_scep_test_profiles", "build_pki", "cached_rsa_key", "assert_ledger_lints_clean", "free_port", "issued", "issued_count", "ledger_file",
+    "ledger_rows", "make_cert", "make_csr", "missing_peer", "name", "request", "require_tool", "resign_csr", "rsa_key",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,38 +51,6 @@ def require_tool(name: str) -> str:
     if path is None:
         missing_peer(name)
     return path
-
-
-def s_client_renegotiation(port: int, ca_bundle: Path) -> bytes:
-    """What `openssl s_client` prints when, on a TLS 1.2 session with 127.0.0.1:``port``, it asks
-    for a renegotiation (its interactive "R") and then sends a GET /health (RFC 5746 §4.3:
-    a server may refuse renegotiation with a no_renegotiation alert)."""
-    import subprocess
-    import time
-
-    proc = subprocess.Popen([require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}",
-                             "-CAfile", str(ca_bundle), "-tls1_2", "-cipher", "ECDHE+AESGCM"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdin is not None
-    try:
-        time.sleep(1.0)
-        proc.stdin.write(b"R\n")
-        proc.stdin.flush()
-        time.sleep(1.0)
-        try:
-            proc.stdin.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            proc.stdin.flush()
-            time.sleep(1.0)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # s_client already exited on the alert
-        out = proc.stdout.read() if proc.stdout else b""
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
-    return out
 
 
 # --- keys, CSRs, requests -----------------------------------------------------------------------
@@ -128,6 +98,86 @@ def resign_csr(csr: x509.CertificateSigningRequest, key: rsa.RSAPrivateKey,
     out = acsr.CertificationRequest({"certification_request_info": info, "signature_algorithm": {"algorithm": alg},
                                      "signature": key.sign(info.dump(), padding.PKCS1v15(), digest)})
     return x509.load_der_x509_csr(out.dump())
+
+
+_KEYS: list[rsa.RSAPrivateKey] = []
+
+
+def cached_rsa_key(index: int = 0) -> rsa.RSAPrivateKey:
+    """The ``index``-th of a pool of RSA-2048 keys kept for the session (key generation
+    dominates test time otherwise); ``rsa_key`` gives a fresh one."""
+    while len(_KEYS) <= index:
+        _KEYS.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _KEYS[index]
+
+
+def name(cn: str) -> x509.Name:
+    """A Name with one CN."""
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_cert(
+    key: rsa.RSAPrivateKey,
+    subject: str,
+    issuer_key: rsa.RSAPrivateKey | None = None,
+    issuer: x509.Certificate | None = None,
+    *,
+    ca: bool = False,
+    serial: int | None = None,
+    days: int = 30,
+) -> x509.Certificate:
+    """An RSA certificate for ``subject``, self-signed unless ``issuer``/``issuer_key`` are given
+    (RFC 5280 §4.1; a CA when ``ca``)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name(subject))
+        .issuer_name(issuer.subject if issuer else name(subject))
+        .public_key(key.public_key())
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=True,
+                data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@dataclass
+class TestPki:
+    """A throwaway CA, a client key with a self-signed signer (RFC 8894 §2.3), and an unrelated
+    key and certificate."""
+
+    __test__ = False
+    ca_key: rsa.RSAPrivateKey
+    ca: x509.Certificate
+    client_key: rsa.RSAPrivateKey
+    client_self_signed: x509.Certificate
+    other_key: rsa.RSAPrivateKey
+    other_cert: x509.Certificate
+
+
+def build_pki() -> TestPki:
+    """The ``TestPki`` over the first three cached keys."""
+    ca_key = cached_rsa_key(0)
+    ca = make_cert(ca_key, "SCEP Test CA", ca=True, days=365)
+    client_key = cached_rsa_key(1)
+    other_key = cached_rsa_key(2)
+    return TestPki(
+        ca_key=ca_key,
+        ca=ca,
+        client_key=client_key,
+        client_self_signed=make_cert(client_key, "client"),
+        other_key=other_key,
+        other_cert=make_cert(other_key, "Someone else"),
+    )
 
 
 OPERATOR = Requester(AuthMethod.BASIC, "estuser")

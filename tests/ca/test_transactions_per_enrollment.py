@@ -23,7 +23,7 @@ from scep.asn1 import PkiStatus
 from scep.client import self_signed_signer, simple_csr
 from scep.message import CertRep, PkiMessage, new_nonce
 from scep.service import ScepService
-from tests.scep.scep_testpki import rsa_key
+from tests.support import cached_rsa_key
 
 ONE_UNIT = Counter({"read": 1, "write": 1})
 
@@ -103,7 +103,7 @@ async def _scep(scep: ScepService, der: bytes, profile: str = "router") -> CertR
 
 
 async def _scep_warm(scep: ScepService, embedded: InitResult) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = rsa_key(61)
+    key = cached_rsa_key(61)
     csr = simple_csr(key, "scep-warm", embedded.scep_challenge)
     signer = self_signed_signer(key, csr.subject)
     rep = await _scep(scep, _pkcsreq(scep, csr, key, signer))
@@ -115,7 +115,7 @@ async def _scep_warm(scep: ScepService, embedded: InitResult) -> tuple[x509.Cert
 async def test_scep_pkcsreq_with_the_static_challenge_is_one_read_and_one_write(
         scep: ScepService, issuer: Issuer, embedded: InitResult) -> None:
     await _scep_warm(scep, embedded)
-    key = rsa_key(62)
+    key = cached_rsa_key(62)
     der = _pkcsreq(scep, simple_csr(key, "scep-static", embedded.scep_challenge), key)
     with issuer.ledger.counting() as counts:
         rep = await _scep(scep, der)
@@ -127,20 +127,20 @@ async def test_scep_pkcsreq_with_a_one_time_challenge_is_one_read_and_one_write(
         scep: ScepService, issuer: Issuer, embedded: InitResult) -> None:
     await _scep_warm(scep, embedded)
     challenge = await issuer.create_one_time_challenge("router", 60)
-    key = rsa_key(63)
+    key = cached_rsa_key(63)
     der = _pkcsreq(scep, simple_csr(key, "scep-once", challenge), key)
     with issuer.ledger.counting() as counts:
         rep = await _scep(scep, der)
     assert rep.status is PkiStatus.SUCCESS
     assert counts == ONE_UNIT
-    assert (await _scep(scep, _pkcsreq(scep, simple_csr(rsa_key(64), "scep-twice", challenge),
-                                       rsa_key(64)))).status is PkiStatus.FAILURE  # spent in that one write
+    assert (await _scep(scep, _pkcsreq(scep, simple_csr(cached_rsa_key(64), "scep-twice", challenge),
+                                       cached_rsa_key(64)))).status is PkiStatus.FAILURE  # spent in that one write
 
 
 async def test_scep_renewal_is_one_read_and_one_write(scep: ScepService, issuer: Issuer,
                                                       embedded: InitResult) -> None:
     cert, key = await _scep_warm(scep, embedded)
-    new_key = rsa_key(65)
+    new_key = cached_rsa_key(65)
     csr = x509.CertificateSigningRequestBuilder().subject_name(cert.subject).sign(new_key, hashes.SHA256())
     der = _pkcsreq(scep, csr, key, signer=cert, mtype=17)
     with issuer.ledger.counting() as counts:

@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ca.ledger import Ledger
-from enroll import server as srv
 from enroll.config import Config
 from enroll.pki import DevPKI
 from enroll.setup import InitResult, record_example_client
@@ -29,8 +25,7 @@ from est.client import EstClient, build_csr
 from est.errors import EstError
 from enroll.tls_openssl import OpenSSLTls, openssl_context
 from tests.conformance.test_pop_and_framing import result, run_suite
-from tests.harness import RunningServer, start_server
-from tests.support import require_tool, s_client_renegotiation
+from tests.harness import RunningServer, guarded_site, start_server
 
 
 def _subject(cn: str) -> x509.Name:
@@ -178,26 +173,21 @@ def test_conformance_pop_tls_exporter_is_skipped_when_the_server_cannot_export(s
 
 # --- the engine keeps the listener's TLS policy and exposure limits (enroll/tls.py, enroll/server.py)
 
-def _s_client(server: RunningServer, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{server.https_port}",
-                           "-CAfile", str(server.ca_bundle), *args], input=b"", capture_output=True, timeout=30)
-
-
 def test_pyopenssl_engine_offers_only_ecdhe_aead_on_tls12_and_tls13(openssl_server: RunningServer) -> None:
     for cipher in ("AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
                    "DHE-RSA-AES128-GCM-SHA256"):
-        res = _s_client(openssl_server, "-tls1_2", "-cipher", cipher)
+        res = openssl_server.s_client("-tls1_2", "-cipher", cipher)
         assert b"Cipher is (NONE)" in res.stdout or res.returncode != 0, (cipher, res.stdout[-400:])
     for args in (["-tls1_2", "-cipher", "ECDHE+AESGCM"], ["-tls1_3"]):
-        res = _s_client(openssl_server, *args)
+        res = openssl_server.s_client(*args)
         assert res.returncode == 0 and b"Cipher is (NONE)" not in res.stdout, res.stdout[-400:]
-    res = _s_client(openssl_server, "-tls1_1")
+    res = openssl_server.s_client("-tls1_1")
     assert res.returncode != 0 or b"Cipher is (NONE)" in res.stdout, res.stdout[-400:]
 
 
 def test_pyopenssl_engine_refuses_tls12_renegotiation(openssl_server: RunningServer) -> None:
     """s_client's "R" asks for a renegotiation; the server (OP_NO_RENEGOTIATION) refuses it."""
-    out = s_client_renegotiation(openssl_server.https_port, openssl_server.ca_bundle)
+    out = openssl_server.s_client_renegotiation()
     assert b"RENEGOTIATING" in out, out[-600:]
     assert b"no renegotiation" in out.lower() and b"200 OK" not in out, out[-600:]
 
@@ -205,23 +195,9 @@ def test_pyopenssl_engine_refuses_tls12_renegotiation(openssl_server: RunningSer
 @pytest.fixture
 async def guarded_tls(config: Config) -> AsyncIterator[int]:
     """An in-process listener through GuardedSite on the pyopenssl engine, with tiny limits."""
-    app = web.Application()
-
-    async def ok(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app.router.add_get("/", ok)
-    runner = web.AppRunner(app, keepalive_timeout=1.0)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.setblocking(False)
-    layer = OpenSSLTls(openssl_context(config), handshake_timeout=1.0)
-    site = srv.GuardedSite(runner, sock, ssl_context=layer, header_timeout=1.0, max_connections=3)
-    await site.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        await runner.cleanup()
+    async with guarded_site(max_connections=3,
+                            ssl_context=OpenSSLTls(openssl_context(config), handshake_timeout=1.0)) as port:
+        yield port
 
 
 def _tls_client(config: Config) -> ssl.SSLContext:

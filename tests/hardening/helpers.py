@@ -104,9 +104,9 @@ def scep_enroll(server: RunningServer, cn: str, challenge: str | None = None, pr
     """A full SCEP PKCSReq with our own client; True on SUCCESS."""
     from scep.asn1 import PkiStatus
     from scep.client import ScepClient, simple_csr
-    from tests.scep.scep_testpki import rsa_key
+    from tests.support import cached_rsa_key
 
-    key = rsa_key(0)
+    key = cached_rsa_key(0)
     csr = simple_csr(key, cn, challenge or server.init.scep_challenge)
 
     async def go() -> bool:

@@ -17,8 +17,7 @@ from scep.asn1 import PkiStatus
 from tests.hardening.helpers import est_post, http_raw
 from tests.hardening.scepmsg import pkcsreq, reply
 from tests.harness import RunningServer, ServiceHarness
-from tests.scep.scep_testpki import rsa_key
-from tests.support import make_csr
+from tests.support import cached_rsa_key, make_csr
 
 
 def _scep(h: ServiceHarness, profile: str, der: bytes, remote: str = "127.0.0.1") -> PkiStatus:
@@ -29,7 +28,7 @@ def _scep(h: ServiceHarness, profile: str, der: bytes, remote: str = "127.0.0.1"
 def test_one_time_challenge_used_concurrently_issues_exactly_once(harness: ServiceHarness) -> None:
     challenge = harness.run(harness.issuer.create_one_time_challenge("mdm", 600))
     ra = harness.scep.ra(harness.scep.profile("mdm")).cert
-    messages = [pkcsreq(ra, rsa_key(60 + i), f"phone-{i}", challenge) for i in range(6)]
+    messages = [pkcsreq(ra, cached_rsa_key(60 + i), f"phone-{i}", challenge) for i in range(6)]
 
     async def all_at_once() -> list[bytes]:
         p = harness.scep.profile("mdm")
@@ -57,7 +56,7 @@ def _failures(h: ServiceHarness, scope: str, key: str) -> int:
 
 def test_scep_failures_for_a_subject_slow_only_addresses_that_failed(harness: ServiceHarness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
-    key = rsa_key(70)
+    key = cached_rsa_key(70)
     for i in range(IDENTITY_FREE):  # many addresses, one subject
         assert _scep(harness, "router", pkcsreq(ra, key, "victim", "wrong"), f"10.1.0.{i}") is PkiStatus.FAILURE
     assert _failures(harness, "identity", "scep:router:CN=victim") == IDENTITY_FREE
@@ -74,7 +73,7 @@ def test_scep_failures_for_a_subject_slow_only_addresses_that_failed(harness: Se
 
 def test_scep_failures_are_throttled_per_client_address(harness: ServiceHarness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
-    key = rsa_key(71)
+    key = cached_rsa_key(71)
     for i in range(CLIENT_FREE):  # one address, many subjects
         assert _scep(harness, "router", pkcsreq(ra, key, f"guess-{i}", f"wrong-{i}"), "10.2.0.1") \
             is PkiStatus.FAILURE

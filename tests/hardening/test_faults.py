@@ -120,9 +120,9 @@ def _est_once(server: RunningServer, cn: str, got: Received) -> None:
 def _scep_once(server: RunningServer, txid: str, key_index: int, got: Received) -> None:
     from scep.asn1 import PkiStatus
     from scep.client import ScepClient, simple_csr
-    from tests.scep.scep_testpki import rsa_key
+    from tests.support import cached_rsa_key
 
-    key = rsa_key(key_index)
+    key = cached_rsa_key(key_index)
     csr = simple_csr(key, f"kill-{txid}", server.init.scep_challenge)
     try:
         res = asyncio.run(ScepClient(f"{server.base_http}/scep/router", timeout=10).enroll(csr, key, transaction_id=txid))

@@ -30,8 +30,7 @@ from tests.hardening.conftest import FUZZ
 from tests.hardening.helpers import est_post, http_raw
 from tests.hardening.scepmsg import pkcsreq, reply
 from tests.harness import RunningServer, ServiceHarness
-from tests.scep.scep_testpki import build_pki, make_cert, rsa_key
-from tests.support import request
+from tests.support import build_pki, cached_rsa_key, make_cert, request
 
 EST_SEEDS = est_seeds()
 SCEP_SEEDS = scep_seeds()
@@ -95,7 +94,7 @@ def test_mutated_scep_captures(harness: ServiceHarness, der: bytes) -> None:
 @given(data=mutated([b"\x00"]))  # placeholder seed; the real seed is built per run below
 def test_mutated_valid_scep_messages(harness: ServiceHarness, data: bytes) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
-    msg = bytearray(pkcsreq(ra, rsa_key(80), "mutant", harness.init.scep_challenge))
+    msg = bytearray(pkcsreq(ra, cached_rsa_key(80), "mutant", harness.init.scep_challenge))
     for i, b in enumerate(data[:4]):  # flip bytes at positions derived from the example
         pos = (b * 7919 + i * 104729) % len(msg)
         msg[pos] ^= 0x5A
@@ -115,7 +114,7 @@ def test_signed_and_encrypted_hostile_content(harness: ServiceHarness, name: str
     """The envelope opens and the signature verifies: the content itself is the attack."""
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     before = harness.audit_count()
-    der = pkcsreq(ra, rsa_key(81), "content", harness.init.scep_challenge, csr_der=HOSTILE_CONTENT[name])
+    der = pkcsreq(ra, cached_rsa_key(81), "content", harness.init.scep_challenge, csr_der=HOSTILE_CONTENT[name])
     assert _scep(harness, der) is PkiStatus.FAILURE
     assert harness.rows() == {} and harness.audit_count() == before + 1
 
@@ -129,7 +128,7 @@ def _resign(der: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
 def test_message_digest_over_other_content(harness: ServiceHarness) -> None:
     """B4: signedAttrs (and their signature) intact, eContent changed: messageDigest mismatch."""
     ra = harness.scep.ra(harness.scep.profile("router")).cert
-    good = pkcsreq(ra, rsa_key(82), "digest", harness.init.scep_challenge)
+    good = pkcsreq(ra, cached_rsa_key(82), "digest", harness.init.scep_challenge)
 
     def edit(sd: acms.SignedData) -> None:
         content = bytearray(sd["encap_content_info"]["content"].native)
@@ -142,7 +141,7 @@ def test_message_digest_over_other_content(harness: ServiceHarness) -> None:
 
 def test_missing_signed_attributes_or_two_signers_are_undecodable(harness: ServiceHarness) -> None:
     ra = harness.scep.ra(harness.scep.profile("router")).cert
-    good = pkcsreq(ra, rsa_key(83), "attrs", harness.init.scep_challenge)
+    good = pkcsreq(ra, cached_rsa_key(83), "attrs", harness.init.scep_challenge)
 
     def strip(sd: acms.SignedData) -> None:
         si = sd["signer_infos"][0]
@@ -161,7 +160,7 @@ def test_missing_signed_attributes_or_two_signers_are_undecodable(harness: Servi
 def _issue_router_cert(h: ServiceHarness, cn: str) -> Issued:
     from scep.client import simple_csr
 
-    csr = simple_csr(rsa_key(84), cn)
+    csr = simple_csr(cached_rsa_key(84), cn)
     out = h.run(h.issuer.issue(request(csr, "router")))
     assert isinstance(out, Issued)
     return out
@@ -172,7 +171,7 @@ def test_renewal_signed_by_another_ca_or_a_victim_lookalike_is_refused(harness: 
     (b) a self-signed copy of the victim's certificate (same subject, serial, issuer name)."""
     victim = _issue_router_cert(harness, "victim-router").certificate
     pki = build_pki()
-    attacker = rsa_key(85)
+    attacker = cached_rsa_key(85)
     foreign = make_cert(attacker, "victim-router", pki.ca_key, pki.ca)
     now = dt.datetime.now(dt.timezone.utc)
     lookalike = (x509.CertificateBuilder().subject_name(victim.subject).issuer_name(victim.issuer)
@@ -193,7 +192,7 @@ def test_renewal_signed_by_a_revoked_certificate_is_refused(harness: ServiceHarn
     harness.run(harness.issuer.revoke(out.serial, "key_compromise"))
     ra = harness.scep.ra(harness.scep.profile("router")).cert
     before = harness.rows()
-    der = pkcsreq(ra, rsa_key(84), "revoked-router", None, signer=out.certificate, mtype=17)
+    der = pkcsreq(ra, cached_rsa_key(84), "revoked-router", None, signer=out.certificate, mtype=17)
     assert _scep(harness, der) is PkiStatus.FAILURE
     assert harness.rows() == before
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from aiohttp import web
 
-from enroll import server as srv
 from tests.hardening.helpers import basic as _basic_h, est_enroll, http_raw, https_raw, scep_enroll
-from tests.harness import RunningServer
-from tests.support import free_port, make_csr, require_tool, s_client_renegotiation
+from tests.harness import RunningServer, guarded_site
+from tests.support import free_port, make_csr, require_tool
 
 
 def test_no_version_disclosure_even_on_parser_errors(running_server: RunningServer) -> None:
@@ -74,22 +71,8 @@ def _header_limit(running_server: RunningServer, extra: str) -> None:
 @pytest.fixture
 async def guarded() -> "AsyncIteratorSite":  # type: ignore[name-defined]
     """An in-process server through enroll.server.GuardedSite with tiny limits (fast tests)."""
-    app = web.Application()
-
-    async def ok(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app.router.add_get("/", ok)
-    runner = web.AppRunner(app, keepalive_timeout=1.0)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.setblocking(False)
-    site = srv.GuardedSite(runner, sock, ssl_context=None, header_timeout=1.0, max_connections=5)
-    await site.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        await runner.cleanup()
+    async with guarded_site(max_connections=5) as port:
+        yield port
 
 
 async def test_slow_request_head_is_cut_at_the_deadline(guarded: int) -> None:
@@ -194,29 +177,23 @@ def test_slowloris_does_not_stop_enrollments(running_server: RunningServer, tmp_
     assert http_raw(running_server.http_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
 
 
-def _s_client(server: RunningServer, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    openssl = require_tool("openssl")
-    return subprocess.run([openssl, "s_client", "-connect", f"127.0.0.1:{server.https_port}",
-                           "-CAfile", str(server.ca_bundle), *args], input=stdin, capture_output=True, timeout=30)
-
-
 def test_tls12_refuses_non_aead_or_non_ecdhe_suites(running_server: RunningServer) -> None:
     for cipher in ("AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA256",
                    "ECDHE-ECDSA-AES256-SHA384", "DHE-RSA-AES128-GCM-SHA256"):
-        res = _s_client(running_server, "-tls1_2", "-cipher", cipher)
+        res = running_server.s_client("-tls1_2", "-cipher", cipher)
         assert b"Cipher is (NONE)" in res.stdout or res.returncode != 0, (cipher, res.stdout[-400:])
 
 
 def test_tls12_with_ecdhe_aead_works_and_tls13_too(running_server: RunningServer) -> None:
     for args in (["-tls1_2", "-cipher", "ECDHE+AESGCM"], ["-tls1_3"]):
-        res = _s_client(running_server, *args)
+        res = running_server.s_client(*args)
         assert res.returncode == 0 and b"Cipher is (NONE)" not in res.stdout, res.stdout[-400:]
 
 
 def test_tls12_renegotiation_is_refused(running_server: RunningServer) -> None:
     """s_client's interactive "R" asks for a renegotiation once the session is up; the server
     (ssl.OP_NO_RENEGOTIATION) answers with a no_renegotiation alert."""
-    out = s_client_renegotiation(running_server.https_port, running_server.ca_bundle)
+    out = running_server.s_client_renegotiation()
     assert b"RENEGOTIATING" in out, out[-600:]
     assert b"no renegotiation" in out.lower() and b"200 OK" not in out, out[-600:]
 

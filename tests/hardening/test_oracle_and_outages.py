@@ -31,8 +31,7 @@ from scep.asn1 import FailInfo, PkiStatus
 from scep.message import CertRep
 from tests.hardening.scepmsg import pkcsreq
 from tests.harness import ServiceHarness
-from tests.scep.scep_testpki import build_pki, rsa_key
-from tests.support import free_port, make_csr
+from tests.support import build_pki, cached_rsa_key, free_port, make_csr
 
 
 def _tampered_envelope(edit: Callable[[acms.EnvelopedData], None]) -> Callable[..., bytes]:
@@ -64,7 +63,7 @@ def _shape(body: bytes) -> tuple[Any, ...]:
 def test_decrypt_and_verify_failures_have_one_shape(harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     profile = harness.scep.profile("router")
     ra = harness.scep.ra(profile).cert
-    key = rsa_key(90)
+    key = cached_rsa_key(90)
     challenge = harness.init.scep_challenge
     variants: dict[str, bytes] = {}
     variants["wrong-recipient"] = pkcsreq(build_pki().other_cert, key, "oracle", challenge, txid="ORACLE-TXID-0001")
@@ -128,7 +127,7 @@ def _est(h: ServiceHarness, cn: str) -> EstError | int:
 
 def _scep_status(h: ServiceHarness, cn: str, key_index: int) -> tuple[PkiStatus, FailInfo | None]:
     profile = h.scep.profile("router")
-    der = pkcsreq(h.scep.ra(profile).cert, rsa_key(key_index), cn, h.init.scep_challenge)
+    der = pkcsreq(h.scep.ra(profile).cert, cached_rsa_key(key_index), cn, h.init.scep_challenge)
     rep = CertRep.parse(h.run(h.scep.pki_operation(profile, der, "127.0.0.1")).body)
     return rep.status, rep.fail_info
 

@@ -12,8 +12,7 @@ from enroll.config import Config, load_config
 from enroll.pki import DevPKI
 from enroll.setup import InitResult
 from tests.harness import RunningServer, start_server
-from tests.scep.scep_testpki import TestPki, build_pki
-from tests.support import add_scep_test_profiles
+from tests.support import TestPki, add_scep_test_profiles, build_pki
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
-from tests.scep.scep_testpki import TestPki, make_cert, rsa_key
+from tests.support import TestPki, cached_rsa_key, make_cert
 
 from ca import cms_der
 from scep import cms
@@ -180,7 +180,7 @@ def _failure_text(pki: TestPki, env: bytes, recipients: list) -> str:  # type: i
 def test_all_decrypt_failures_share_one_shape(pki: TestPki) -> None:
     wrong_recipient = cms.encrypt_enveloped(b"x", pki.other_cert, "aes128")
     # same recipient identifier but a different key: decryption of the CEK fails
-    impostor = make_cert(rsa_key(3), "SCEP Test CA", serial=pki.ca.serial_number)
+    impostor = make_cert(cached_rsa_key(3), "SCEP Test CA", serial=pki.ca.serial_number)
     wrong_key = cms.encrypt_enveloped(b"x", impostor, "aes128")
     good = bytearray(cms.encrypt_enveloped(b"x" * 64, pki.ca, "aes128"))
     good[-1] ^= 0xFF  # last ciphertext byte: padding breaks

@@ -17,7 +17,8 @@ from scep import cms
 from scep.asn1 import FailInfo, MessageType, PkiStatus
 from scep.client import ScepClient, self_signed_signer, simple_csr
 from scep.message import CertRep, IssuerAndSerial, PkiMessage, new_nonce
-from tests.scep.scep_testpki import CAPTURES, load_cert, load_key, rsa_key
+from tests.scep.scep_testpki import CAPTURES, load_cert, load_key
+from tests.support import cached_rsa_key
 from tests.scep.test_scep_negative import Env, _assert_failure, env  # noqa: F401  (env is a fixture)
 
 SSCEP = CAPTURES / "sscep-0.10.0"
@@ -56,7 +57,7 @@ async def _sscep_request(env: Env, mtype: MessageType, content: bytes, signer: x
 
 
 async def _enrolled(env: Env, cn: str, index: int) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = rsa_key(index)
+    key = cached_rsa_key(index)
     csr = simple_csr(key, cn, env.challenge)
     signer = self_signed_signer(key, csr.subject)
     msg = PkiMessage(message_type=19, transaction_id=f"GC-{cn}", sender_nonce=new_nonce())
@@ -107,7 +108,7 @@ async def test_getcert_by_another_device_is_bad_cert_id(env: Env) -> None:
     cert, _ = await _enrolled(env, "victim", 63)
     other, other_key = await _enrolled(env, "snoop", 64)
     getcacert = await ScepClient(env.base + "/scep").get_ca_cert()
-    for signer, key in ((other, other_key), (self_signed_signer(rsa_key(65), cert.subject), rsa_key(65))):
+    for signer, key in ((other, other_key), (self_signed_signer(cached_rsa_key(65), cert.subject), cached_rsa_key(65))):
         der = await _sscep_request(env, MessageType.GET_CERT,
                                    sscep_issuer_and_serial(getcacert, cert.serial_number), signer, key)
         rep = await _assert_failure(env, der, FailInfo.BAD_CERT_ID)
@@ -119,7 +120,7 @@ async def test_getcert_by_another_device_is_bad_cert_id(env: Env) -> None:
 async def test_getcert_by_a_revoked_certificate_of_the_same_device_is_refused(env: Env) -> None:
     """Same subject, same device: the old (now revoked) certificate may no longer read the new one."""
     old, old_key = await _enrolled(env, "rotating", 66)
-    new_key = rsa_key(67)
+    new_key = cached_rsa_key(67)
     renewal = PkiMessage(message_type=19, transaction_id="GC-ROTATE", sender_nonce=new_nonce())
     rep = await env.send(renewal.build(simple_csr(new_key, "rotating").public_bytes(serialization.Encoding.DER),
                                        signer_cert=old, sign=cms.rsa_signer(old_key), recipient=env.ra,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from tests.scep.scep_testpki import TestPki, make_csr, name
+from tests.support import TestPki, make_csr, name
 
 from scep import cms
 from scep.asn1 import FailInfo, MessageType, PkiStatus
@@ -35,7 +35,7 @@ def _request(pki: TestPki, mtype: int, data: bytes, cipher: str = "aes128", dige
 @pytest.mark.parametrize("cipher", ["des", "3des", "aes128", "aes192", "aes256"])
 @pytest.mark.parametrize("digest", ["sha1", "sha256", "sha512"])
 def test_pkcsreq_round_trip(pki: TestPki, cipher: str, digest: str) -> None:
-    csr = make_csr(pki.client_key, "dev1", "s3cret")
+    csr, _ = make_csr("dev1", pki.client_key, challenge="s3cret")
     der = _request(pki, MessageType.PKCS_REQ, csr.public_bytes(serialization.Encoding.DER), cipher, digest)
     msg = PkiMessage.parse(der)
     assert (msg.message_type, msg.transaction_id, msg.sender_nonce) == (19, "TX-1", b"N" * 16)

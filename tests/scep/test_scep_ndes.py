@@ -32,8 +32,7 @@ from scep.asn1 import PkiStatus
 from scep.client import ScepClient, self_signed_signer, simple_csr
 from scep.message import CertRep, PkiMessage, new_nonce
 from enroll.bench.server import free_port
-from tests.scep.scep_testpki import rsa_key
-from tests.support import add_scep_test_profiles
+from tests.support import add_scep_test_profiles, cached_rsa_key
 
 
 def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
@@ -115,7 +114,7 @@ async def test_pyscep_style_enrollment_with_two_ras(ndes: Ndes) -> None:
     """Encrypted to the encryption RA, the CertRep verified with the signing RA, as PyScep does."""
     certs = await ScepClient(ndes.base + "/scep").get_ca_cert()
     recipient, signer_ra, _ = pyscep_select(certs)
-    key = rsa_key(70)
+    key = cached_rsa_key(70)
     csr = simple_csr(key, "pyscep-ndes", ndes.init.scep_challenge)
     signer = self_signed_signer(key, csr.subject)
     nonce = new_nonce()
@@ -136,11 +135,11 @@ async def test_our_client_enrolls_with_two_ras_and_either_recipient(ndes: Ndes) 
     client = ScepClient(ndes.base + "/scep")
     assert ndes.pki.ra_enc is not None
     assert await client.recipient() == ndes.pki.ra_enc.cert
-    key = rsa_key(71)
+    key = cached_rsa_key(71)
     res = await client.enroll(simple_csr(key, "ours-ndes", ndes.init.scep_challenge), key)
     assert res.status is PkiStatus.SUCCESS, res.fail_info_text
     # A client that encrypts to the signing RA (the first certificate) is still understood.
-    key2 = rsa_key(72)
+    key2 = cached_rsa_key(72)
     csr = simple_csr(key2, "first-cert", ndes.init.scep_challenge)
     signer = self_signed_signer(key2, csr.subject)
     der = PkiMessage(message_type=19, transaction_id="TO-SIGNING-RA", sender_nonce=new_nonce()).build(

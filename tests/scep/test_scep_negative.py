@@ -20,7 +20,8 @@ from scep.asn1 import FailInfo, PkiStatus
 from scep.client import ScepClient, http_request, self_signed_signer, simple_csr
 from scep.message import CertRep, PkiMessage, new_nonce
 from scep.quirks import encode_get_message
-from tests.scep.scep_testpki import CAPTURES, rsa_key
+from tests.scep.scep_testpki import CAPTURES
+from tests.support import cached_rsa_key
 
 
 class Env:
@@ -54,7 +55,7 @@ async def env(config: Config, issuer: Issuer, embedded: InitResult, aiohttp_serv
 def _build(env: Env, *, mtype: int = 19, cn: str = "neg", challenge: str | None = "", cipher: str = "aes128",
            digest: str = "sha256", recipient: x509.Certificate | None = None, key_index: int = 20,
            txid: str = "NEG-1") -> bytes:
-    key = rsa_key(key_index)
+    key = cached_rsa_key(key_index)
     csr = simple_csr(key, cn, env.challenge if challenge == "" else challenge)
     signer = self_signed_signer(key, csr.subject)
     msg = PkiMessage(message_type=mtype, transaction_id=txid, sender_nonce=new_nonce())
@@ -134,7 +135,7 @@ async def test_unauthenticated_message_sent_twice_is_refused_twice(env: Env) -> 
 
 
 async def test_reply_mirrors_cipher_and_nonces(env: Env) -> None:
-    key = rsa_key(21)
+    key = cached_rsa_key(21)
     csr = simple_csr(key, "mirror", env.challenge)
     signer = self_signed_signer(key, csr.subject)
     nonce = new_nonce()

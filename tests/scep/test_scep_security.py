@@ -24,7 +24,7 @@ from scep.asn1 import FailInfo, PkiStatus
 from scep.client import self_signed_signer, simple_csr
 from scep.message import PkiMessage, new_nonce
 from scep.settings import parse_profile
-from tests.scep.scep_testpki import rsa_key
+from tests.support import cached_rsa_key
 from tests.scep.test_scep_negative import Env, _assert_failure, env  # noqa: F401  (env is a fixture)
 
 
@@ -55,7 +55,7 @@ def _csr(key: Any, cn: str, challenge: str | None, sans: Sequence[str] = ()) -> 
 async def test_resend_after_approval_with_another_csr_is_refused(env: Env) -> None:
     """The reproduction: CN=printer-7 approved, a resend with the same key and transactionID asks
     for CN=domain-admin. Refused; the poll then gets exactly the approved CSR's certificate."""
-    key = rsa_key(40)
+    key = cached_rsa_key(40)
     approved_csr = simple_csr(key, "printer-7", env.challenge)
     signer = self_signed_signer(key, approved_csr.subject)
     first = await env.send(_pkcsreq(env, approved_csr, key, signer=signer, txid="TX-PRINTER-7"), "manual")
@@ -76,7 +76,7 @@ async def test_resend_after_approval_with_another_csr_is_refused(env: Env) -> No
 
 async def test_resend_after_issuance_with_another_csr_is_refused(env: Env) -> None:
     """Once issued, the same transaction still answers only for the CSR it was issued from."""
-    key = rsa_key(41)
+    key = cached_rsa_key(41)
     csr = simple_csr(key, "printer-8", env.challenge)
     assert (await env.send(_pkcsreq(env, csr, key, txid="TX-PRINTER-8"))).status is PkiStatus.SUCCESS
     await _assert_failure(env, _pkcsreq(env, simple_csr(key, "domain-admin", env.challenge), key,
@@ -87,7 +87,7 @@ async def test_resend_after_issuance_with_another_csr_is_refused(env: Env) -> No
 # --- 2. renewal keeps subject and subjectAltName ----------------------------------------------
 
 async def test_renewal_must_keep_the_subject_alt_name(env: Env) -> None:
-    key, new_key = rsa_key(42), rsa_key(43)
+    key, new_key = cached_rsa_key(42), cached_rsa_key(43)
     csr = _csr(key, "rtr-san", env.challenge, ["a.example"])
     signer = self_signed_signer(key, csr.subject)
     first = await env.send(_pkcsreq(env, csr, key, signer=signer, txid="SAN-1"))
@@ -105,13 +105,13 @@ async def test_renewal_must_keep_the_subject_alt_name(env: Env) -> None:
 
 async def test_renewal_must_keep_the_subject_byte_for_byte(env: Env) -> None:
     """CN=x as PrintableString vs UTF8String: equal to cryptography's Name, not byte-equal."""
-    key = rsa_key(44)
+    key = cached_rsa_key(44)
     csr = _csr(key, "rtr-der", env.challenge)
     signer = self_signed_signer(key, csr.subject)
     cert = (await env.send(_pkcsreq(env, csr, key, signer=signer, txid="DER-1"))).open(key.decrypt, signer)[0][0]
     printable = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rtr-der", x509.name._ASN1Type.PrintableString)])
     assert printable.public_bytes() != cert.subject.public_bytes()
-    csr = x509.CertificateSigningRequestBuilder().subject_name(printable).sign(rsa_key(45), hashes.SHA256())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(printable).sign(cached_rsa_key(45), hashes.SHA256())
     rep = await _assert_failure(env, _pkcsreq(env, csr, key, signer=cert, txid="DER-R"), FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "renewal must keep the subject"
 
@@ -120,7 +120,7 @@ async def test_renewal_must_keep_the_subject_byte_for_byte(env: Env) -> None:
 
 async def test_pkcsreq_signed_by_another_key_is_refused(env: Env) -> None:
     """RFC 8894 §2.3: the self-signed signer of an initial enrollment carries the CSR's key."""
-    csr_key, signer_key = rsa_key(46), rsa_key(47)
+    csr_key, signer_key = cached_rsa_key(46), cached_rsa_key(47)
     csr = simple_csr(csr_key, "someone", env.challenge)
     signer = self_signed_signer(signer_key, csr.subject)
     await _assert_failure(env, _pkcsreq(env, csr, signer_key, signer=signer, txid="FOREIGN-SIGNER"),
@@ -141,7 +141,7 @@ def _resign(der: bytes, key: rsa.RSAPrivateKey, sig_alg: str, hash_alg: hashes.H
 
 
 async def test_sha1_with_rsa_signature_is_refused_where_sha1_is_not_allowed(env: Env) -> None:
-    key = rsa_key(48)
+    key = cached_rsa_key(48)
     der = _resign(_pkcsreq(env, simple_csr(key, "sha1sig", env.challenge), key, txid="SHA1SIG"), key,
                   "sha1_rsa", hashes.SHA1())
     await _assert_failure(env, der, FailInfo.BAD_ALG, "modern")
@@ -150,7 +150,7 @@ async def test_sha1_with_rsa_signature_is_refused_where_sha1_is_not_allowed(env:
 
 async def test_md5_digest_is_refused_even_where_legacy_algorithms_are_allowed(env: Env) -> None:
     """anytime has allow_legacy = true but not allow_md5."""
-    key = rsa_key(49)
+    key = cached_rsa_key(49)
     der = _pkcsreq(env, simple_csr(key, "md5", env.challenge), key, txid="MD5-DIGEST", digest="md5")
     await _assert_failure(env, der, FailInfo.BAD_ALG, "anytime")
     assert "BAD_ALG: digest md5 not allowed" in await _audit_reasons(env.issuer)
@@ -158,7 +158,7 @@ async def test_md5_digest_is_refused_even_where_legacy_algorithms_are_allowed(en
 
 async def test_md5_with_rsa_signature_is_refused_even_where_legacy_algorithms_are_allowed(env: Env) -> None:
     """digestAlgorithm SHA-1 (allowed by allow_legacy), signatureAlgorithm md5WithRSAEncryption."""
-    key = rsa_key(49)
+    key = cached_rsa_key(49)
     der = _resign(_pkcsreq(env, simple_csr(key, "md5", env.challenge), key, txid="MD5-SIG", digest="sha1"),
                   key, "md5_rsa", hashes.MD5())
     await _assert_failure(env, der, FailInfo.BAD_ALG, "anytime")
@@ -167,7 +167,7 @@ async def test_md5_with_rsa_signature_is_refused_even_where_legacy_algorithms_ar
 
 
 async def test_allow_md5_profile_accepts_md5(env: Env) -> None:
-    key = rsa_key(50)
+    key = cached_rsa_key(50)
     der = _resign(_pkcsreq(env, simple_csr(key, "md5-ok", env.challenge), key, txid="MD5-OK", digest="md5"),
                   key, "md5_rsa", hashes.MD5())
     rep = await env.send(der, "md5ok")
@@ -185,7 +185,7 @@ def test_allow_md5_is_a_boolean_and_off_by_default() -> None:
 # --- 5. nonces: recorded only after authorization, pruned by age --------------------------------
 
 async def test_unauthenticated_pkcsreq_records_no_nonce(env: Env) -> None:
-    key = rsa_key(51)
+    key = cached_rsa_key(51)
     nonce = new_nonce()
     await _assert_failure(env, _pkcsreq(env, simple_csr(key, "anon", "wrong"), key, txid="ANON", nonce=nonce),
                           FailInfo.BAD_REQUEST)
@@ -240,7 +240,7 @@ async def test_core_error_detail_never_reaches_the_client(env: Env, monkeypatch:
         raise LedgerError(SECRET)
 
     monkeypatch.setattr(env.issuer.ledger, "gate", down)
-    key = rsa_key(52)
+    key = cached_rsa_key(52)
     der = _pkcsreq(env, simple_csr(key, "outage", env.challenge), key, txid="OUTAGE-1")
     rep = await _assert_failure(env, der, FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "service unavailable; retry later"
@@ -254,7 +254,7 @@ async def test_rejected_outcome_detail_never_reaches_the_client(env: Env, monkey
         raise CAError(SECRET, reason=RejectReason.UNAVAILABLE)
 
     monkeypatch.setattr(env.issuer.cas["issuing"].backend, "sign", down)
-    key = rsa_key(53)
+    key = cached_rsa_key(53)
     rep = await _assert_failure(env, _pkcsreq(env, simple_csr(key, "outage-2", env.challenge), key,
                                               txid="OUTAGE-2"), FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "service unavailable; retry later"

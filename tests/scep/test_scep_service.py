@@ -16,7 +16,7 @@ from enroll.config import Config
 from enroll.setup import InitResult
 from scep.asn1 import FailInfo, MessageType, PkiStatus
 from scep.client import ScepClient, http_request, self_signed_signer, simple_csr
-from tests.scep.scep_testpki import rsa_key
+from tests.support import cached_rsa_key
 
 
 @dataclass
@@ -53,7 +53,7 @@ async def test_getcacert_returns_ra_first_chain(scep: Scep) -> None:
 
 
 async def test_enroll_with_static_challenge(scep: Scep) -> None:
-    key = rsa_key(4)
+    key = cached_rsa_key(4)
     result = await scep.client().enroll(simple_csr(key, "router-1", scep.challenge), key)
     assert result.status is PkiStatus.SUCCESS, result
     assert result.certificates[0].subject.rfc4514_string() == "CN=router-1"
@@ -61,7 +61,7 @@ async def test_enroll_with_static_challenge(scep: Scep) -> None:
 
 
 async def test_wrong_challenge_is_failure_and_issues_nothing(scep: Scep) -> None:
-    key = rsa_key(4)
+    key = cached_rsa_key(4)
     before = await scep.issued_count()
     result = await scep.client().enroll(simple_csr(key, "router-x", "wrong"), key)
     assert (result.status, result.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
@@ -71,18 +71,18 @@ async def test_wrong_challenge_is_failure_and_issues_nothing(scep: Scep) -> None
 
 async def test_one_time_challenge_is_consumed(scep: Scep) -> None:
     otc = await scep.issuer.create_one_time_challenge("mdm", 60)
-    key = rsa_key(5)
+    key = cached_rsa_key(5)
     first = await scep.client("mdm").enroll(simple_csr(key, "phone-1", otc), key)
     assert first.status is PkiStatus.SUCCESS
     before = await scep.issued_count()
-    key2 = rsa_key(6)
+    key2 = cached_rsa_key(6)
     again = await scep.client("mdm").enroll(simple_csr(key2, "phone-2", otc), key2)
     assert (again.status, again.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
     assert await scep.issued_count() == before
 
 
 async def test_retransmitted_pkcsreq_returns_the_same_certificate(scep: Scep) -> None:
-    key = rsa_key(7)
+    key = cached_rsa_key(7)
     csr = simple_csr(key, "router-2", scep.challenge)
     c = scep.client()
     one = await c.enroll(csr, key, transaction_id="TX-SAME")
@@ -92,22 +92,22 @@ async def test_retransmitted_pkcsreq_returns_the_same_certificate(scep: Scep) ->
 
 
 async def test_same_transaction_with_another_key_is_refused(scep: Scep) -> None:
-    key = rsa_key(8)
+    key = cached_rsa_key(8)
     c = scep.client()
     assert (await c.enroll(simple_csr(key, "router-3", scep.challenge), key, transaction_id="TX-K")).status is PkiStatus.SUCCESS
     before = await scep.issued_count()
-    other = rsa_key(9)
+    other = cached_rsa_key(9)
     res = await c.enroll(simple_csr(other, "router-3", scep.challenge), other, transaction_id="TX-K")
     assert (res.status, res.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
     assert await scep.issued_count() == before
 
 
 async def test_renewal_signed_by_our_certificate(scep: Scep) -> None:
-    key = rsa_key(10)
+    key = cached_rsa_key(10)
     c = scep.client("anytime")
     first = await c.enroll(simple_csr(key, "router-4", scep.challenge), key)
     old = first.certificates[0]
-    new_key = rsa_key(11)
+    new_key = cached_rsa_key(11)
     for mtype in (MessageType.RENEWAL_REQ, MessageType.PKCS_REQ):
         res = await c.renew(simple_csr(new_key, "router-4"), old, key, message_type=mtype,
                             transaction_id=f"RENEW-{int(mtype)}")
@@ -117,11 +117,11 @@ async def test_renewal_signed_by_our_certificate(scep: Scep) -> None:
 
 async def test_renewal_before_the_window_is_refused(scep: Scep) -> None:
     """windowed: renewal_window_days = 60 of 365: a fresh certificate may not renew yet."""
-    key = rsa_key(10)
+    key = cached_rsa_key(10)
     c = scep.client("windowed")
     old = (await c.enroll(simple_csr(key, "router-w", scep.challenge), key)).certificates[0]
     before = await scep.issued_count()
-    res = await c.renew(simple_csr(rsa_key(11), "router-w"), old, key)
+    res = await c.renew(simple_csr(cached_rsa_key(11), "router-w"), old, key)
     assert (res.status, res.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
     assert res.fail_info_text == "renewal not allowed for this certificate now"
     assert await scep.issued_count() == before
@@ -130,16 +130,16 @@ async def test_renewal_before_the_window_is_refused(scep: Scep) -> None:
 
 
 async def test_self_signed_renewalreq_is_refused(scep: Scep) -> None:
-    key = rsa_key(12)
+    key = cached_rsa_key(12)
     before = await scep.issued_count()
     fake_old = self_signed_signer(key, x509.Name.from_rfc4514_string("CN=router-5"))
-    res = await scep.client().renew(simple_csr(rsa_key(13), "router-5"), fake_old, key)
+    res = await scep.client().renew(simple_csr(cached_rsa_key(13), "router-5"), fake_old, key)
     assert (res.status, res.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
     assert await scep.issued_count() == before
 
 
 async def test_manual_approval_then_poll(scep: Scep) -> None:
-    key = rsa_key(14)
+    key = cached_rsa_key(14)
     csr = simple_csr(key, "manual-1", scep.challenge)
     c = scep.client("manual")
     signer = self_signed_signer(key, csr.subject)
@@ -154,7 +154,7 @@ async def test_manual_approval_then_poll(scep: Scep) -> None:
 
 
 async def test_manual_reject_then_poll_fails(scep: Scep) -> None:
-    key = rsa_key(15)
+    key = cached_rsa_key(15)
     csr = simple_csr(key, "manual-2", scep.challenge)
     c = scep.client("manual")
     signer = self_signed_signer(key, csr.subject)
@@ -166,7 +166,7 @@ async def test_manual_reject_then_poll_fails(scep: Scep) -> None:
 
 
 async def test_getcert_and_getcrl(scep: Scep) -> None:
-    key = rsa_key(16)
+    key = cached_rsa_key(16)
     c = scep.client()
     cert = (await c.enroll(simple_csr(key, "router-6", scep.challenge), key)).certificates[0]
     got = await c.get_cert(cert.serial_number, cert, key)
@@ -197,7 +197,7 @@ async def test_garbage_is_400(scep: Scep) -> None:
 
 
 async def test_pkioperation_over_get(scep: Scep) -> None:
-    key = rsa_key(17)
+    key = cached_rsa_key(17)
     c = scep.client()
     c._caps = {"AES", "SHA-256"}  # no POSTPKIOperation: the client falls back to GET
     res = await c.enroll(simple_csr(key, "router-get", scep.challenge), key)
@@ -210,7 +210,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 async def test_renewal_keeping_key_and_transaction_id_gets_a_new_certificate(scep: Scep) -> None:
     """scepclient and certmonger renew with the same key and the same transactionID."""
-    key = rsa_key(18)
+    key = cached_rsa_key(18)
     c = scep.client("anytime")
     first = await c.enroll(simple_csr(key, "same-key", scep.challenge), key, transaction_id="KEEP")
     old = first.certificates[0]
