@@ -354,6 +354,7 @@ def create_app(config: Config, *, issuer: Issuer | None = None, metrics: Metrics
     """The application: EST, SCEP, CRLs, health and metrics, over one issuance core."""
     metrics = metrics or Metrics()
     issuer = issuer or build_issuer(config, metrics)
+    metrics.watch_refusals(lambda: issuer.refusal_counts)
     middlewares: list[Middleware] = [_in_flight_middleware, _metrics_middleware, _refuse_content_encoding]
     if config.server.trusted_proxies:
         from enroll import proxy

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from ca.records import CertState
+
+
+RefusalCounts = Callable[[], Mapping[tuple[str, str], int]]
+
+
+class _Refusals(Collector):
+    """The issuer's count of refusals that authenticated nobody (:attr:`ca.issuer.Issuer.refusal_counts`),
+    read at scrape time: the audit trail holds only a sample of them."""
+
+    def __init__(self) -> None:
+        self.source: RefusalCounts = dict
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("enroll_unauthenticated_refusals",
+                                     "Refusals that authenticated nobody, by audit event and reason class "
+                                     "(counted since start; the audit trail keeps a sample)",
+                                     labels=["event", "reason"])
+        for (event, reason), n in sorted(self.source().items()):
+            family.add_metric([event, reason], n)
+        yield family
 
 
 class Metrics:
@@ -34,6 +56,12 @@ class Metrics:
                                   ["profile", "state"], registry=self.registry)
         self.expiring = Gauge("enroll_certificates_expiring", "Valid certificates per profile whose notAfter is "
                               "within the window (7d, 30d)", ["profile", "within"], registry=self.registry)
+        self._refusals = _Refusals()
+        self.registry.register(self._refusals)
+
+    def watch_refusals(self, source: RefusalCounts) -> None:
+        """Export ``source()`` (the issuer's unauthenticated refusal counts) at every scrape."""
+        self._refusals.source = source
 
     def set_fleet(self, counts: Mapping[str, Mapping[str, int]], profiles: Iterable[str] = ()) -> None:
         """Fleet gauges from :meth:`ca.ledger.Ledger.counts_by_profile` with horizons (7d, 30d);

@@ -80,3 +80,30 @@ def test_metrics_on_http_must_be_a_boolean(embedded: InitResult) -> None:
     with pytest.raises(ConfigError) as exc:
         with_server_keys(embedded, 'metrics_on_http = "yes"\n')
     assert exc.value.key == "server.metrics_on_http"
+
+
+async def test_unauthenticated_refusals_are_counted_in_metrics(config: Config) -> None:
+    """The audit keeps a sample of refusals that authenticated nobody; /metrics counts them all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.support import make_csr
+
+    csr = base64.b64encode(make_csr("metrics-refusal")[0].public_bytes(serialization.Encoding.DER))
+    async with serve_inproc(config) as srv:
+        before = await srv.issued()
+        for _ in range(3):
+            status, _, _ = await srv.get("/.well-known/est/simpleenroll", method="POST", data=csr,
+                                         headers={"Content-Type": "application/pkcs10",
+                                                  "Authorization": "Basic " + "bm9ib2R5Ondyb25n"})
+            assert status == 401
+        assert await srv.issued() == before
+        status, _, body = await srv.get("/metrics")
+    assert status == 200
+    counts = {tuple(sorted(s.labels.items())): s.value
+              for f in text_string_to_metric_families(body.decode()) for s in f.samples
+              if s.name == "enroll_unauthenticated_refusals_total"}
+    assert sum(counts.values()) == 3, counts

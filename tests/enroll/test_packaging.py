@@ -146,6 +146,7 @@ def _exported() -> dict[str, set[str]]:
     m.observe_issuance("gateway", "est", "issued", 0.01)
     m.ocsp.labels("good").inc()
     m.set_fleet({"gateway": {"valid": 1, "revoked": 0, "expiring_0": 0, "expiring_1": 1}}, ["gateway"])
+    m.watch_refusals(lambda: {("est-enroll", "401"): 3})
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(m.render().decode()):
         for sample in family.samples:
