@@ -1,10 +1,10 @@
-"""Subject and SAN content policy (ca/names.py): what a requested name may contain.
+"""ca/names.py: what a requested name may contain, and the device a certificate's names identify.
 
 Every profile refuses control characters and '..' in subject values, and '/' and '\\' unless it
 sets ``[subject] allow_path_separators``; ``[subject] patterns`` must match each value of their
 attribute in full; SAN entries must be well formed (RFC 5280 §4.2.1.6): host names (RFC 1123
 §2.1), wildcards only where ``[san] allow_wildcards`` is on, host addresses, mailboxes, URIs with
-a scheme."""
+a scheme. SANs are shown as ``kind:value``; a device is its profile, subject and SAN set."""
 
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from ca.api import Rejected
+from ca.api import Issued, Rejected
 from ca.errors import ConfigError, PolicyError, RejectReason
 from ca.issuer import Issuer
-from ca.names import check_subject_value, requested_sans, requested_subject
+from ca.names import (
+    check_subject_value,
+    csr_extensions,
+    device_key,
+    device_key_of_certificate,
+    general_name_text,
+    is_ip,
+    requested_sans,
+    requested_subject,
+    sans_of,
+)
 from ca.profile import Profile, validate_profile
 from enroll.config import Config, load_config
 from enroll.setup import InitResult
@@ -31,7 +41,7 @@ PLAIN = Profile(name="plain", ca="issuing", subject_allow=("CN", "O", "OU", "ema
                 san_allow=("dns", "ip", "email", "uri"))
 
 
-def _subject(profile: Profile, cn: str, *extra: x509.NameAttribute) -> x509.Name:
+def _subject(profile: Profile, cn: str, *extra: x509.NameAttribute[str]) -> x509.Name:
     return requested_subject(make_csr(cn, extra_attrs=list(extra))[0], profile)
 
 
@@ -322,3 +332,48 @@ async def test_issuer_rejects_invalid_dns_san_on_shipped_gateway_and_issues_noth
     out = await issuer.issue(request(make_csr("gw-2", sans=[x509.DNSName("*.example.com")])[0], "gateway"))
     assert isinstance(out, Rejected) and out.reason is RejectReason.POLICY, out
     assert await issuer.ledger.count_certificates("issued") == issued
+
+
+# --- SANs as text and the device key --------------------------------------------------------
+
+def test_general_name_text_names_the_kind_and_the_value() -> None:
+    assert general_name_text(x509.DNSName("gw.example.com")) == "dns:gw.example.com"
+    assert general_name_text(x509.IPAddress(ipaddress.ip_address("10.0.0.1"))) == "ip:10.0.0.1"
+    assert general_name_text(x509.RFC822Name("a@example.com")) == "email:a@example.com"
+    assert general_name_text(x509.UniformResourceIdentifier("urn:x:1")) == "uri:urn:x:1"
+
+
+def test_sans_of_reads_certificate_extensions_and_template_pairs() -> None:
+    san = x509.SubjectAlternativeName([x509.DNSName("a.example"), x509.IPAddress(ipaddress.ip_address("::1"))])
+    pairs: list[tuple[x509.ExtensionType, bool]] = [(x509.BasicConstraints(ca=False, path_length=None), True),
+                                                    (san, False)]
+    assert sans_of(pairs) == ["dns:a.example", "ip:::1"]
+    csr = make_csr("x", sans=list(san))[0]
+    assert sans_of(csr_extensions(csr)) == ["dns:a.example", "ip:::1"]
+    assert sans_of(make_csr("no-sans")[0].extensions) == []
+
+
+def test_is_ip_accepts_address_literals_only() -> None:
+    assert is_ip("192.0.2.1") and is_ip("2001:db8::1")
+    assert not is_ip("gw.example.com") and not is_ip("192.0.2.1/24") and not is_ip("")
+
+
+def test_device_key_ignores_san_order_and_case_and_separates_profiles_and_subjects() -> None:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-1")])
+    key = device_key("gateway", subject, ["dns:A.example", "dns:b.example"])
+    assert len(key) == 32 and int(key, 16) >= 0
+    assert device_key("gateway", subject, ["dns:b.example", "dns:a.example"]) == key
+    assert device_key("other", subject, ["dns:a.example", "dns:b.example"]) != key
+    assert device_key("gateway", subject, ["dns:a.example"]) != key
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-2")])
+    assert device_key("gateway", other, ["dns:a.example", "dns:b.example"]) != key
+
+
+async def test_device_key_of_an_issued_certificate_is_its_subject_and_sans(issuer: Issuer) -> None:
+    csr = make_csr("gw-dev.example.com", sans=[x509.DNSName("gw-dev.example.com")])[0]
+    out = await issuer.issue(request(csr, "gateway"))
+    assert isinstance(out, Issued), out
+    key = device_key_of_certificate("gateway", out.certificate)
+    assert key == device_key("gateway", out.certificate.subject, ["dns:gw-dev.example.com"])
+    rec = await issuer.ledger.find_by_serial("issuing", out.certificate.serial_number)
+    assert rec is not None and rec.device == key
