@@ -15,6 +15,8 @@ Two ways to run the real application on 127.0.0.1, both with the server's own TL
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import shutil
 import signal
@@ -46,7 +48,7 @@ from est.http import EST_SERVICE
 from est.service import Credentials, EstService, TlsInfo
 from scep.http import SERVICE as SCEP_SERVICE
 from scep.service import ScepService
-from tests.support import assert_ledger_lints_clean, free_port, issued, issued_count, ledger_rows, require_tool
+from tests.support import ROOT, assert_ledger_lints_clean, free_port, issued, issued_count, ledger_rows, require_tool
 
 T = TypeVar("T")
 
@@ -210,6 +212,16 @@ class RunningServer(Loopback):
                 proc.kill()
                 proc.wait(timeout=5)
         return out
+
+    def est_suite(self, *args: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+        """`python -m conformance est` against this server with the EST user's password: the JSON
+        report and the finished process."""
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        run = subprocess.run([sys.executable, "-m", "conformance", "est", self.base_https, "--ca-bundle",
+                              str(self.ca_bundle), "--basic", self.userpass, *args, "--json", "-"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+        assert run.stdout, run.stderr
+        return json.loads(run.stdout), run
 
     def issued(self, channels: Sequence[str] = ()) -> int:
         """Issued certificates in the server's ledger."""

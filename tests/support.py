@@ -367,3 +367,8 @@ def add_scep_test_profiles(config_path: Path, extra: str = "") -> None:
     m = re.search(r'challenge_hash = "([^"]+)"', text)
     assert m, "the embedded default has a SCEP challenge hash"
     config_path.write_text(text + SCEP_PROFILES.replace("{hash}", m.group(1)) + extra)
+
+
+def suite_result(report: dict[str, Any], check_id: str) -> dict[str, Any]:
+    """One check's result in a conformance JSON report."""
+    return next(r for r in report["results"] if r["id"] == check_id)

@@ -4,10 +4,6 @@ INTEROP warnings (RFC 8951 §3), judged against our own server and on real encod
 from __future__ import annotations
 
 import base64
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +17,7 @@ from conformance.transport import Exchange
 from enroll.pki import DevPKI
 from enroll.setup import InitResult
 from tests.harness import RunningServer, start_server
-from tests.support import EST_POP_PROFILE, ROOT
+from tests.support import EST_POP_PROFILE, suite_result
 
 
 def _with_pop_label(tls_min: str) -> Any:
@@ -48,33 +44,19 @@ def pop_server_tls13(tmp_path: Path, dev_pki: DevPKI) -> Iterator[RunningServer]
         yield srv
 
 
-def run_suite(srv: RunningServer, *args: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    init = srv.init
-    run = subprocess.run([sys.executable, "-m", "conformance", "est", srv.base_https, "--ca-bundle",
-                          str(srv.ca_bundle), "--basic", f"{init.est_user}:{init.est_password}", *args,
-                          "--json", "-"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
-    assert run.stdout, run.stderr
-    return json.loads(run.stdout), run
-
-
 def issued(srv: RunningServer) -> list[str]:
     """The issued certificates' rows, from the ledger (through the admin CLI)."""
     out = srv.enroll("certs", "list").stdout
     return [ln for ln in out.splitlines()[1:] if ln.strip()]
 
 
-def result(report: dict[str, Any], cid: str) -> dict[str, Any]:
-    return next(r for r in report["results"] if r["id"] == cid)
-
-
 def test_pop_linking_refuses_another_sessions_tls_unique_and_accepts_its_own(pop_server: RunningServer) -> None:
     before = issued(pop_server)
-    report, run = run_suite(pop_server, "--label", "pop", "--only", r"^est\.pop\.")
-    r = result(report, "est.pop.tls-unique")
+    report, run = pop_server.est_suite("--label", "pop", "--only", r"^est\.pop\.")
+    r = suite_result(report, "est.pop.tls-unique")
     assert r["verdict"] == "pass", r
     assert "another session's tls-unique refused (400)" in r["detail"]
-    assert result(report, "est.pop.reject-message")["verdict"] == "pass"
+    assert suite_result(report, "est.pop.reject-message")["verdict"] == "pass"
     assert run.returncode == 0
     after = issued(pop_server)
     # Exactly one certificate: the CSR bound to this session; the one bound to another was not issued.
@@ -84,34 +66,34 @@ def test_pop_linking_refuses_another_sessions_tls_unique_and_accepts_its_own(pop
 
 def test_pop_linking_is_skipped_when_the_label_does_not_ask_for_it(pop_server: RunningServer) -> None:
     before = issued(pop_server)
-    report, _ = run_suite(pop_server, "--label", "gateway", "--only", r"^est\.pop\.")
-    r = result(report, "est.pop.tls-unique")
+    report, _ = pop_server.est_suite("--label", "gateway", "--only", r"^est\.pop\.")
+    r = suite_result(report, "est.pop.tls-unique")
     assert r["verdict"] == "skip"
     assert "does not ask for PoP linking" in r["detail"] and "--pop-label" in r["detail"]
     assert issued(pop_server) == before
 
 
 def test_pop_label_option_checks_a_label_other_than_the_main_one(pop_server: RunningServer) -> None:
-    report, _ = run_suite(pop_server, "--label", "gateway", "--pop-label", "pop", "--only", r"^est\.pop\.")
-    assert result(report, "est.pop.tls-unique")["verdict"] == "pass"
-    assert result(report, "est.pop.csrattrs-advertises")["verdict"] == "pass"
+    report, _ = pop_server.est_suite("--label", "gateway", "--pop-label", "pop", "--only", r"^est\.pop\.")
+    assert suite_result(report, "est.pop.tls-unique")["verdict"] == "pass"
+    assert suite_result(report, "est.pop.csrattrs-advertises")["verdict"] == "pass"
 
 
 def test_pop_label_without_challenge_password_in_csrattrs_fails(pop_server: RunningServer) -> None:
     # "gateway" does not require PoP linking: named as a PoP label, its /csrattrs lacks challengePassword
     # (RFC 7030 §4.5.2) and a CSR bound to another session is accepted, so the linking check is skipped.
-    report, _ = run_suite(pop_server, "--pop-label", "gateway", "--only", r"^est\.pop\.")
-    assert result(report, "est.pop.csrattrs-advertises")["verdict"] == "fail"
-    assert "does not require PoP linking" in result(report, "est.pop.tls-unique")["detail"]
+    report, _ = pop_server.est_suite("--pop-label", "gateway", "--only", r"^est\.pop\.")
+    assert suite_result(report, "est.pop.csrattrs-advertises")["verdict"] == "fail"
+    assert "does not require PoP linking" in suite_result(report, "est.pop.tls-unique")["detail"]
 
 
 def test_pop_linking_is_skipped_on_a_tls13_only_server(pop_server_tls13: RunningServer) -> None:
     before = issued(pop_server_tls13)
-    report, run = run_suite(pop_server_tls13, "--label", "pop", "--only", r"^est\.(pop\.|tls\.)")
-    r = result(report, "est.pop.tls-unique")
+    report, run = pop_server_tls13.est_suite("--label", "pop", "--only", r"^est\.(pop\.|tls\.)")
+    r = suite_result(report, "est.pop.tls-unique")
     assert r["verdict"] == "skip"
     assert "TLS 1.2" in r["detail"] and "tls-unique exists only up to TLS 1.2" in r["detail"]
-    assert result(report, "est.tls.version")["detail"].startswith("TLSv1.3")
+    assert suite_result(report, "est.tls.version")["detail"].startswith("TLSv1.3")
     assert run.returncode == 0
     assert issued(pop_server_tls13) == before
 
@@ -162,8 +144,8 @@ def test_missing_content_transfer_encoding_is_an_interop_warning_naming_libest()
 
 
 def test_framing_quirks_are_warnings_in_reports_and_never_fail_the_run(running_server: RunningServer) -> None:
-    report, run = run_suite(running_server, "--only", r"^est\.(cacerts|simpleenroll)\.")
-    framing = result(report, "est.cacerts.framing")
+    report, run = running_server.est_suite("--only", r"^est\.(cacerts|simpleenroll)\.")
+    framing = suite_result(report, "est.cacerts.framing")
     # Our server sends one unwrapped line; the dev chain is long enough to pass the BIO limit.
     assert framing["verdict"] == "interop", framing
     assert framing["breaks"] and "libest" in framing["breaks"][0] and "strongSwan" in framing["works"][0]

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from ca.ratelimit import reason_class
 from enroll.pki import DevPKI
 from tests.enroll.admin_helpers import TOKEN, AdminServer, admin_server
-from tests.enroll.test_admin_page import Browser, _open_browser, _stop, chromium  # noqa: F401 - fixture
+from tests.enroll.test_admin_page import Browser, open_browser, stop_browser, chromium  # noqa: F401 - fixture
 from tests.support import make_csr
 
 DAY = 86400
@@ -89,7 +89,7 @@ async def chart_browser(chromium: tuple[str, Path], fleet: tuple[AdminServer, di
                         tmp_path: Path) -> AsyncIterator[Browser]:
     binary, profile = chromium
     srv, _ = fleet
-    proc, ws_url = await _open_browser(binary, profile, (srv.init.certs_dir / "tls-server.pem").read_bytes(),
+    proc, ws_url = await open_browser(binary, profile, (srv.init.certs_dir / "tls-server.pem").read_bytes(),
                                        tmp_path / "chromium.log")
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
@@ -98,7 +98,7 @@ async def chart_browser(chromium: tuple[str, Path], fleet: tuple[AdminServer, di
                 await b.send(f"{domain}.enable")
             yield b
     finally:
-        _stop(proc)
+        stop_browser(proc)
 
 
 BARS = """(id => Array.from(document.querySelectorAll('#' + id + ' rect.bar')).map(r => ({

@@ -113,7 +113,7 @@ def chromium(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield path, tmp_path / "chromium-profile"
 
 
-async def _open_browser(binary: str, profile: Path, tls_cert_pem: bytes, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+async def open_browser(binary: str, profile: Path, tls_cert_pem: bytes, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     profile.mkdir()
     args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -141,7 +141,7 @@ async def _open_browser(binary: str, profile: Path, tls_cert_pem: bytes, log: Pa
     raise RuntimeError("chromium has no page target")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_browser(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -161,7 +161,7 @@ def srv(tmp_path: Path, dev_pki: DevPKI) -> Iterator[AdminServer]:
 async def browser(chromium: tuple[str, Path], srv: AdminServer, tmp_path: Path) -> AsyncIterator[Browser]:
     binary, profile = chromium
     tls_pem = (srv.init.certs_dir / "tls-server.pem").read_bytes()
-    proc, ws_url = await _open_browser(binary, profile, tls_pem, tmp_path / "chromium.log")
+    proc, ws_url = await open_browser(binary, profile, tls_pem, tmp_path / "chromium.log")
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
             b = Browser(ws)
@@ -169,7 +169,7 @@ async def browser(chromium: tuple[str, Path], srv: AdminServer, tmp_path: Path) 
                 await b.send(f"{domain}.enable")
             yield b
     finally:
-        _stop(proc)
+        stop_browser(proc)
 
 
 def _est_cert(body: bytes) -> x509.Certificate:

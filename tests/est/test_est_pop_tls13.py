@@ -24,7 +24,7 @@ from enroll.setup import InitResult, record_example_client
 from est.client import EstClient, build_csr
 from est.errors import EstError
 from enroll.tls_openssl import OpenSSLTls, openssl_context
-from tests.conformance.test_pop_and_framing import result, run_suite
+from tests.support import suite_result
 from tests.harness import RunningServer, guarded_site, start_server
 
 
@@ -153,21 +153,21 @@ async def test_stdlib_engine_refuses_tls13_pop_with_a_clear_400(stdlib_server: R
 
 
 def test_conformance_pop_tls_exporter_passes_on_the_pyopenssl_engine(openssl_server: RunningServer) -> None:
-    report, run = run_suite(openssl_server, "--label", "sensor", "--only", r"^est\.pop\.")
-    r = result(report, "est.pop.tls-exporter")
+    report, run = openssl_server.est_suite("--label", "sensor", "--only", r"^est\.pop\.")
+    r = suite_result(report, "est.pop.tls-exporter")
     assert r["verdict"] == "pass", r
     assert "another connection's tls-exporter refused (400)" in r["detail"]
-    assert result(report, "est.pop.tls-unique")["verdict"] == "pass"
+    assert suite_result(report, "est.pop.tls-unique")["verdict"] == "pass"
     assert run.returncode == 0
 
 
 def test_conformance_pop_tls_exporter_is_skipped_when_the_server_cannot_export(stdlib_server: RunningServer) -> None:
-    report, run = run_suite(stdlib_server, "--label", "sensor", "--only", r"^est\.pop\.")
-    r = result(report, "est.pop.tls-exporter")
+    report, run = stdlib_server.est_suite("--label", "sensor", "--only", r"^est\.pop\.")
+    r = suite_result(report, "est.pop.tls-exporter")
     assert r["verdict"] == "skip", r
     assert "does not offer PoP linking on TLS 1.3" in r["detail"]
     assert "cannot export RFC 9266 tls-exporter" in r["detail"]
-    assert result(report, "est.pop.tls-unique")["verdict"] == "pass"
+    assert suite_result(report, "est.pop.tls-unique")["verdict"] == "pass"
     assert run.returncode == 0
 
 

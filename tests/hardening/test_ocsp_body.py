@@ -17,7 +17,7 @@ import enroll.server as srv
 from ca import ocsp
 from enroll.app import create_app
 from enroll.config import Config
-from tests.hardening.test_slow_body import _trickle
+from tests.hardening.test_slow_body import trickle
 
 SLOTS = 3
 
@@ -58,7 +58,7 @@ async def test_slow_ocsp_post_body_is_408(aiohttp_server, config: Config,  # typ
     server = await aiohttp_server(create_app(config), host="127.0.0.1")
     head = (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
             b"Content-Length: 5000\r\n\r\n")
-    out = await _trickle(server.port, head, None)
+    out = await trickle(server.port, head, None)
     assert out.startswith(b"HTTP/1.1 408"), out[:200]
     assert b"Connection: close" in out.partition(b"\r\n\r\n")[0]
 

@@ -15,7 +15,7 @@ import scep.http
 from tests.harness import EstServer
 
 
-async def _trickle(port: int, head: bytes, ssl_ctx: ssl.SSLContext | None) -> bytes:
+async def trickle(port: int, head: bytes, ssl_ctx: ssl.SSLContext | None) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_ctx,
                                                    server_hostname="localhost" if ssl_ctx else None)
     writer.write(head)
@@ -41,7 +41,7 @@ async def test_slow_est_body_is_408(est_server: EstServer, monkeypatch: pytest.M
     ctx = ssl.create_default_context(cafile=str(est_server.ca_bundle))
     head = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\n"
             b"Content-Length: 5000\r\n\r\n")
-    out = await _trickle(est_server.https_port, head, ctx)
+    out = await trickle(est_server.https_port, head, ctx)
     assert out.startswith(b"HTTP/1.1 408"), out[:200]
     assert await est_server.issued() == 0
 
@@ -52,5 +52,5 @@ async def test_slow_scep_body_is_408(aiohttp_server, config, monkeypatch: pytest
     monkeypatch.setattr(scep.http, "BODY_TIMEOUT", 1.0)
     server = await aiohttp_server(create_app(config), host="127.0.0.1")
     head = b"POST /scep?operation=PKIOperation HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
-    out = await _trickle(server.port, head, None)
+    out = await trickle(server.port, head, None)
     assert out.startswith(b"HTTP/1.1 408"), out[:200]

@@ -19,7 +19,7 @@ from scep.client import ScepClient, self_signed_signer, simple_csr
 from scep.message import CertRep, IssuerAndSerial, PkiMessage, new_nonce
 from tests.scep.scep_testpki import CAPTURES, load_cert, load_key
 from tests.support import cached_rsa_key
-from tests.scep.test_scep_negative import Env, _assert_failure, env  # noqa: F401  (env is a fixture)
+from tests.scep.test_scep_negative import Env, assert_failure, env  # noqa: F401  (env is a fixture)
 
 SSCEP = CAPTURES / "sscep-0.10.0"
 
@@ -111,7 +111,7 @@ async def test_getcert_by_another_device_is_bad_cert_id(env: Env) -> None:
     for signer, key in ((other, other_key), (self_signed_signer(cached_rsa_key(65), cert.subject), cached_rsa_key(65))):
         der = await _sscep_request(env, MessageType.GET_CERT,
                                    sscep_issuer_and_serial(getcacert, cert.serial_number), signer, key)
-        rep = await _assert_failure(env, der, FailInfo.BAD_CERT_ID)
+        rep = await assert_failure(env, der, FailInfo.BAD_CERT_ID)
         assert rep.envelope is None and rep.fail_info_text == "no such certificate"
     reasons = [r.reason or "" for r in await env.issuer.ledger.audit_records(20)]
     assert any("may not read certificate" in r for r in reasons), reasons
@@ -131,7 +131,7 @@ async def test_getcert_by_a_revoked_certificate_of_the_same_device_is_refused(en
     ok = await env.send(await _sscep_request(env, MessageType.GET_CERT, content, old, old_key))
     assert ok.status is PkiStatus.SUCCESS and _certs(ok, old_key, old) == [new]
     await env.issuer.revoke(old.serial_number, "superseded", by="test")
-    await _assert_failure(env, await _sscep_request(env, MessageType.GET_CERT, content, old, old_key),
+    await assert_failure(env, await _sscep_request(env, MessageType.GET_CERT, content, old, old_key),
                           FailInfo.BAD_CERT_ID)
 
 
@@ -139,6 +139,6 @@ async def test_getcert_naming_an_unknown_issuer_is_bad_cert_id(env: Env, pki) ->
     cert, key = await _enrolled(env, "unknown-issuer", 68)
     der = await _sscep_request(env, MessageType.GET_CERT, IssuerAndSerial(pki.ca.subject, cert.serial_number).to_der(),
                                cert, key)
-    rep = await _assert_failure(env, der, FailInfo.BAD_CERT_ID)
+    rep = await assert_failure(env, der, FailInfo.BAD_CERT_ID)
     assert rep.envelope is None
 

@@ -63,7 +63,7 @@ def _build(env: Env, *, mtype: int = 19, cn: str = "neg", challenge: str | None 
                      recipient=recipient or env.ra, cipher=cipher, digest=digest)
 
 
-async def _assert_failure(env: Env, der: bytes, fail_info: FailInfo, profile: str = "router") -> CertRep:
+async def assert_failure(env: Env, der: bytes, fail_info: FailInfo, profile: str = "router") -> CertRep:
     before = await env.count()
     rep = await env.send(der, profile)
     assert rep.status is PkiStatus.FAILURE
@@ -79,22 +79,22 @@ async def test_control_the_same_builder_succeeds(env: Env) -> None:
 
 
 async def test_update_req_18_is_bad_request(env: Env) -> None:
-    await _assert_failure(env, _build(env, mtype=18), FailInfo.BAD_REQUEST)
+    await assert_failure(env, _build(env, mtype=18), FailInfo.BAD_REQUEST)
 
 
 async def test_unknown_type_is_bad_request(env: Env) -> None:
-    await _assert_failure(env, _build(env, mtype=99), FailInfo.BAD_REQUEST)
+    await assert_failure(env, _build(env, mtype=99), FailInfo.BAD_REQUEST)
 
 
 async def test_encrypted_to_the_wrong_certificate(env: Env, pki) -> None:  # type: ignore[no-untyped-def]
-    rep = await _assert_failure(env, _build(env, recipient=pki.other_cert), FailInfo.BAD_MESSAGE_CHECK)
+    rep = await assert_failure(env, _build(env, recipient=pki.other_cert), FailInfo.BAD_MESSAGE_CHECK)
     assert rep.fail_info_text == "message check failed"
 
 
 async def test_tampered_signature(env: Env) -> None:
     der = bytearray(_build(env))
     der[-3] ^= 0x40
-    rep = await _assert_failure(env, bytes(der), FailInfo.BAD_MESSAGE_CHECK)
+    rep = await assert_failure(env, bytes(der), FailInfo.BAD_MESSAGE_CHECK)
     assert rep.fail_info_text == "message check failed"
 
 
@@ -108,12 +108,12 @@ async def test_decrypt_and_verify_failures_look_alike(env: Env, pki) -> None:  #
 
 
 async def test_des_where_the_profile_forbids_it(env: Env) -> None:
-    await _assert_failure(env, _build(env, cipher="des"), FailInfo.BAD_ALG, profile="modern")
-    await _assert_failure(env, _build(env, cipher="3des"), FailInfo.BAD_ALG, profile="modern")
+    await assert_failure(env, _build(env, cipher="des"), FailInfo.BAD_ALG, profile="modern")
+    await assert_failure(env, _build(env, cipher="3des"), FailInfo.BAD_ALG, profile="modern")
 
 
 async def test_sha1_where_the_profile_forbids_it(env: Env) -> None:
-    await _assert_failure(env, _build(env, digest="sha1"), FailInfo.BAD_ALG, profile="modern")
+    await assert_failure(env, _build(env, digest="sha1"), FailInfo.BAD_ALG, profile="modern")
 
 
 async def test_legacy_profile_accepts_des_and_sha1(env: Env) -> None:
@@ -123,14 +123,14 @@ async def test_legacy_profile_accepts_des_and_sha1(env: Env) -> None:
 
 
 async def test_missing_challenge(env: Env) -> None:
-    await _assert_failure(env, _build(env, challenge=None, txid="NOCH"), FailInfo.BAD_REQUEST)
+    await assert_failure(env, _build(env, challenge=None, txid="NOCH"), FailInfo.BAD_REQUEST)
 
 
 async def test_unauthenticated_message_sent_twice_is_refused_twice(env: Env) -> None:
     """No nonce is recorded before authorization (test_scep_security has the replay rule)."""
     der = _build(env, challenge="wrong", txid="REPLAY")
-    await _assert_failure(env, der, FailInfo.BAD_REQUEST)
-    rep = await _assert_failure(env, der, FailInfo.BAD_REQUEST)
+    await assert_failure(env, der, FailInfo.BAD_REQUEST)
+    rep = await assert_failure(env, der, FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "not authorized"
 
 
@@ -187,7 +187,7 @@ async def test_http10_post_without_content_type(env: Env) -> None:
 async def test_capture_from_another_ca_fails_the_check(env: Env) -> None:
     """A real sscep request encrypted to micromdm's CA: we cannot open it, one failure shape."""
     der = (CAPTURES / "sscep-0.10.0" / "pkcsreq-aes128.der").read_bytes()
-    await _assert_failure(env, der, FailInfo.BAD_MESSAGE_CHECK)
+    await assert_failure(env, der, FailInfo.BAD_MESSAGE_CHECK)
 
 
 # --- webhook -------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ async def test_webhook_allows_only_an_explicit_yes(hooked: tuple[Env, list[dict]
     assert ok.status is PkiStatus.SUCCESS
     assert seen[0]["profile"] == "hooked" and seen[0]["transaction_id"] == "HOOK-OK"
     assert seen[0]["csr"].startswith("-----BEGIN CERTIFICATE REQUEST-----")
-    await _assert_failure(env, _build(env, challenge="nope", txid="HOOK-NO", cn="h2", key_index=22), FailInfo.BAD_REQUEST, "hooked")
-    await _assert_failure(env, _build(env, challenge="truthy", txid="HOOK-TRUTHY", cn="h3", key_index=23), FailInfo.BAD_REQUEST, "hooked")
+    await assert_failure(env, _build(env, challenge="nope", txid="HOOK-NO", cn="h2", key_index=22), FailInfo.BAD_REQUEST, "hooked")
+    await assert_failure(env, _build(env, challenge="truthy", txid="HOOK-TRUTHY", cn="h3", key_index=23), FailInfo.BAD_REQUEST, "hooked")
 
 

@@ -25,7 +25,7 @@ from scep.client import self_signed_signer, simple_csr
 from scep.message import PkiMessage, new_nonce
 from scep.settings import parse_profile
 from tests.support import cached_rsa_key
-from tests.scep.test_scep_negative import Env, _assert_failure, env  # noqa: F401  (env is a fixture)
+from tests.scep.test_scep_negative import Env, assert_failure, env  # noqa: F401  (env is a fixture)
 
 
 async def _audit_reasons(issuer: Issuer, limit: int = 20) -> list[str]:
@@ -64,7 +64,7 @@ async def test_resend_after_approval_with_another_csr_is_refused(env: Env) -> No
     assert await env.issuer.approve(pending[0].id, "operator")
 
     swapped = simple_csr(key, "domain-admin", env.challenge)
-    await _assert_failure(env, _pkcsreq(env, swapped, key, txid="TX-PRINTER-7"), FailInfo.BAD_REQUEST, "manual")
+    await assert_failure(env, _pkcsreq(env, swapped, key, txid="TX-PRINTER-7"), FailInfo.BAD_REQUEST, "manual")
     assert any("different CSR" in r for r in await _audit_reasons(env.issuer)), "the refusal is audited"
     assert not [c for c in await env.issuer.ledger.list_certificates() if c.subject == "CN=domain-admin"]
 
@@ -79,7 +79,7 @@ async def test_resend_after_issuance_with_another_csr_is_refused(env: Env) -> No
     key = cached_rsa_key(41)
     csr = simple_csr(key, "printer-8", env.challenge)
     assert (await env.send(_pkcsreq(env, csr, key, txid="TX-PRINTER-8"))).status is PkiStatus.SUCCESS
-    await _assert_failure(env, _pkcsreq(env, simple_csr(key, "domain-admin", env.challenge), key,
+    await assert_failure(env, _pkcsreq(env, simple_csr(key, "domain-admin", env.challenge), key,
                                         txid="TX-PRINTER-8"), FailInfo.BAD_REQUEST)
     assert any("different CSR" in r for r in await _audit_reasons(env.issuer))
 
@@ -95,7 +95,7 @@ async def test_renewal_must_keep_the_subject_alt_name(env: Env) -> None:
     assert old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == ["a.example"]
     for n, sans in enumerate((["b.example"], [], ["a.example", "b.example"])):
-        rep = await _assert_failure(env, _pkcsreq(env, _csr(new_key, "rtr-san", None, sans), key, signer=old,
+        rep = await assert_failure(env, _pkcsreq(env, _csr(new_key, "rtr-san", None, sans), key, signer=old,
                                                   txid=f"SAN-R{n}"), FailInfo.BAD_REQUEST)
         assert rep.fail_info_text == "renewal must keep the subjectAltName"
     assert any("renewal changes the subjectAltName" in r for r in await _audit_reasons(env.issuer))
@@ -112,7 +112,7 @@ async def test_renewal_must_keep_the_subject_byte_for_byte(env: Env) -> None:
     printable = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rtr-der", x509.name._ASN1Type.PrintableString)])
     assert printable.public_bytes() != cert.subject.public_bytes()
     csr = x509.CertificateSigningRequestBuilder().subject_name(printable).sign(cached_rsa_key(45), hashes.SHA256())
-    rep = await _assert_failure(env, _pkcsreq(env, csr, key, signer=cert, txid="DER-R"), FailInfo.BAD_REQUEST)
+    rep = await assert_failure(env, _pkcsreq(env, csr, key, signer=cert, txid="DER-R"), FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "renewal must keep the subject"
 
 
@@ -123,7 +123,7 @@ async def test_pkcsreq_signed_by_another_key_is_refused(env: Env) -> None:
     csr_key, signer_key = cached_rsa_key(46), cached_rsa_key(47)
     csr = simple_csr(csr_key, "someone", env.challenge)
     signer = self_signed_signer(signer_key, csr.subject)
-    await _assert_failure(env, _pkcsreq(env, csr, signer_key, signer=signer, txid="FOREIGN-SIGNER"),
+    await assert_failure(env, _pkcsreq(env, csr, signer_key, signer=signer, txid="FOREIGN-SIGNER"),
                           FailInfo.BAD_MESSAGE_CHECK)
     assert any(r.startswith("BAD_MESSAGE_CHECK: PKCSReq signer key is not the CSR's key")
                for r in await _audit_reasons(env.issuer))
@@ -144,7 +144,7 @@ async def test_sha1_with_rsa_signature_is_refused_where_sha1_is_not_allowed(env:
     key = cached_rsa_key(48)
     der = _resign(_pkcsreq(env, simple_csr(key, "sha1sig", env.challenge), key, txid="SHA1SIG"), key,
                   "sha1_rsa", hashes.SHA1())
-    await _assert_failure(env, der, FailInfo.BAD_ALG, "modern")
+    await assert_failure(env, der, FailInfo.BAD_ALG, "modern")
     assert any(r.startswith("BAD_ALG: signature algorithm sha1_rsa") for r in await _audit_reasons(env.issuer))
 
 
@@ -152,7 +152,7 @@ async def test_md5_digest_is_refused_even_where_legacy_algorithms_are_allowed(en
     """anytime has allow_legacy = true but not allow_md5."""
     key = cached_rsa_key(49)
     der = _pkcsreq(env, simple_csr(key, "md5", env.challenge), key, txid="MD5-DIGEST", digest="md5")
-    await _assert_failure(env, der, FailInfo.BAD_ALG, "anytime")
+    await assert_failure(env, der, FailInfo.BAD_ALG, "anytime")
     assert "BAD_ALG: digest md5 not allowed" in await _audit_reasons(env.issuer)
 
 
@@ -161,7 +161,7 @@ async def test_md5_with_rsa_signature_is_refused_even_where_legacy_algorithms_ar
     key = cached_rsa_key(49)
     der = _resign(_pkcsreq(env, simple_csr(key, "md5", env.challenge), key, txid="MD5-SIG", digest="sha1"),
                   key, "md5_rsa", hashes.MD5())
-    await _assert_failure(env, der, FailInfo.BAD_ALG, "anytime")
+    await assert_failure(env, der, FailInfo.BAD_ALG, "anytime")
     reasons = await _audit_reasons(env.issuer)
     assert any(r.startswith("BAD_ALG: signature algorithm md5_rsa") for r in reasons), reasons
 
@@ -187,7 +187,7 @@ def test_allow_md5_is_a_boolean_and_off_by_default() -> None:
 async def test_unauthenticated_pkcsreq_records_no_nonce(env: Env) -> None:
     key = cached_rsa_key(51)
     nonce = new_nonce()
-    await _assert_failure(env, _pkcsreq(env, simple_csr(key, "anon", "wrong"), key, txid="ANON", nonce=nonce),
+    await assert_failure(env, _pkcsreq(env, simple_csr(key, "anon", "wrong"), key, txid="ANON", nonce=nonce),
                           FailInfo.BAD_REQUEST)
     assert not await env.issuer.ledger.nonce_seen("scep:router", nonce.hex())
     assert any(r == "unauthenticated: challenge missing or wrong" for r in await _audit_reasons(env.issuer))
@@ -211,9 +211,9 @@ async def test_replay_of_a_refused_request_is_refused_again(env: Env) -> None:
               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
               .sign(key, hashes.SHA256()))
     der = _pkcsreq(env, csr, key, signer=signer, txid="EC-REPLAY")
-    first = await _assert_failure(env, der, FailInfo.BAD_ALG)
+    first = await assert_failure(env, der, FailInfo.BAD_ALG)
     assert first.fail_info_text == "algorithm not allowed"
-    replay = await _assert_failure(env, der, FailInfo.BAD_ALG)
+    replay = await assert_failure(env, der, FailInfo.BAD_ALG)
     assert replay.fail_info_text == "algorithm not allowed"
 
 
@@ -242,7 +242,7 @@ async def test_core_error_detail_never_reaches_the_client(env: Env, monkeypatch:
     monkeypatch.setattr(env.issuer.ledger, "gate", down)
     key = cached_rsa_key(52)
     der = _pkcsreq(env, simple_csr(key, "outage", env.challenge), key, txid="OUTAGE-1")
-    rep = await _assert_failure(env, der, FailInfo.BAD_REQUEST)
+    rep = await assert_failure(env, der, FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "service unavailable; retry later"
     assert "hunter2" not in (rep.fail_info_text or "")
     assert any(SECRET in r for r in await _audit_reasons(env.issuer)), "the detail goes to the audit"
@@ -255,7 +255,7 @@ async def test_rejected_outcome_detail_never_reaches_the_client(env: Env, monkey
 
     monkeypatch.setattr(env.issuer.cas["issuing"].backend, "sign", down)
     key = cached_rsa_key(53)
-    rep = await _assert_failure(env, _pkcsreq(env, simple_csr(key, "outage-2", env.challenge), key,
+    rep = await assert_failure(env, _pkcsreq(env, simple_csr(key, "outage-2", env.challenge), key,
                                               txid="OUTAGE-2"), FailInfo.BAD_REQUEST)
     assert rep.fail_info_text == "service unavailable; retry later"
     assert any(SECRET in r for r in await _audit_reasons(env.issuer))
