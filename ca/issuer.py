@@ -355,6 +355,7 @@ class Issuer(Authentication, Lifecycle):
         if rec is None:
             rid = await self.ledger.create_pending(
                 profile=profile.name, channel=req.channel.value, **requester_columns(req.requester),
+                renews_serial=serial_hex(req.renewal_of.serial_number) if req.renewal_of is not None else None,
                 csr_der=req.csr.public_bytes(serialization.Encoding.DER), csr_sha256=csr_sha,
                 spki_sha256=spki, transaction_id=req.transaction_id, subject=req.csr.subject.rfc4514_string())
             await self.audit("pending", ok=True, channel=req.channel, profile=profile.name,
@@ -381,15 +382,19 @@ class Issuer(Authentication, Lifecycle):
         device = device_key(profile.name, draft.subject, sans)
         try:
             return await self._issue_now(approved, profile, ca, chain, draft, rec.csr_sha256, rec.spki_sha256,
-                                         device, sans, pending_id=rec.id)
+                                         device, sans, pending_id=rec.id, renews=rec.renews_serial)
         except BaseException:
             await self.ledger.transition_pending(rec.id, [PendingStatus.ISSUING], PendingStatus.APPROVED)
             raise
 
     async def _issue_now(self, req: IssueRequest, profile: Profile, ca: IssuingCA, chain: CAChain,
                          draft: CertificateTemplate, csr_sha: str, spki: str, device: str, sans: list[str],
-                         pending_id: int | None = None) -> Issued:
-        """Take a reserved serial, sign once, and commit everything in one write."""
+                         pending_id: int | None = None, renews: int | None = None) -> Issued:
+        """Take a reserved serial, sign once, and commit everything in one write. ``renews`` is the
+        serial a renewal renews when the request no longer carries the certificate (a held
+        renewal issued on a poll)."""
+        if req.renewal_of is not None:
+            renews = req.renewal_of.serial_number
         reserved = await self.serials.take(ca.name)
         template = replace(draft, serial=reserved.serial, csr=req.csr)
         try:
@@ -403,16 +408,16 @@ class Issuer(Authentication, Lifecycle):
         detail: dict[str, Any] = {"device": device}
         if req.transaction_id:
             detail["transaction_id"] = req.transaction_id
-        if req.renewal_of is not None:
-            detail["renews"] = serial_hex(req.renewal_of.serial_number)
-        log_values: dict[str, Any] = dict(event="renew" if req.renewal_of is not None else "issue", ok=True,
+        if renews is not None:
+            detail["renews"] = serial_hex(renews)
+        log_values: dict[str, Any] = dict(event="renew" if renews is not None else "issue", ok=True,
                           channel=req.channel.value, profile=profile.name, requester=describe(req.requester),
                           reason="issued", csr_sha256=csr_sha, serial=cert.serial_number, detail=detail)
         values: dict[str, Any] = dict(
             profile=profile.name, channel=req.channel.value, **requester_columns(req.requester),
             csr_sha256=csr_sha, spki_sha256=spki,
             transaction_id=req.transaction_id,
-            renews_serial=serial_hex(req.renewal_of.serial_number) if req.renewal_of is not None else None,
+            renews_serial=serial_hex(renews) if renews is not None else None,
             der=der, subject=cert.subject.rfc4514_string(), not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(), device=device)
         if own_serial:

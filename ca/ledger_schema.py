@@ -78,6 +78,7 @@ pending = sa.Table(
     sa.Column("requester", sa.Text, nullable=False),
     sa.Column("auth_method", sa.String(40)),  # migration 6; NULL: an older row's unknown method
     sa.Column("requester_evidence", sa.String(64)),
+    sa.Column("renews_serial", sa.String(48)),  # migration 7: the certificate a held renewal renews
     sa.Column("csr_der", sa.LargeBinary, nullable=False),
     sa.Column("csr_sha256", sa.String(64), nullable=False),
     sa.Column("spki_sha256", sa.String(64), nullable=False),
@@ -267,9 +268,15 @@ def _migration_6(conn: sa.Connection) -> None:
                                  auth_method=method.value))
 
 
+def _migration_7(conn: sa.Connection) -> None:
+    """``pending_requests.renews_serial``: a renewal held for approval stays linked to the
+    certificate it renews when it is issued later (on a poll)."""
+    _add_columns(conn, pending, "renews_serial")
+
+
 #: Versioned schema migrations, applied in order, each once (``schema_version`` records them).
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
     (1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4), (5, _migration_5),
-    (6, _migration_6)]
+    (6, _migration_6), (7, _migration_7)]
 
 

@@ -168,6 +168,7 @@ class PendingRecord:
     reason: str | None
     serial: int | None
     issuer: str | None
+    renews_serial: int | None = None  # a held renewal: the serial of the certificate it renews
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ def pending_record(row: sa.Row[Any]) -> PendingRecord:
     m["requester"] = _requester(m)
     m["status"] = PendingStatus(m["status"])
     m["serial"] = int(m["serial"], 16) if m["serial"] else None
+    m["renews_serial"] = int(m["renews_serial"], 16) if m["renews_serial"] else None
     return PendingRecord(**m)
 
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca.api import AuthMethod, Issued, Pending, Rejected, Requester
+from ca.api import AuthMethod, Channel, Claims, EnrollRequest, Issued, Pending, Rejected, Requester
 from ca.errors import RejectReason
 from ca.issuer import Issuer
 from tests.lint import pkix_errors
@@ -272,3 +272,27 @@ async def test_renewable_only_for_our_valid_certificate_in_its_profile_and_windo
     await issuer.revoke(out.serial, "superseded")
     with pytest.raises(AuthorizationError, match="revoked"):
         await issuer.renewable(out.certificate, "gateway")
+
+
+async def test_a_held_renewal_issued_on_a_poll_stays_linked_to_what_it_renews(issuer: Issuer) -> None:
+    """A renewal on a profile with manual approval is held (RFC 8894 §3.3.2 PENDING); when the
+    client's CertPoll (§3.3.3) gets it issued, the new certificate still records what it renews."""
+    csr, _ = make_csr("m-renew")
+    held_first = await issuer.issue(request(csr, "manual"))
+    assert isinstance(held_first, Pending) and await issuer.approve(held_first.request_id, "test")
+    old = await issuer.issue(request(csr, "manual"))
+    assert isinstance(old, Issued)
+    renewal_csr, _ = make_csr("m-renew")
+    claims = Claims(accept=(frozenset({AuthMethod.RENEWAL_SIGNER}),), certificate=old.certificate)
+    held = await issuer.enroll(EnrollRequest(renewal_csr, "manual", Channel.SCEP, claims, transaction_id="T-renew",
+                                             renewal_of=old.certificate))
+    assert isinstance(held, Pending), held
+    assert (await issuer.ledger.get_pending(held.request_id)).renews_serial == old.serial  # type: ignore[union-attr]
+    assert await issued_count(issuer) == 1
+    assert await issuer.approve(held.request_id, "test")
+    out = await issuer.poll("manual", "T-renew", old.certificate, channel=Channel.SCEP)
+    assert isinstance(out, Issued) and out.serial != old.serial
+    [rec] = await issuer.ledger.find_serial_any_issuer(out.serial)
+    assert rec.renews_serial == old.serial
+    [event] = [a for a in await issuer.ledger.audit_records(50, serials=[out.serial]) if a.ok]
+    assert event.event == "renew" and event.detail is not None and event.detail["renews"] == format(old.serial, "x")

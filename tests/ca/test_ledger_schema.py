@@ -23,13 +23,14 @@ from enroll.config import Config
 
 
 async def _as_version_5(ledger: Ledger) -> None:
-    """Rewind a fresh ledger to the version-5 shape: no requester columns, no migration 6."""
+    """Rewind a fresh ledger to the version-5 shape: no requester columns, no migrations 6 and 7."""
 
     def rewind(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE certificates DROP COLUMN requester_evidence"))
         conn.execute(sa.text("ALTER TABLE pending_requests DROP COLUMN requester_evidence"))
         conn.execute(sa.text("ALTER TABLE pending_requests DROP COLUMN auth_method"))
-        conn.execute(schema_version.delete().where(schema_version.c.version == 6))
+        conn.execute(sa.text("ALTER TABLE pending_requests DROP COLUMN renews_serial"))
+        conn.execute(schema_version.delete().where(schema_version.c.version >= 6))
         now = time.time()
         conn.execute(sa.text(
             "INSERT INTO certificates (issuer, serial, status, profile, channel, requester, auth_method, "
@@ -52,7 +53,7 @@ async def test_migration_6_splits_the_stored_requester_into_columns(config: Conf
     try:
         assert await ledger.migrate() == MIGRATIONS[-1][0]
         await _as_version_5(ledger)
-        assert await ledger.migrate() == 6
+        assert await ledger.migrate() == MIGRATIONS[-1][0]
         certs = {r.serial: r for r in await ledger.list_certificates(limit=10)}
         assert certs[0x1F].requester == StoredRequester(AuthMethod.BASIC, "estuser", None)
         assert certs[0x2F].requester == StoredRequester(AuthMethod.TLS_CLIENT_CERT, "CN=gw-1,O=Acme", None)
@@ -66,7 +67,7 @@ async def test_migration_6_splits_the_stored_requester_into_columns(config: Conf
             stored_requester(rows["g"].requester, "127.0.0.1")
         assert stored_requester(rows["e"].requester, "127.0.0.1").method is AuthMethod.CHALLENGE
         # Migrating again changes nothing.
-        assert await ledger.migrate() == 6
+        assert await ledger.migrate() == MIGRATIONS[-1][0]
         again = await ledger.list_pending(None)
         assert [r.requester for r in again] == [rows["e"].requester, rows["g"].requester]
     finally:
