@@ -52,7 +52,8 @@ async def test_a_serial_is_reserved_once_per_issuer(ledger: Ledger) -> None:
     assert await _reserve(ledger, 0x1001) is None
     assert await _reserve(ledger, 0x1001, issuer="other-ca") is not None
     rec = await _record(ledger, 0x1001)
-    assert (rec.id, rec.status, rec.der, rec.serial, rec.csr_sha256) == (rid, RowStatus.RESERVED, None, 0x1001, "csr-1001")
+    assert (rec.id, rec.status, rec.der, rec.serial, rec.csr_sha256) == (
+        rid, RowStatus.RESERVED, None, 0x1001, "csr-1001")
     assert await ledger.count_certificates("reserved") == 2 and await ledger.count_certificates("issued") == 0
 
 
@@ -262,7 +263,8 @@ async def test_query_certificates_filters_and_pages(ledger: Ledger) -> None:
     await _issue(ledger, 0xB003, subject="CN=other", profile="manual", not_after=NOW + 2 * DAY)
 
     async def serials(**f: object) -> list[int]:
-        return [r.serial for r in await ledger.query_certificates(CertificateQuery(**f), now=NOW)]  # type: ignore[arg-type]
+        query = CertificateQuery(**f)  # type: ignore[arg-type]
+        return [r.serial for r in await ledger.query_certificates(query, now=NOW)]
 
     assert await serials() == [0xB003, 0xB002, 0xB001]
     assert await serials(profile="manual") == [0xB003]
