@@ -372,3 +372,24 @@ def add_scep_test_profiles(config_path: Path, extra: str = "") -> None:
 def suite_result(report: dict[str, Any], check_id: str) -> dict[str, Any]:
     """One check's result in a conformance JSON report."""
     return next(r for r in report["results"] if r["id"] == check_id)
+
+
+def rewrite_config(init: InitResult, old: str, new: str) -> Path:
+    """Replace the first ``old`` in an initialised directory's config with ``new`` (``old`` must be there)."""
+    text = init.config_path.read_text()
+    assert old in text
+    init.config_path.write_text(text.replace(old, new, 1))
+    return init.config_path
+
+
+def der_len(n: int) -> bytes:
+    """A DER definite length (X.690 §8.1.3)."""
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER TLV with a one-byte tag (X.690 §8.1)."""
+    return bytes([tag]) + der_len(len(content)) + content

@@ -127,3 +127,15 @@ def test_protocol_services_leave_asn1_to_the_codecs(service: str) -> None:
     est/cmc.py, scep/cms.py, scep/message.py)."""
     bad = {m for m in imports_of(ROOT / service) if top(m) == "asn1crypto"}
     assert not bad, f"{service} imports {bad}"
+
+
+TEST_PACKAGES = sorted(p.name for p in (ROOT / "tests").iterdir() if (p / "__init__.py").exists())
+
+
+@pytest.mark.parametrize("pkg", TEST_PACKAGES)
+def test_test_packages_share_helpers_only_through_the_shared_modules(pkg: str) -> None:
+    """docs/ARCHITECTURE.md, "Tests": a helper two test packages need lives in tests/support.py
+    or tests/harness.py, never in another package's test modules."""
+    bad = {f"{p.relative_to(ROOT)}: {m}" for p in sources(f"tests/{pkg}") for m in imports_of(p)
+           if m.startswith("tests.") and m.split(".")[1] in TEST_PACKAGES and m.split(".")[1] != pkg}
+    assert not bad, sorted(bad)

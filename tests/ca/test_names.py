@@ -32,9 +32,7 @@ from ca.names import (
 from ca.profile import Profile, validate_profile
 from enroll.config import Config, load_config
 from enroll.setup import InitResult
-from tests.enroll.test_config import rewrite
-from tests.hardening.asn1gen import tlv
-from tests.support import make_csr, request
+from tests.support import make_csr, request, rewrite_config, tlv
 
 #: A profile with no patterns, no opt-outs: only the rules every profile has.
 PLAIN = Profile(name="plain", ca="issuing", subject_allow=("CN", "O", "OU", "emailAddress"),
@@ -255,15 +253,15 @@ GATEWAY_PATTERNS = "patterns = { CN = '"  # the first profile (gateway) in enrol
     ("[profiles.gateway.san]\n", "[profiles.gateway.san]\nwildcards = true\n", "profiles.gateway.san.wildcards"),
 ])
 def test_config_refuses_bad_name_policy_naming_the_key(embedded: InitResult, old: str, new: str, key: str) -> None:
-    rewrite(embedded, old, new)
+    rewrite_config(embedded, old, new)
     with pytest.raises(ConfigError) as err:
         load_config(embedded.config_path)
     assert err.value.key == key, str(err.value)
 
 
 def test_config_reads_name_policy_keys(embedded: InitResult) -> None:
-    rewrite(embedded, "[profiles.gateway.san]\n", "[profiles.gateway.san]\nallow_wildcards = true\n")
-    rewrite(embedded, 'require = ["CN"]\n', 'require = ["CN"]\nallow_path_separators = true\n')
+    rewrite_config(embedded, "[profiles.gateway.san]\n", "[profiles.gateway.san]\nallow_wildcards = true\n")
+    rewrite_config(embedded, 'require = ["CN"]\n', 'require = ["CN"]\nallow_path_separators = true\n')
     gateway = load_config(embedded.config_path).profiles["gateway"]
     assert gateway.san_allow_wildcards and gateway.subject_allow_path_separators
     assert [a for a, _ in gateway.subject_patterns] == ["CN"]

@@ -11,13 +11,7 @@ from ca.errors import ConfigError
 from enroll.app import validate
 from enroll.config import load_config
 from enroll.setup import InitResult
-
-
-def rewrite(init: InitResult, old: str, new: str) -> Path:
-    text = init.config_path.read_text()
-    assert old in text
-    init.config_path.write_text(text.replace(old, new, 1))
-    return init.config_path
+from tests.support import rewrite_config
 
 
 def test_shipped_default_config_is_valid(embedded: InitResult) -> None:
@@ -44,7 +38,7 @@ def test_shipped_default_config_is_valid(embedded: InitResult) -> None:
     ],
 )
 def test_errors_name_the_key(embedded: InitResult, old: str, new: str, key: str) -> None:
-    rewrite(embedded, old, new)
+    rewrite_config(embedded, old, new)
     with pytest.raises(ConfigError) as err:
         validate(load_config(embedded.config_path))
     assert err.value.key == key, str(err.value)
@@ -65,7 +59,7 @@ def test_passphrase_protected_ca_key(embedded: InitResult, monkeypatch: pytest.M
     key_path = embedded.certs_dir / "issuing-ca.key"
     key = serialization.load_pem_private_key(key_path.read_bytes(), None)
     write_private_key(key_path, key, b"s3cret")  # type: ignore[arg-type]
-    rewrite(embedded, '# key_passphrase_env = "ENROLL_CA_PASSPHRASE"', 'key_passphrase_env = "ENROLL_CA_PASSPHRASE"')
+    rewrite_config(embedded, '# key_passphrase_env = "ENROLL_CA_PASSPHRASE"', 'key_passphrase_env = "ENROLL_CA_PASSPHRASE"')
     monkeypatch.delenv("ENROLL_CA_PASSPHRASE", raising=False)
     with pytest.raises(ConfigError) as err:
         validate(load_config(embedded.config_path))

@@ -17,21 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import strategies as st
 
+from tests.support import tlv
+
 TESTS = Path(__file__).resolve().parent.parent
 EST_CAPTURES = TESTS / "est" / "captures"
 SCEP_CAPTURES = TESTS / "scep" / "captures"
-
-
-def der_len(n: int) -> bytes:
-    """A DER definite length (X.690 §8.1.3)."""
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + der_len(len(content)) + content
 
 
 def nested_sequences(depth: int, core: bytes = b"\x05\x00") -> bytes:
