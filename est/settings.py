@@ -186,6 +186,12 @@ def parse_rule(
                               "not possible with approval = \"manual\": the server would have to keep "
                               "the generated private key until approval")
         serverkeygen = False
+    if serverkeygen and all(AuthMethod.ONE_TIME_CREDENTIAL in e for e in entries):
+        if "serverkeygen" in table:
+            raise ConfigError(f"{key}.serverkeygen",
+                              "not possible with auth = [\"one-time\"]: a one-time credential is spent "
+                              "by the enrollment of a key the device holds (use basic or client-cert)")
+        serverkeygen = False
     csrattrs: str | tuple[str, ...] = "auto"
     raw_attrs = table.get("csrattrs", "auto")
     if isinstance(raw_attrs, str):

@@ -66,11 +66,14 @@ def _general_name(gn: x509.GeneralName) -> dict[str, str]:
             if isinstance(gn, x509.DirectoryName) else repr(gn.value)}
 
 
+def _utc(t: dt.datetime) -> dt.datetime:
+    """``t`` in UTC (naive means UTC)."""
+    return (t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+
+
 def _rfc3339(t: dt.datetime) -> str:
     """RFC 3339 UTC, as in the rest of the config and logs (naive means UTC)."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def template_json(template: CertificateTemplate, ca: str) -> dict[str, Any]:
@@ -90,7 +93,7 @@ def template_json(template: CertificateTemplate, ca: str) -> dict[str, Any]:
         "not_before": _rfc3339(template.not_before),
         "not_after": _rfc3339(template.not_after),
         # Whole days from now that stay inside not_after (`openssl x509 -days` starts now).
-        "validity_days": max(1, int((template.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        "validity_days": max(1, int((_utc(template.not_after) - dt.datetime.now(dt.timezone.utc)).total_seconds()
                                     // 86400)),
         "sans": [], "key_usage": [], "extended_key_usage": [],
         "crl_urls": [], "ocsp_urls": [], "ca_issuers_urls": [],

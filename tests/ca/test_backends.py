@@ -7,6 +7,7 @@ The last section drives ``CommandCA``, ``template_json`` and ``validate`` direct
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -224,6 +225,13 @@ def test_template_json_spells_every_field_the_command_reads(dev_pki: DevPKI) -> 
     assert [base64.b64decode(e["der"]) for e in t["extensions"]] == [ext.public_bytes()
                                                                      for ext, _ in template.extensions]
     json.dumps(t)  # all of it is JSON
+
+
+def test_template_json_reads_naive_times_as_utc(dev_pki: DevPKI) -> None:
+    template = _template(dev_pki)
+    naive = dataclasses.replace(template, not_before=template.not_before.replace(tzinfo=None),
+                                not_after=template.not_after.replace(tzinfo=None))
+    assert template_json(naive, "external") == template_json(template, "external")
 
 
 async def test_command_ca_passes_ca_profile_and_serial_and_returns_the_printed_certificate(

@@ -158,6 +158,17 @@ def test_one_time_label_config() -> None:
     assert err.value.key == "profiles.f.est.auth"
 
 
+def test_a_one_time_label_offers_no_server_side_keys() -> None:
+    """A one-time credential is spent by the enrollment of a key the device holds (RFC 7030 §4.2);
+    /serverkeygen (§4.4) on such a label would refuse it every time, so the label has none, and
+    asking for it is a config error naming the key."""
+    assert settings(P("f", {"labels": ["f"], "auth": ["one-time"]})).rules["f"].serverkeygen is False
+    assert settings(P("f", {"labels": ["f"], "auth": ["one-time", "basic"]})).rules["f"].serverkeygen is True
+    with pytest.raises(ConfigError) as err:
+        settings(P("f", {"labels": ["f"], "auth": ["one-time"], "serverkeygen": True}))
+    assert err.value.key == "profiles.f.est.serverkeygen"
+
+
 async def test_create_credentials_refuses_bad_input(issuer: Issuer) -> None:
     for kw in ({"bind": "O"}, {"uses": 0}, {"ttl_seconds": 0}):
         with pytest.raises(Exception):
