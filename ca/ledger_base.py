@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ca.errors import LedgerError
 from ca.ledger_schema import MIGRATIONS, audit_log, schema_version
 from ca.records import serial_hex
-from ca.sqlite_writer import SqliteWriter
+from ca.sqlite_writer import SqliteReader, SqliteWriter
 
 
 #: Transactions begun by the current task, while a test counts them (:meth:`Ledger.counting`).
@@ -73,11 +73,13 @@ class LedgerBase:
         #: Transactions begun, by kind ("read" / "write"): the unit-of-work tests count them.
         self.transactions: Counter[str] = Counter()
         self._writer: SqliteWriter | None = None
+        self._reader: SqliteReader | None = None
         if self.is_sqlite:
             self._sqlite_pragmas()
             path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
             if path and path != ":memory:":
                 self._writer = SqliteWriter(path)
+                self._reader = SqliteReader(path)
 
     def _sqlite_pragmas(self) -> None:
         sync_engine = self.engine.sync_engine
@@ -100,29 +102,38 @@ class LedgerBase:
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("ledger_read") else "BEGIN IMMEDIATE")
 
     async def close(self) -> None:
-        """Release every pooled connection (and stop SQLite's writer thread)."""
-        if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
-            self._writer = SqliteWriter(self._writer.path)  # usable again after close, like the engine
+        """Release every pooled connection (and stop SQLite's writer and reader threads)."""
+        await self._restart_threads()
         await self.engine.dispose()
 
     @property
     def sync_engines(self) -> list[sa.Engine]:
         """Every engine that opens connections to the database (event hooks, e.g. for tests)."""
-        return [self.engine.sync_engine] + ([self._writer.engine] if self._writer is not None else [])
+        return [self.engine.sync_engine] + [t.engine for t in (self._writer, self._reader) if t is not None]
 
     async def reconnect(self) -> None:
         """Drop every open connection; the next transaction opens new ones."""
-        if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
-            self._writer = SqliteWriter(self._writer.path)
+        await self._restart_threads()
         await self.engine.dispose()
+
+    async def _restart_threads(self) -> None:
+        """Stop SQLite's writer and reader threads (closing their connections); they start
+        afresh on the next transaction, like the engine's pool."""
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            await loop.run_in_executor(None, self._writer.close)
+            self._writer = SqliteWriter(self._writer.path)
+        if self._reader is not None:
+            await loop.run_in_executor(None, self._reader.close)
+            self._reader = SqliteReader(self._reader.path)
 
     # --- the unit of work (ca/unit_of_work.py) ----------------------------------------------
     async def run_read(self, fn: Callable[[sa.Connection], Any]) -> Any:
         """Run a synchronous read function in one read transaction."""
         self._count("read")
         try:
+            if self._reader is not None:
+                return await self._reader.run(fn)
             async with self.engine.connect() as conn:
                 await conn.execution_options(ledger_read=True)
                 return await conn.run_sync(fn)

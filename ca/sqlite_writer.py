@@ -1,10 +1,14 @@
-"""SQLite group commit: one writer thread, many units of work per fsync.
+"""SQLite off the event loop: group commit on one writer thread, and reads on a few reader threads.
 
 docs/ARCHITECTURE.md, "The unit of work". SQLite serializes writers and, with
 ``synchronous=FULL``, pays one fsync per commit. A thread of its own owns one write connection;
 units of work queue to it and run in one ``BEGIN IMMEDIATE`` transaction, each inside its own
 savepoint (a unit that fails rolls back alone), and one ``COMMIT`` makes the whole group durable.
 Every caller is answered only after that commit, so nothing is reported stored before it is.
+
+A read transaction (the unit of work's gate) runs whole on a reader thread with a connection of
+its own: one hand-off per transaction instead of one per statement. WAL readers never wait for
+the writer.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,43 @@ import sqlalchemy as sa
 
 #: Most units in one commit (a bound on latency for the first unit of a long group).
 MAX_GROUP = 128
+#: Reader threads (and their connections) per process.
+READERS = 4
+
+
+def _pragmas(dbapi_conn: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy drives BEGIN (savepoints need it)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class SqliteReader:
+    """Runs synchronous read functions, each in one deferred (read) transaction, on a small pool
+    of threads with a connection each."""
+
+    def __init__(self, path: str, threads: int = READERS) -> None:
+        self.path = path
+        self.engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
+                                       pool_size=threads, max_overflow=0)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ledger-reader")
+        sa.event.listen(self.engine, "connect", lambda dbapi_conn, _record: _pragmas(dbapi_conn))
+        sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+
+    async def run(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """``fn`` in one read transaction on a reader thread; its result."""
+        def work() -> Any:
+            with self.engine.connect() as conn, conn.begin():
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+    def close(self) -> None:
+        """Finish running reads, stop the threads and close the connections."""
+        self._pool.shutdown(wait=True)
+        self.engine.dispose()
 
 
 @dataclass
@@ -45,12 +87,7 @@ class SqliteWriter:
 
         @sa.event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # SQLAlchemy drives BEGIN (savepoints need it)
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
+            _pragmas(dbapi_conn)
 
         @sa.event.listens_for(self.engine, "begin")
         def _on_begin(conn: Any) -> None:

@@ -105,55 +105,71 @@ class GateFacts:
     credential: CredentialRecord | None = None
 
 
+def _gate_statements() -> dict[str, sa.Select[Any]]:
+    """The gate's statements, built once with bound parameters: a request pays for executing
+    them, not for building and hashing them again."""
+    b = sa.bindparam
+    c, p, ch, f, n, k = certificates.c, pending.c, challenges.c, auth_failures.c, nonces.c, credentials.c
+    return {
+        "prior": sa.select(certificates).where(c.profile == b("profile"), c.transaction_id == b("txid"),
+                                               c.status == RowStatus.ISSUED.value).order_by(c.id).limit(1),
+        "pending_txid": sa.select(pending).where(p.profile == b("profile"), p.transaction_id == b("txid"))
+        .order_by(p.id.desc()).limit(1),
+        "pending_csr": sa.select(pending).where(p.profile == b("profile"), p.csr_sha256 == b("csr"))
+        .order_by(p.id.desc()).limit(1),
+        "device": sa.select(devices.c.retired_at).where(devices.c.device == b("device")),
+        "certificate": sa.select(certificates).where(c.issuer == b("issuer"), c.serial == b("serial")),
+        "challenge": sa.select(ch.id).where(ch.profile == b("profile"), ch.digest == b("digest"),
+                                            ch.consumed_at.is_(None), ch.expires_at > b("now")),
+        "throttle": sa.select(sa.func.count(), sa.func.max(f.at)).where(f.scope == b("scope"), f.key == b("key"),
+                                                                         f.at >= b("since")),
+        "nonce": sa.select(n.nonce).where(n.scope == b("scope"), n.nonce == b("nonce")),
+        "credential": sa.select(credentials).where(k.digest == b("digest"), k.profile == b("profile"),
+                                                   k.revoked_at.is_(None), k.uses_left > 0, k.expires_at > b("now")),
+    }
+
+
+_GATE = _gate_statements()
+
+
 def read_gate(conn: sa.Connection, q: GateQuery, now: float) -> GateFacts:
     """Every fact a decision needs, from one read transaction."""
-    c = certificates.c
     prior = None
     if q.transaction_id is not None:
-        row = conn.execute(sa.select(certificates).where(
-            c.profile == q.profile, c.transaction_id == q.transaction_id, c.status == RowStatus.ISSUED.value)
-            .order_by(c.id).limit(1)).first()
+        row = conn.execute(_GATE["prior"], {"profile": q.profile, "txid": q.transaction_id}).first()
         prior = cert_record(row) if row is not None else None
     found_pending = None
     if q.pending_lookup:
-        p = pending.c
-        where = [p.profile == q.profile]
-        where.append(p.transaction_id == q.transaction_id if q.transaction_id is not None
-                     else p.csr_sha256 == q.pending_csr_sha256)
-        row = conn.execute(sa.select(pending).where(*where).order_by(p.id.desc()).limit(1)).first()
+        if q.transaction_id is not None:
+            row = conn.execute(_GATE["pending_txid"], {"profile": q.profile, "txid": q.transaction_id}).first()
+        else:
+            row = conn.execute(_GATE["pending_csr"], {"profile": q.profile, "csr": q.pending_csr_sha256}).first()
         found_pending = pending_record(row) if row is not None else None
     retired = False
     if q.device is not None:
-        row = conn.execute(sa.select(devices.c.retired_at).where(devices.c.device == q.device)).first()
+        row = conn.execute(_GATE["device"], {"device": q.device}).first()
         retired = row is not None and row[0] is not None
     cert = None
     if q.certificate is not None:
-        row = conn.execute(sa.select(certificates).where(
-            c.issuer == q.certificate[0], c.serial == serial_hex(q.certificate[1]))).first()
+        row = conn.execute(_GATE["certificate"], {"issuer": q.certificate[0],
+                                                  "serial": serial_hex(q.certificate[1])}).first()
         cert = cert_record(row) if row is not None else None
     challenge_valid = None
     if q.challenge_digest is not None:
-        ch = challenges.c
-        row = conn.execute(sa.select(ch.id).where(
-            ch.profile == q.profile, ch.digest == q.challenge_digest, ch.consumed_at.is_(None),
-            ch.expires_at > now)).first()
+        row = conn.execute(_GATE["challenge"], {"profile": q.profile, "digest": q.challenge_digest,
+                                                "now": now}).first()
         challenge_valid = row is not None
     throttle: dict[tuple[str, str], tuple[int, float | None]] = {}
-    f = auth_failures.c
     for scope, key in q.throttle_keys:
-        row = conn.execute(sa.select(sa.func.count(), sa.func.max(f.at)).where(
-            f.scope == scope, f.key == key[:200], f.at >= q.throttle_since)).one()
+        row = conn.execute(_GATE["throttle"], {"scope": scope, "key": key[:200], "since": q.throttle_since}).one()
         throttle[(scope, key)] = (int(row[0]), None if row[1] is None else float(row[1]))
     seen = False
     if q.nonce is not None:
-        n = nonces.c
-        seen = conn.execute(sa.select(n.nonce).where(n.scope == q.nonce[0], n.nonce == q.nonce[1])).first() is not None
+        seen = conn.execute(_GATE["nonce"], {"scope": q.nonce[0], "nonce": q.nonce[1]}).first() is not None
     credential = None
     if q.credential_digest is not None:
-        k = credentials.c
-        row = conn.execute(sa.select(credentials).where(
-            k.digest == q.credential_digest, k.profile == q.profile, k.revoked_at.is_(None), k.uses_left > 0,
-            k.expires_at > now)).first()
+        row = conn.execute(_GATE["credential"], {"digest": q.credential_digest, "profile": q.profile,
+                                                 "now": now}).first()
         credential = credential_record(row) if row is not None else None
     return GateFacts(prior, found_pending, retired, cert, challenge_valid, throttle, seen, credential)
 
@@ -185,6 +201,32 @@ def audit_values(*, event: str, ok: bool, channel: str | None, profile: str | No
                 detail=json.dumps(dict(detail), sort_keys=True) if detail else None)
 
 
+def _commit_statements() -> dict[str, Any]:
+    """The write's statements, built once (see :func:`_gate_statements`). The certificate UPDATE
+    takes its SET columns from the parameters it is executed with."""
+    b = sa.bindparam
+    c, ch, k, n, d = certificates.c, challenges.c, credentials.c, nonces.c, devices.c
+    return {
+        "nonce_seen": sa.select(n.nonce).where(n.scope == b("scope"), n.nonce == b("nonce")),
+        "nonce_insert": nonces.insert(),
+        "consume_challenge": challenges.update().where(
+            ch.profile == b("c_profile"), ch.digest == b("c_digest"), ch.consumed_at.is_(None),
+            ch.expires_at > b("now")).values(consumed_at=b("at")),
+        "consume_credential": credentials.update().where(
+            k.profile == b("c_profile"), k.digest == b("c_digest"), k.revoked_at.is_(None), k.uses_left > 0,
+            k.expires_at > b("now")).values(uses_left=k.uses_left - 1, last_used_at=b("at")),
+        "device_retired": sa.select(d.retired_at).where(d.device == b("c_device")),
+        "transaction_won": sa.select(c.id).where(c.profile == b("c_profile"), c.transaction_id == b("txid"),
+                                                 c.status == RowStatus.ISSUED.value).limit(1),
+        "issue": certificates.update().where(c.id == b("row_id"), c.status == RowStatus.RESERVED.value),
+        "device_insert": devices.insert(),
+        "audit_insert": audit_log.insert(),
+    }
+
+
+_COMMIT = _commit_statements()
+
+
 def apply_issue(conn: sa.Connection, u: IssueCommit, now: float) -> None:
     """The one write of an issuance (run inside a transaction or savepoint).
 
@@ -195,45 +237,38 @@ def apply_issue(conn: sa.Connection, u: IssueCommit, now: float) -> None:
     """
     c = certificates.c
     if u.nonce is not None:
-        n = nonces.c
-        if conn.execute(sa.select(n.nonce).where(n.scope == u.nonce[0], n.nonce == u.nonce[1])).first():
+        if conn.execute(_COMMIT["nonce_seen"], {"scope": u.nonce[0], "nonce": u.nonce[1]}).first():
             raise Replay("replayed senderNonce")
-        conn.execute(nonces.insert().values(scope=u.nonce[0], nonce=u.nonce[1], seen_at=now))
+        conn.execute(_COMMIT["nonce_insert"], {"scope": u.nonce[0], "nonce": u.nonce[1], "seen_at": now})
     if u.consume_challenge is not None:
-        ch = challenges.c
-        res = conn.execute(challenges.update().where(
-            ch.profile == u.consume_challenge[0], ch.digest == u.consume_challenge[1], ch.consumed_at.is_(None),
-            ch.expires_at > now).values(consumed_at=now))
+        res = conn.execute(_COMMIT["consume_challenge"], {"c_profile": u.consume_challenge[0],
+                                                          "c_digest": u.consume_challenge[1], "now": now, "at": now})
         if res.rowcount != 1:
             raise AuthenticationError("one-time challenge already used or expired")
     if u.consume_credential is not None:
-        k = credentials.c
-        res = conn.execute(credentials.update().where(
-            k.profile == u.consume_credential[0], k.digest == u.consume_credential[1], k.revoked_at.is_(None),
-            k.uses_left > 0, k.expires_at > now).values(uses_left=k.uses_left - 1, last_used_at=now))
+        res = conn.execute(_COMMIT["consume_credential"], {"c_profile": u.consume_credential[0],
+                                                           "c_digest": u.consume_credential[1], "now": now, "at": now})
         if res.rowcount != 1:
             raise AuthenticationError("one-time credential already used, revoked or expired")
     if u.refuse_retired and u.device is not None:
-        row = conn.execute(sa.select(devices.c.retired_at).where(devices.c.device == u.device)).first()
+        row = conn.execute(_COMMIT["device_retired"], {"c_device": u.device}).first()
         if row is not None and row[0] is not None:
             raise AuthorizationError(f"device {u.device} is retired; it may not enroll or renew")
     txn = u.values.get("transaction_id")
     if u.unique_transaction and txn is not None:
-        won = conn.execute(sa.select(c.id).where(c.profile == u.values["profile"], c.transaction_id == txn,
-                                                 c.status == RowStatus.ISSUED.value).limit(1)).first()
+        won = conn.execute(_COMMIT["transaction_won"], {"c_profile": u.values["profile"], "txid": txn}).first()
         if won is not None:
             raise LostRace("transaction already issued by a concurrent request")
-    res = conn.execute(certificates.update().where(c.id == u.row_id, c.status == RowStatus.RESERVED.value)
-                       .values(status=RowStatus.ISSUED.value, issued_at=now, **u.values))
+    res = conn.execute(_COMMIT["issue"], {**u.values, "status": RowStatus.ISSUED.value, "issued_at": now,
+                                          "row_id": u.row_id})
     if res.rowcount != 1:
         raise LedgerError("the serial's reservation was lost (swept as abandoned)")
     if u.device is not None:
-        d = devices.c
-        if conn.execute(sa.select(d.device).where(d.device == u.device)).first() is None:
-            conn.execute(devices.insert().values(device=u.device, profile=u.device_profile or "",
-                                                 subject=u.values.get("subject") or "",
-                                                 sans=json.dumps(list(u.sans)), first_seen=now))
-    conn.execute(audit_log.insert().values(**u.audit))
+        if conn.execute(_COMMIT["device_retired"], {"c_device": u.device}).first() is None:
+            conn.execute(_COMMIT["device_insert"], {"device": u.device, "profile": u.device_profile or "",
+                                                    "subject": u.values.get("subject") or "",
+                                                    "sans": json.dumps(list(u.sans)), "first_seen": now})
+    conn.execute(_COMMIT["audit_insert"], dict(u.audit))
     if u.pending_id is not None:
         row = conn.execute(sa.select(c.serial, c.issuer).where(c.id == u.row_id)).one()
         conn.execute(pending.update().where(pending.c.id == u.pending_id).values(
