@@ -5,6 +5,7 @@ docs/ARCHITECTURE.md, "The unit of work". SQLite serializes writers and, with
 units of work queue to it and run in one ``BEGIN IMMEDIATE`` transaction, each inside its own
 savepoint (a unit that fails rolls back alone), and one ``COMMIT`` makes the whole group durable.
 Every caller is answered only after that commit, so nothing is reported stored before it is.
+The writers of several worker processes take turns on a lock file for each group commit.
 
 A read transaction (the unit of work's gate) runs whole on a reader thread with a connection of
 its own: one hand-off per transaction instead of one per statement. WAL readers never wait for
@@ -14,9 +15,12 @@ the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +86,7 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.commits = 0  # group commits made (for tests and metrics)
+        self._lock_fd: int | None = None
         self.engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
                                        poolclass=sa.pool.StaticPool)
 
@@ -113,6 +118,23 @@ class SqliteWriter:
             self._queue.put(None)
             self._thread.join(timeout=30)
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _across_processes(self) -> Iterator[None]:
+        """Hold an exclusive lock on ``<database>-writer.lock`` for one group commit: the writers of
+        other worker processes (``enroll serve --workers N``) queue on it and wake as soon as it is
+        released, where SQLite's own busy handler would have them sleep and retry in steps of up
+        to 100 ms."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _run(self) -> None:
         stopping = False
@@ -134,7 +156,7 @@ class SqliteWriter:
 
     def _commit(self, group: list[_Unit]) -> None:
         try:
-            with self.engine.connect() as conn:
+            with self._across_processes(), self.engine.connect() as conn:
                 with conn.begin():
                     for unit in group:
                         try:

@@ -92,7 +92,7 @@ def referenced_files(config_path: Path, raw: dict[str, Any], ledger: Path | None
     """Every existing file the config names (relative names resolve against its directory),
     with the strings that name it; the ledger database and its WAL files excluded."""
     base = config_path.parent
-    skip = {ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm"), Path(f"{ledger}-journal")} if ledger else set()
+    skip = {ledger, *(Path(f"{ledger}-{s}") for s in ("wal", "shm", "journal", "writer.lock"))} if ledger else set()
     out: dict[Path, list[str]] = {config_path.resolve(): []}
     for text in _strings(raw):
         if not text or "\n" in text or "://" in text or text.startswith("pkcs11:") or len(text) > 4096:

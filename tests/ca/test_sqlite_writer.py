@@ -122,3 +122,32 @@ async def test_close_finishes_queued_units(db: Path) -> None:
     await first
     assert await asyncio.gather(*queued) == list(range(5))
     assert len(_rows(db)) == 6
+
+
+async def test_writers_of_two_processes_take_turns_on_the_writer_lock(writer: SqliteWriter, db: Path) -> None:
+    """``enroll serve --workers N`` runs one writer per process: a group commit holds
+    ``<database>-writer.lock``, and another writer waits on it (not on SQLite's busy handler)."""
+    import fcntl
+    import os
+
+    other = SqliteWriter(str(db))  # another process's writer: its own open file description
+    try:
+        first, release = await _hold_the_writer(writer)  # inside a group commit: the lock is held
+        lock_path = Path(f"{db}-writer.lock")
+        assert lock_path.exists()
+        probe = os.open(lock_path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waiting = asyncio.ensure_future(other.submit(_insert("from-the-other", 2)))
+            done, _ = await asyncio.wait({waiting}, timeout=0.5)
+            assert not done  # it cannot commit while the first group holds the lock
+            release.set()
+            assert await first == "blocker" and await waiting == 2
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # both released it
+            fcntl.flock(probe, fcntl.LOCK_UN)
+        finally:
+            os.close(probe)
+        assert _rows(db) == {"blocker": 0, "from-the-other": 2}
+    finally:
+        other.close()
