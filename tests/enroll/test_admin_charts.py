@@ -13,15 +13,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ca.ratelimit import reason_class
 from enroll.pki import DevPKI
 from tests.enroll.admin_helpers import TOKEN, AdminServer, admin_server
-from tests.enroll.test_admin_page import Browser, open_browser, stop_browser, chromium  # noqa: F401 - fixture
+from tests.enroll.test_admin_page import Browser, chromium, connected_browser  # noqa: F401 - fixture
 from tests.support import make_csr
 
 DAY = 86400
@@ -87,18 +85,9 @@ def test_chart_data_counts_what_the_ledger_holds(fleet: tuple[AdminServer, dict[
 @pytest.fixture
 async def chart_browser(chromium: tuple[str, Path], fleet: tuple[AdminServer, dict[str, Any]],  # noqa: F811
                         tmp_path: Path) -> AsyncIterator[Browser]:
-    binary, profile = chromium
     srv, _ = fleet
-    proc, ws_url = await open_browser(binary, profile, (srv.init.certs_dir / "tls-server.pem").read_bytes(),
-                                       tmp_path / "chromium.log")
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
-            b = Browser(ws)
-            for domain in ("Page", "Runtime", "Log"):
-                await b.send(f"{domain}.enable")
-            yield b
-    finally:
-        stop_browser(proc)
+    async with connected_browser(chromium, srv, tmp_path) as b:
+        yield b
 
 
 BARS = """(id => Array.from(document.querySelectorAll('#' + id + ' rect.bar')).map(r => ({

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -157,8 +158,10 @@ def srv(tmp_path: Path, dev_pki: DevPKI) -> Iterator[AdminServer]:
         yield s
 
 
-@pytest.fixture
-async def browser(chromium: tuple[str, Path], srv: AdminServer, tmp_path: Path) -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def connected_browser(chromium: tuple[str, Path], srv: AdminServer, tmp_path: Path) -> AsyncIterator[Browser]:
+    """Headless chromium trusting ``srv``'s TLS certificate, driven over the DevTools protocol
+    with the Page, Runtime and Log domains on; stopped on exit."""
     binary, profile = chromium
     tls_pem = (srv.init.certs_dir / "tls-server.pem").read_bytes()
     proc, ws_url = await open_browser(binary, profile, tls_pem, tmp_path / "chromium.log")
@@ -170,6 +173,12 @@ async def browser(chromium: tuple[str, Path], srv: AdminServer, tmp_path: Path) 
             yield b
     finally:
         stop_browser(proc)
+
+
+@pytest.fixture
+async def browser(chromium: tuple[str, Path], srv: AdminServer, tmp_path: Path) -> AsyncIterator[Browser]:
+    async with connected_browser(chromium, srv, tmp_path) as b:
+        yield b
 
 
 def _est_cert(body: bytes) -> x509.Certificate:
